@@ -1,0 +1,105 @@
+"""The application: routes, error handling and the lifespan that owns all state."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.api.dispatch import InferenceDispatcher
+from gateway.api.endpoints import Endpoints
+from gateway.api.responses import gateway_error, http_error, internal_error
+from gateway.errors import GatewayError
+from gateway.models import ModelManager, RuntimeLoader
+from gateway.registry.base import Artifact, Registry
+from gateway.registry.config import ModelConfig
+from gateway.registry.local import LocalRegistry
+from gateway.settings import Settings
+from runtimes.base import Runtime, RuntimeLoadError
+from runtimes.devices import Devices, probe_devices
+from runtimes.onnxrt import OnnxRuntime
+
+log = logging.getLogger(__name__)
+
+
+def load_runtime(devices: Devices, artifact: Artifact, config: ModelConfig) -> Runtime:
+    """The runtime a model's configuration asks for (blocking)."""
+    if config.runtime == "onnx":
+        return OnnxRuntime.load(artifact.model_file, config.onnx, devices)
+    raise RuntimeLoadError(f"runtime {config.runtime!r} is not available in this build", reason="runtime")
+
+
+class _Asgi:
+    """Marks a bound method as a raw ASGI endpoint (Starlette treats methods as request handlers)."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: ASGIApp) -> None:
+        self.handler = handler
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        return self.handler(scope, receive, send)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: Registry | None = None,
+    loader: RuntimeLoader | None = None,
+    rng: random.Random | None = None,
+    on_ready: Callable[[ModelManager], None] | None = None,
+) -> ASGIApp:
+    """Build the ASGI app; models load in the background once the lifespan starts."""
+    endpoints = Endpoints(settings.max_body_bytes)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        devices = probe_devices()
+        log.info("devices: %s", devices.describe())
+        manager = ModelManager(
+            registry or LocalRegistry(settings.repository),
+            loader or partial(load_runtime, devices),
+            rng=rng or random.Random(),
+        )
+        endpoints.attach(manager)
+        manager.start()
+        if on_ready is not None:
+            on_ready(manager)
+        try:
+            yield
+        finally:
+            await manager.close()
+
+    e = endpoints
+    # Inference requests are served by the dispatcher in front of Starlette; these two routes
+    # are only reached by other methods, which Starlette answers with 405.
+    routes = [
+        Route("/v2/models/{model}/infer", _Asgi(e.infer), methods=["POST"]),
+        Route("/v2/models/{model}/versions/{version}/infer", _Asgi(e.infer), methods=["POST"]),
+        Route("/v2/health/live", e.live, methods=["GET"]),
+        Route("/v2/health/ready", e.ready, methods=["GET"]),
+        Route("/v2", e.server_metadata, methods=["GET"]),
+        Route("/v2/models/{model}", e.model_metadata, methods=["GET"]),
+        Route("/v2/models/{model}/ready", e.model_ready, methods=["GET"]),
+        Route("/v2/models/{model}/config", e.model_config, methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}", e.model_metadata, methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/ready", e.model_ready, methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/config", e.model_config, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            GatewayError: gateway_error,
+            HTTPException: http_error,
+            Exception: internal_error,
+        },
+    )
+    return InferenceDispatcher(app, e.infer)

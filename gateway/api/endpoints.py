@@ -1,0 +1,128 @@
+"""The Open Inference Protocol endpoints: HTTP in, gateway core, HTTP out."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway import metadata
+from gateway.api.body import INFER_MEDIA_TYPES, BodyHeaders, read_body
+from gateway.api.responses import error_response, json_response
+from gateway.errors import BadRequest, Unavailable
+from gateway.inference import InferenceService
+from gateway.models import Model, ModelManager, ModelVersion, VersionState
+from gateway.protocol.codec import MAX_ID_LENGTH
+from gateway.registry.names import parse_version
+
+
+class Endpoints:
+    """Route handlers bound to the state the app's lifespan builds."""
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes
+        self._manager: ModelManager | None = None
+        self._service: InferenceService | None = None
+
+    def attach(self, manager: ModelManager) -> None:
+        """Called by the lifespan once the model manager exists."""
+        self._manager = manager
+        self._service = InferenceService(manager)
+
+    @property
+    def manager(self) -> ModelManager:
+        """The model manager; 503 before the lifespan has built it."""
+        if self._manager is None:
+            raise Unavailable("the server is starting")
+        return self._manager
+
+    # -- health and metadata -------------------------------------------------------------------
+
+    async def live(self, request: Request) -> Response:
+        """Liveness: the process answers."""
+        return json_response({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        """Readiness: start-up done and at least one model can serve."""
+        if self._manager is not None and self._manager.ready:
+            return json_response({"ready": True})
+        return error_response(503, "not ready: models are loading or none can serve", {"Retry-After": "1"})
+
+    async def server_metadata(self, request: Request) -> Response:
+        """``GET /v2``."""
+        return json_response(metadata.server_metadata())
+
+    def _target(self, request: Request) -> tuple[Model, ModelVersion]:
+        params = request.path_params
+        manager = self.manager
+        model = manager.model(params["model"])
+        text = params.get("version")
+        if text is not None:
+            return model, manager.version(model, parse_version(text))
+        if model.route is None:
+            raise Unavailable(f"model {model.name!r} has no servable version: {model.config_error or 'not loaded'}")
+        return model, manager.version(model, model.route.primary)
+
+    async def model_metadata(self, request: Request) -> Response:
+        """``GET /v2/models/{m}[/versions/{v}]``."""
+        model, mv = self._target(request)
+        return json_response(metadata.model_metadata(model, mv))
+
+    async def model_config(self, request: Request) -> Response:
+        """``GET /v2/models/{m}[/versions/{v}]/config`` (Triton's extension)."""
+        model, mv = self._target(request)
+        if mv.state is not VersionState.READY:
+            raise Unavailable(f"version {mv.version} of model {model.name!r} is {mv.state.value.lower()}")
+        return json_response(metadata.model_config(model, mv))
+
+    async def model_ready(self, request: Request) -> Response:
+        """``GET /v2/models/{m}[/versions/{v}]/ready``: 200 when it can serve, else 503."""
+        model, mv = self._target(request)
+        if mv.state is VersionState.READY:
+            return json_response({"name": model.name, "version": str(mv.version), "ready": True})
+        return error_response(
+            503, f"version {mv.version} of model {model.name!r} is {mv.state.value.lower()}", {"Retry-After": "1"}
+        )
+
+    # -- inference -----------------------------------------------------------------------------
+
+    async def infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v2/models/{m}[/versions/{v}]/infer``: routed, or pinned when a version is named.
+
+        A raw ASGI endpoint: this is the hot path, and Starlette's Request and Response objects
+        cost a measurable share of a small model's request (docs/benchmarks.md).
+        """
+        if self._service is None:
+            raise Unavailable("the server is starting")
+        headers = BodyHeaders.parse(scope)
+        if headers.duplicated is not None:
+            raise BadRequest("Inference-Header-Content-Length is given twice")
+        headers.check_media_type(INFER_MEDIA_TYPES)
+        body = await read_body(receive, headers, self.max_body_bytes)
+        request_id = None
+        if headers.request_id is not None:
+            if len(headers.request_id) > MAX_ID_LENGTH:
+                raise BadRequest(f"x-request-id is longer than {MAX_ID_LENGTH} characters")
+            request_id = headers.request_id.decode("latin-1")
+        header_length = headers.header_length
+        params = scope["path_params"]
+        result = await self._service.infer(
+            params["model"],
+            params.get("version"),
+            body,
+            None if header_length is None else header_length.decode("latin-1"),
+            request_id,
+        )
+        out = [
+            (b"content-length", b"%d" % len(result.body)),
+            (b"x-model-version", result.model_version.encode()),
+        ]
+        if result.header_length is None:
+            out.append((b"content-type", b"application/json"))
+        else:
+            out.append((b"content-type", b"application/octet-stream"))
+            out.append((b"inference-header-content-length", b"%d" % result.header_length))
+        if result.request_id is not None:
+            out.append((b"x-request-id", result.request_id.encode("latin-1", "replace")))
+        await send({"type": "http.response.start", "status": 200, "headers": out})
+        await send({"type": "http.response.body", "body": result.body})

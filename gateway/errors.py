@@ -1,0 +1,70 @@
+"""Errors with an HTTP status: raised anywhere in the gateway, answered in one place.
+
+The classes carry a status number but import nothing from the web framework, so the core can
+raise them without knowing it is behind HTTP. Messages are shown to clients: they must never
+hold paths, tracebacks or secrets.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class: ``status`` and the client-facing ``message``; ``headers`` to add."""
+
+    status = 500
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(GatewayError):
+    """400: a malformed request or tensor."""
+
+    status = 400
+
+
+class NotFound(GatewayError):
+    """404: unknown model, version or path."""
+
+    status = 404
+
+
+class Conflict(GatewayError):
+    """409: an admin action that conflicts with the current state."""
+
+    status = 409
+
+
+class PayloadTooLarge(GatewayError):
+    """413: the body is over the configured limit."""
+
+    status = 413
+
+
+class UnsupportedMediaType(GatewayError):
+    """415: a content type or content encoding we do not read."""
+
+    status = 415
+
+
+class InternalError(GatewayError):
+    """500: our fault; the message stays generic."""
+
+    status = 500
+
+
+class Unavailable(GatewayError):
+    """503: not ready, loading or overloaded; always with ``Retry-After``."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, {"Retry-After": str(retry_after_s)})
+
+
+class DeadlineExceeded(GatewayError):
+    """504: the request's deadline passed."""
+
+    status = 504

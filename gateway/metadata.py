@@ -1,0 +1,61 @@
+"""The metadata documents of the V2 protocol (and Triton's model configuration)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import __version__
+from gateway.models import Model, ModelVersion
+from runtimes.base import TensorSpec
+from runtimes.datatypes import TRITON_CONFIG_TYPES
+
+SERVER_NAME = "tensorgate"
+#: The protocol extensions this server implements.
+EXTENSIONS = ("binary_tensor_data",)
+
+
+def server_metadata() -> dict[str, Any]:
+    """``GET /v2``."""
+    return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+def _tensor(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def model_metadata(model: Model, mv: ModelVersion) -> dict[str, Any]:
+    """``GET /v2/models/{m}[/versions/{v}]``: V2 fields, plus ours under ``parameters``."""
+    ready = sorted(v for v, m in model.versions.items() if m.inputs)
+    parameters: dict[str, Any] = {"version": str(mv.version), "state": mv.state.value}
+    if mv.provider is not None:
+        parameters["provider"] = mv.provider
+    if mv.artifact is not None:
+        parameters["sha256"] = mv.artifact.sha256
+    if mv.error is not None:
+        parameters["error"] = mv.error
+    return {
+        "name": model.name,
+        "versions": [str(v) for v in ready],
+        "platform": mv.platform,
+        "inputs": [_tensor(s) for s in mv.inputs.values()],
+        "outputs": [_tensor(s) for s in mv.outputs.values()],
+        "parameters": parameters,
+    }
+
+
+def _config_tensor(spec: TensorSpec, batched: bool) -> dict[str, Any]:
+    dims = list(spec.shape[1:] if batched else spec.shape)
+    return {"name": spec.name, "data_type": TRITON_CONFIG_TYPES[spec.datatype], "dims": dims}
+
+
+def model_config(model: Model, mv: ModelVersion) -> dict[str, Any]:
+    """``GET /v2/models/{m}[/versions/{v}]/config`` in Triton's model-configuration shape."""
+    batched = model.config.max_batch_size > 0
+    return {
+        "name": model.name,
+        "platform": mv.platform,
+        "backend": "onnxruntime",
+        "max_batch_size": model.config.max_batch_size,
+        "input": [_config_tensor(s, batched) for s in mv.inputs.values()],
+        "output": [_config_tensor(s, batched) for s in mv.outputs.values()],
+    }

@@ -1,0 +1,282 @@
+"""The model manager: which versions are loaded, in what state, and which version serves."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.errors import NotFound, Unavailable
+from gateway.registry.base import Artifact, Registry
+from gateway.registry.config import ConfigError, ModelConfig
+from gateway.registry.local import RegistryError
+from gateway.registry.names import check_model_name
+from routing.route import Route
+from runtimes.base import Runtime, RuntimeLoadError, TensorSpec
+from runtimes.executor import Executor
+from runtimes.warmup import CostModel, warm_up
+
+log = logging.getLogger(__name__)
+
+#: Builds a runtime for a fetched version (blocking); injected so tests can count or fail loads.
+RuntimeLoader = Callable[[Artifact, ModelConfig], Runtime]
+
+
+class VersionState(enum.StrEnum):
+    """The lifecycle of a loaded version, as the admin API reports it."""
+
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    FAILED = "FAILED"
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    """One version of a model in memory (or failing to get there)."""
+
+    model: str
+    version: int
+    config: ModelConfig
+    state: VersionState = VersionState.LOADING
+    artifact: Artifact | None = None
+    executor: Executor | None = None
+    error: str | None = None
+    loaded_at: float | None = None
+    inputs: dict[str, TensorSpec] = field(default_factory=dict)
+    outputs: dict[str, TensorSpec] = field(default_factory=dict)
+
+    @property
+    def provider(self) -> str | None:
+        """The execution provider in use once READY."""
+        return self.executor.runtime.provider if self.executor else None
+
+    @property
+    def platform(self) -> str:
+        """The Triton platform string."""
+        return self.executor.runtime.platform if self.executor else "onnxruntime_onnx"
+
+
+@dataclass(eq=False)
+class Model:
+    """A model: its configuration, its versions in memory and its route."""
+
+    name: str
+    config: ModelConfig
+    available: list[int]
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    route: Route | None = None
+    config_error: str | None = None
+
+
+class ModelManager:
+    """Loads versions from a registry onto runtimes and answers "which version serves this?"."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        loader: RuntimeLoader,
+        *,
+        rng: random.Random,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self._loader = loader
+        self._rng = rng
+        self._wall_clock = wall_clock
+        self._models: dict[str, Model] = {}
+        self._loads: dict[tuple[str, int], asyncio.Task[ModelVersion]] = {}
+        self._startup: asyncio.Task[None] | None = None
+        self.started = False
+
+    # -- start-up and shutdown ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin loading each model's highest version in the background."""
+        self._startup = asyncio.create_task(self._load_initial(), name="initial-model-load")
+
+    async def wait_started(self) -> None:
+        """Wait for the initial loads to finish (successfully or not)."""
+        if self._startup is not None:
+            await asyncio.shield(self._startup)
+
+    async def _load_initial(self) -> None:
+        names = await asyncio.to_thread(self.registry.models)
+        for name in names:
+            model = await asyncio.to_thread(self._discover, name)
+            if model is None:
+                continue
+            self._models[name] = model
+            if model.config_error is not None:
+                continue
+            highest = model.available[-1]
+            model.route = Route.latest(highest)
+            for version in self._initial_versions(model):
+                await self.load(name, version)
+        self.started = True
+        ready = sum(1 for m in self._models.values() if self.model_ready(m))
+        log.info("initial load done: %d of %d models ready", ready, len(self._models))
+
+    @staticmethod
+    def _initial_versions(model: Model) -> list[int]:
+        """The versions the model's ``version_policy`` loads at start-up, highest first."""
+        policy = model.config.version_policy
+        if policy == "latest":
+            return [model.available[-1]]
+        if policy == "all":
+            return sorted(model.available, reverse=True)
+        wanted = set(policy)
+        missing = wanted.difference(model.available)
+        if missing:
+            log.warning("model %r: version_policy names missing versions %s", model.name, sorted(missing))
+        # The route's version is always loaded, whatever the policy lists.
+        return sorted(wanted.intersection(model.available) | {model.available[-1]}, reverse=True)
+
+    def _discover(self, name: str) -> Model | None:
+        versions = self.registry.versions(name)
+        if not versions:
+            log.warning("model %r has no complete version directory; skipped", name)
+            return None
+        try:
+            config = self.registry.config(name)
+        except ConfigError as exc:
+            log.error("model %r not loaded: %s", name, exc)
+            return Model(name, ModelConfig(), versions, config_error=str(exc))
+        return Model(name, config, versions)
+
+    async def close(self) -> None:
+        """Stop loading, then drain and release every loaded version."""
+        if self._startup is not None and not self._startup.done():
+            self._startup.cancel()
+            await asyncio.gather(self._startup, return_exceptions=True)
+        pending = [t for t in self._loads.values() if not t.done()]
+        await asyncio.gather(*pending, return_exceptions=True)
+        for model in self._models.values():
+            for mv in model.versions.values():
+                if mv.executor is not None:
+                    mv.state = VersionState.UNLOADING
+                    await mv.executor.close()
+                    mv.executor = None
+
+    # -- loading -----------------------------------------------------------------------------
+
+    async def load(self, name: str, version: int) -> ModelVersion:
+        """Load ``version`` of ``name`` (once, however many callers ask) and warm it up."""
+        model = self._models[name]
+        current = model.versions.get(version)
+        if current is not None and current.state is VersionState.READY:
+            return current
+        key = (name, version)
+        task = self._loads.get(key)
+        if task is None or task.done():
+            mv = ModelVersion(name, version, model.config)
+            model.versions[version] = mv
+            task = asyncio.create_task(self._load(mv), name=f"load-{name}-{version}")
+            self._loads[key] = task
+            task.add_done_callback(lambda t: self._loads.pop(key, None) if self._loads.get(key) is t else None)
+        return await asyncio.shield(task)
+
+    async def _load(self, mv: ModelVersion) -> ModelVersion:
+        started = time.perf_counter()
+        try:
+            artifact, runtime, cost = await asyncio.to_thread(self._load_blocking, mv)
+        except (RegistryError, RuntimeLoadError) as exc:
+            mv.state, mv.error = VersionState.FAILED, str(exc)
+            log.error("model %r version %d failed to load: %s", mv.model, mv.version, exc)
+            return mv
+        except Exception:  # a runtime bug must not kill the manager: the version fails
+            mv.state, mv.error = VersionState.FAILED, "internal error while loading"
+            log.exception("model %r version %d failed to load", mv.model, mv.version)
+            return mv
+        mv.artifact = artifact
+        mv.inputs = {s.name: s for s in runtime.inputs}
+        mv.outputs = {s.name: s for s in runtime.outputs}
+        mv.executor = Executor(
+            runtime,
+            concurrency=mv.config.instance_count,
+            inline_threshold_s=mv.config.inline_threshold_us / 1e6,
+            cost=cost,
+            name=f"{mv.model}-{mv.version}",
+        )
+        mv.loaded_at = self._wall_clock()
+        mv.state = VersionState.READY
+        log.info(
+            "model %r version %d READY on %s in %.0f ms (sha256 %s, %.1f us per call at batch 1)",
+            mv.model,
+            mv.version,
+            runtime.provider,
+            (time.perf_counter() - started) * 1e3,
+            artifact.sha256[:12],
+            cost.base_s * 1e6,
+        )
+        return mv
+
+    def _load_blocking(self, mv: ModelVersion) -> tuple[Artifact, Runtime, CostModel]:
+        artifact = self.registry.fetch(mv.model, mv.version)
+        runtime = self._loader(artifact, mv.config)
+        try:
+            cost = warm_up(runtime)
+        except Exception as exc:
+            runtime.close()
+            raise RuntimeLoadError(f"warm-up failed: {exc}") from exc
+        return artifact, runtime, cost
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def models(self) -> list[Model]:
+        """Every model the manager knows, by name."""
+        return [self._models[n] for n in sorted(self._models)]
+
+    def model(self, name: str) -> Model:
+        """The model called ``name``, else a 400 (invalid name) or 404."""
+        model = self._models.get(name)
+        if model is None:
+            check_model_name(name)  # registered names are valid: only a miss needs the check
+            if not self.started:
+                raise Unavailable(f"model {name!r} is not loaded yet: the server is starting")
+            raise NotFound(f"model {name!r} not found")
+        return model
+
+    @staticmethod
+    def model_ready(model: Model) -> bool:
+        """Whether the model's route can serve: its primary version is READY."""
+        if model.route is None:
+            return False
+        mv = model.versions.get(model.route.primary)
+        return mv is not None and mv.state is VersionState.READY
+
+    @property
+    def ready(self) -> bool:
+        """Server readiness: start-up finished and at least one model can serve."""
+        return self.started and any(self.model_ready(m) for m in self._models.values())
+
+    def version(self, model: Model, version: int) -> ModelVersion:
+        """A loaded version, whatever its state, else a 404."""
+        mv = model.versions.get(version)
+        if mv is None:
+            raise NotFound(f"version {version} of model {model.name!r} is not loaded")
+        return mv
+
+    def serving(self, name: str, version: int | None) -> tuple[ModelVersion, str]:
+        """The READY version that serves a request, and its role (``primary`` or ``pinned``)."""
+        model = self.model(name)
+        if version is None:
+            route = model.route
+            if route is None:
+                raise Unavailable(f"model {name!r} has no servable version: {model.config_error or 'not loaded'}")
+            mv = model.versions.get(route.draw(self._rng.random))
+            role = "primary"
+        else:
+            mv = model.versions.get(version)
+            role = "pinned"
+        if mv is None:
+            raise NotFound(f"version {version} of model {name!r} is not loaded")
+        if mv.state is not VersionState.READY:
+            if mv.state is VersionState.FAILED:
+                raise Unavailable(f"version {mv.version} of model {name!r} failed to load: {mv.error}", 30)
+            raise Unavailable(f"version {mv.version} of model {name!r} is {mv.state.value.lower()}")
+        return mv, role

@@ -1,0 +1,1 @@
+"""Model registries: where model versions and their configuration come from."""

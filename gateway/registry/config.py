@@ -1,0 +1,205 @@
+"""A model's ``config.toml``: strictly parsed, every key optional, every mistake named."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from runtimes.onnxrt import GRAPH_OPTIMIZATION, OnnxOptions
+
+CONFIG_FILE = "config.toml"
+_CUDA_DEVICE = re.compile(r"cuda:[0-9]{1,2}")
+_TRITON_URL = re.compile(r"(http|grpc)://[A-Za-z0-9._\-\[\]:]+(:[0-9]{1,5})?/?")
+
+
+class ConfigError(ValueError):
+    """A configuration file is unreadable or holds an unknown key or a bad value."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingConfig:
+    """The ``[batching]`` table: dynamic batching of single requests (see docs/configuration.md)."""
+
+    max_queue_delay_ms: float | Literal["auto"] = 0.5
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 1024
+    timeout_ms: int = 0
+    priority_levels: int = 1
+    target_p99_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TritonConfig:
+    """The ``[triton]`` table: where a remote Triton serves this model."""
+
+    url: str = ""
+    model: str = ""
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Everything ``config.toml`` may set for one model; defaults when the file is absent."""
+
+    runtime: Literal["onnx", "triton"] = "onnx"
+    #: Versions loaded at start-up: "latest" (the highest), "all", or a list of numbers.
+    #: Traffic still goes 100% to the highest until a route says otherwise.
+    version_policy: Literal["latest", "all"] | tuple[int, ...] = "latest"
+    max_batch_size: int = 0
+    instance_count: int = 1
+    inline_threshold_us: float = 50.0
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    onnx: OnnxOptions = field(default_factory=OnnxOptions)
+    triton: TritonConfig = field(default_factory=TritonConfig)
+
+
+class _Table:
+    """Reads typed values out of one TOML table, remembering which keys were used."""
+
+    def __init__(self, source: str, prefix: str, data: dict[str, Any]) -> None:
+        self.source, self.prefix, self.data = source, prefix, data
+        self.used: set[str] = set()
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.prefix}{key}: {problem}")
+
+    def get(self, key: str, kinds: tuple[type, ...], default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        # bool is an int in Python; TOML keeps them apart, and so do we.
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise self.fail(key, f"expected {names}, got {type(value).__name__}")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int, maximum: int = 2**31 - 1) -> int:
+        value: int = self.get(key, (int,), default)
+        if not minimum <= value <= maximum:
+            raise self.fail(key, f"must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
+        value = float(self.get(key, (int, float), default))
+        if not value >= minimum or value == float("inf"):
+            raise self.fail(key, f"must be a finite number >= {minimum}, got {value}")
+        return value
+
+    def choice(self, key: str, default: str, choices: set[str] | re.Pattern[str]) -> str:
+        value: str = self.get(key, (str,), default)
+        if isinstance(choices, set):
+            if value not in choices:
+                raise self.fail(key, f"must be one of {', '.join(sorted(choices))}, got {value!r}")
+        elif choices.fullmatch(value) is None:
+            raise self.fail(key, f"invalid value {value!r}")
+        return value
+
+    def table(self, key: str) -> _Table:
+        data = self.get(key, (dict,), {})
+        return _Table(self.source, f"{self.prefix}{key}.", data)
+
+    def check_unknown(self) -> None:
+        for key in self.data:
+            if key not in self.used:
+                raise self.fail(key, "unknown key")
+
+
+def _batching(t: _Table) -> BatchingConfig:
+    delay: float | Literal["auto"]
+    if t.data.get("max_queue_delay_ms") == "auto":
+        t.used.add("max_queue_delay_ms")
+        delay = "auto"
+    else:
+        delay = t.number("max_queue_delay_ms", 0.5)
+    sizes = t.get("preferred_batch_sizes", (list,), [])
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        raise t.fail("preferred_batch_sizes", "must be a list of positive integers")
+    config = BatchingConfig(
+        max_queue_delay_ms=delay,
+        preferred_batch_sizes=tuple(sorted(set(sizes))),
+        max_queue_size=t.integer("max_queue_size", 1024, 0),
+        timeout_ms=t.integer("timeout_ms", 0, 0),
+        priority_levels=t.integer("priority_levels", 1, 1, 16),
+        target_p99_ms=t.number("target_p99_ms", 0.0),
+    )
+    t.check_unknown()
+    return config
+
+
+def _onnx(t: _Table) -> OnnxOptions:
+    device = t.get("device", (str,), "auto")
+    if device not in ("auto", "cpu") and _CUDA_DEVICE.fullmatch(device) is None:
+        raise t.fail("device", f"must be auto, cpu or cuda:N, got {device!r}")
+    options = OnnxOptions(
+        device=device,
+        tensorrt=t.get("tensorrt", (bool,), True),
+        intra_op_threads=t.integer("intra_op_threads", 0, 0, 1024),
+        inter_op_threads=t.integer("inter_op_threads", 0, 0, 1024),
+        graph_optimization=t.choice("graph_optimization", "all", set(GRAPH_OPTIMIZATION)),
+    )
+    t.check_unknown()
+    return options
+
+
+def _triton(t: _Table) -> TritonConfig:
+    config = TritonConfig(
+        url=t.choice("url", "", _TRITON_URL) if "url" in t.data else "",
+        model=t.get("model", (str,), ""),
+        version=t.get("version", (str, int), ""),
+    )
+    t.check_unknown()
+    return TritonConfig(config.url, config.model, str(config.version))
+
+
+def _version_policy(t: _Table) -> Literal["latest", "all"] | tuple[int, ...]:
+    value = t.get("version_policy", (str, list), "latest")
+    if isinstance(value, str) and value in {"latest", "all"}:
+        return value  # type: ignore[no-any-return]
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**63 for v in value)
+    ):
+        return tuple(sorted(set(value)))
+    raise t.fail("version_policy", 'must be "latest", "all" or a non-empty list of version numbers')
+
+
+def parse_model_config(data: dict[str, Any], source: str) -> ModelConfig:
+    """Build a ModelConfig from parsed TOML; ``source`` names the file in error messages."""
+    top = _Table(source, "", data)
+    runtime = top.choice("runtime", "onnx", {"onnx", "triton"})
+    config = ModelConfig(
+        runtime="triton" if runtime == "triton" else "onnx",
+        version_policy=_version_policy(top),
+        max_batch_size=top.integer("max_batch_size", 0, 0, 2**20),
+        instance_count=top.integer("instance_count", 1, 1, 64),
+        inline_threshold_us=top.number("inline_threshold_us", 50.0),
+        batching=_batching(top.table("batching")),
+        onnx=_onnx(top.table("onnx")),
+        triton=_triton(top.table("triton")),
+    )
+    top.check_unknown()
+    if config.runtime == "triton" and not config.triton.url:
+        raise ConfigError(f'{source}: triton.url: required when runtime = "triton"')
+    return config
+
+
+def load_model_config(model_dir: Path, display_name: str) -> ModelConfig:
+    """Read ``<model_dir>/config.toml`` (defaults if absent); errors name ``display_name``."""
+    path = model_dir / CONFIG_FILE
+    source = f"{display_name}/{CONFIG_FILE}"
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return ModelConfig()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot be read ({exc.strerror})") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{source}: not valid TOML ({exc})") from exc
+    return parse_model_config(data, source)

@@ -1,0 +1,105 @@
+"""The embedded registry: a directory laid out like a Triton model repository.
+
+    models/<name>/config.toml        optional
+    models/<name>/<version>/model.onnx
+
+Names and versions are validated before they are joined to the root, and every resolved path
+must stay inside the root (symbolic links included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from gateway.registry.base import Artifact
+from gateway.registry.config import ModelConfig, load_model_config
+from gateway.registry.names import MAX_VERSION, is_model_name
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+_CHUNK = 1 << 20
+
+
+class RegistryError(Exception):
+    """A version cannot be fetched: missing, outside the root, or unreadable."""
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _version_number(name: str) -> int | None:
+    if not (name.isascii() and name.isdigit()) or name.startswith("0"):
+        return None
+    number = int(name)
+    return number if number <= MAX_VERSION else None
+
+
+class LocalRegistry:
+    """Models in a local directory; a version is complete once its ``model.onnx`` exists."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _inside(self, path: Path) -> Path:
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root):
+            raise RegistryError(f"{path.relative_to(self.root)} resolves outside the repository")
+        return resolved
+
+    def models(self) -> list[str]:
+        """Model directories with a valid name; anything else is skipped with a warning."""
+        try:
+            entries = sorted(self.root.iterdir())
+        except OSError as exc:
+            log.error("cannot list the model repository %s: %s", self.root, exc.strerror)
+            return []
+        names = []
+        for entry in entries:
+            if not entry.is_dir() or entry.name.startswith("."):
+                continue
+            if not is_model_name(entry.name):
+                log.warning("skipping %r: not a valid model name", entry.name)
+                continue
+            names.append(entry.name)
+        return names
+
+    def versions(self, model: str) -> list[int]:
+        """Numbered subdirectories holding a model file; partial ones are ignored."""
+        model_dir = self.root / model
+        try:
+            entries = list(model_dir.iterdir())
+        except OSError:
+            return []
+        found = []
+        for entry in entries:
+            number = _version_number(entry.name)
+            if number is not None and (entry / MODEL_FILE).is_file():
+                found.append(number)
+        return sorted(found)
+
+    def config(self, model: str) -> ModelConfig:
+        """The model's ``config.toml`` (defaults when there is none)."""
+        return load_model_config(self.root / model, model)
+
+    def fetch(self, model: str, version: int) -> Artifact:
+        """Resolve and hash the version's model file; it is already local."""
+        directory = self.root / model / str(version)
+        model_file = directory / MODEL_FILE
+        if not model_file.is_file():
+            raise RegistryError(f"version {version} of model {model!r} is not in the repository")
+        resolved_dir = self._inside(directory)
+        resolved_file = self._inside(model_file)
+        try:
+            digest = sha256_file(resolved_file)
+        except OSError as exc:
+            raise RegistryError(f"cannot read {model}/{version}/{MODEL_FILE}: {exc.strerror}") from exc
+        return Artifact(model, version, resolved_dir, resolved_file, digest)

@@ -1,0 +1,50 @@
+"""Containment of ONNX external data: a model may only read files inside its own directory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+
+from runtimes.base import RuntimeLoadError
+
+
+def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model: initializers and tensor attributes, subgraphs included."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+
+
+def check_external_data(model: onnx.ModelProto, directory: Path) -> None:
+    """Refuse a model whose external data points outside ``directory`` (or nowhere)."""
+    root = directory.resolve()
+    for tensor in _tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        location = entries.get("location", "")
+        if not location or Path(location).is_absolute() or "\\" in location or "\x00" in location:
+            raise RuntimeLoadError(f"tensor {tensor.name!r}: external data location is not a relative path")
+        target = (root / location).resolve()
+        if not target.is_relative_to(root) or target == root:
+            raise RuntimeLoadError(f"tensor {tensor.name!r}: external data lies outside the version directory")
+        if not target.is_file():
+            raise RuntimeLoadError(f"tensor {tensor.name!r}: external data file is missing")
+        for key in ("offset", "length"):
+            value = entries.get(key)
+            if value is not None and not (value.isascii() and value.isdigit()):
+                raise RuntimeLoadError(f"tensor {tensor.name!r}: external data {key} is not a number")

@@ -1,0 +1,97 @@
+"""Small ONNX models built in the tests with onnx.helper (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+IR_VERSION = 10
+OPSET = 17
+
+#: V2 datatype -> ONNX element type, for every datatype the protocol carries.
+ONNX_TYPES = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model)
+    return model
+
+
+def identity(datatype: str, shape: list[int | str | None] | None = None) -> onnx.ModelProto:
+    """INPUT0 -> OUTPUT0 unchanged, of one datatype; shape defaults to [batch, 4]."""
+    dims = shape if shape is not None else ["batch", 4]
+    elem = ONNX_TYPES[datatype]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+        f"identity_{datatype.lower()}",
+        [helper.make_tensor_value_info("INPUT0", elem, dims)],
+        [helper.make_tensor_value_info("OUTPUT0", elem, dims)],
+    )
+    return _model(graph)
+
+
+def add_sub(offset: int = 0) -> onnx.ModelProto:
+    """Triton's "simple" model: OUTPUT0 = INPUT0 + INPUT1 + offset, OUTPUT1 = INPUT0 - INPUT1."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["INPUT0", "INPUT1"], ["sum"]),
+            helper.make_node("Add", ["sum", "offset"], ["OUTPUT0"]),
+            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+        ],
+        "add_sub",
+        [
+            helper.make_tensor_value_info("INPUT0", TensorProto.INT32, ["batch", 16]),
+            helper.make_tensor_value_info("INPUT1", TensorProto.INT32, ["batch", 16]),
+        ],
+        [
+            helper.make_tensor_value_info("OUTPUT0", TensorProto.INT32, ["batch", 16]),
+            helper.make_tensor_value_info("OUTPUT1", TensorProto.INT32, ["batch", 16]),
+        ],
+        initializer=[numpy_helper.from_array(np.array([offset], dtype=np.int32), "offset")],
+    )
+    return _model(graph)
+
+
+def with_external_weights(directory: Path, location: str) -> onnx.ModelProto:
+    """A model whose initializer claims to live in external file ``location``."""
+    weights = numpy_helper.from_array(np.ones((1, 4), dtype=np.float32), "w")
+    weights.data_location = TensorProto.EXTERNAL
+    weights.ClearField("raw_data")
+    entry = weights.external_data.add()
+    entry.key, entry.value = "location", location
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["INPUT0", "w"], ["OUTPUT0"])],
+        "external",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[weights],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+
+
+def write_model(root: Path, name: str, version: int, model: onnx.ModelProto, config: str | None = None) -> Path:
+    """Save ``model`` as ``root/name/version/model.onnx`` (and ``config.toml`` if given)."""
+    target = root / name / str(version) / "model.onnx"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(model.SerializeToString())
+    if config is not None:
+        (root / name / "config.toml").write_text(config)
+    return target

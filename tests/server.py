@@ -1,0 +1,75 @@
+"""A real uvicorn server on an ephemeral loopback port, run in a thread for the tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from gateway.api.app import create_app
+from gateway.registry.base import Registry
+from gateway.settings import Settings
+
+
+class RunningServer:
+    """Where a test server listens."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.host = f"127.0.0.1:{port}"
+        self.url = f"http://127.0.0.1:{port}"
+
+
+def wait_for(url: str, status: int = 200, timeout_s: float = 30.0) -> None:
+    """Poll ``url`` until it answers ``status``."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == status:
+                    return
+                last = response.status
+        except urllib.error.HTTPError as exc:
+            last = exc.code
+            if exc.code == status:
+                return
+        except OSError as exc:
+            last = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} never answered {status} (last: {last})")
+
+
+@contextmanager
+def serve(
+    repository: Path, *, ready: bool = True, registry: Registry | None = None, **settings: Any
+) -> Iterator[RunningServer]:
+    """Serve ``repository`` with the real stack (uvloop, httptools) until the block ends."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(Settings(repository=repository, port=port, **settings), registry=registry)
+    config = uvicorn.Config(
+        app, loop="uvloop", http="httptools", log_level="warning", access_log=False, proxy_headers=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    running = RunningServer(port)
+    try:
+        wait_for(running.url + "/v2/health/live")
+        if ready:
+            wait_for(running.url + "/v2/health/ready")
+        yield running
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
