@@ -157,8 +157,10 @@ def _triton(t: _Table) -> TritonConfig:
 
 def _version_policy(t: _Table) -> Literal["latest", "all"] | tuple[int, ...]:
     value = t.get("version_policy", (str, list), "latest")
-    if isinstance(value, str) and value in {"latest", "all"}:
-        return value  # type: ignore[no-any-return]
+    if value == "latest":
+        return "latest"
+    if value == "all":
+        return "all"
     if (
         isinstance(value, list)
         and value
