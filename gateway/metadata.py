@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import __version__
-from gateway.models import Model, ModelVersion
+from gateway.models import Model, ModelVersion, VersionState
 from runtimes.base import TensorSpec
 from runtimes.datatypes import TRITON_CONFIG_TYPES
 
@@ -25,7 +25,7 @@ def _tensor(spec: TensorSpec) -> dict[str, Any]:
 
 def model_metadata(model: Model, mv: ModelVersion) -> dict[str, Any]:
     """``GET /v2/models/{m}[/versions/{v}]``: V2 fields, plus ours under ``parameters``."""
-    ready = sorted(v for v, m in model.versions.items() if m.inputs)
+    ready = sorted(v for v, m in model.versions.items() if m.state is VersionState.READY)
     parameters: dict[str, Any] = {"version": str(mv.version), "state": mv.state.value}
     if mv.provider is not None:
         parameters["provider"] = mv.provider

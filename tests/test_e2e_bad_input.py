@@ -424,3 +424,28 @@ def test_readiness_is_503_until_models_load(tmp_path: Path) -> None:
         reply = request(running.port, "POST", "/v2/models/broken/infer", GOOD)
         assert reply.status == 503 and "failed to load" in reply.json()["error"]  # type: ignore[index]
         assert "retry-after" in reply.headers
+
+
+def test_duplicated_header_length_is_400(server: RunningServer) -> None:
+    head = (
+        f"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(GOOD)}\r\n"
+        f"Inference-Header-Content-Length: {len(GOOD)}\r\nInference-Header-Content-Length: {len(GOOD)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(head + GOOD)
+        reply = read_reply(sock)
+    assert reply.status == 400 and "given twice" in reply.json()["error"]  # type: ignore[index]
+    assert_healthy(server)
+
+
+def test_wrong_method_on_infer_names_the_allowed_one(server: RunningServer) -> None:
+    reply = request(server.port, "PUT", "/v2/models/m/versions/1/infer", GOOD)
+    assert reply.status == 405 and reply.headers["allow"] == "POST"
+
+
+def test_absolute_form_uri_is_not_a_trust_decision(server: RunningServer) -> None:
+    reply = request(server.port, "POST", "http://evil.example/v2/models/m/infer", GOOD)
+    assert reply.status in (200, 400, 404)
+    if reply.status == 200:  # served as the path it names, never proxied
+        assert reply.json()["model_name"] == "m"  # type: ignore[index]
+    assert_healthy(server)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from gateway.api.dispatch import InferenceDispatcher
 from gateway.api.endpoints import Endpoints
@@ -34,18 +34,6 @@ def load_runtime(devices: Devices, artifact: Artifact, config: ModelConfig) -> R
     if config.runtime == "onnx":
         return OnnxRuntime.load(artifact.model_file, config.onnx, devices)
     raise RuntimeLoadError(f"runtime {config.runtime!r} is not available in this build", reason="runtime")
-
-
-class _Asgi:
-    """Marks a bound method as a raw ASGI endpoint (Starlette treats methods as request handlers)."""
-
-    __slots__ = ("handler",)
-
-    def __init__(self, handler: ASGIApp) -> None:
-        self.handler = handler
-
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        return self.handler(scope, receive, send)
 
 
 def create_app(
@@ -78,11 +66,8 @@ def create_app(
             await manager.close()
 
     e = endpoints
-    # Inference requests are served by the dispatcher in front of Starlette; these two routes
-    # are only reached by other methods, which Starlette answers with 405.
+    # Inference (.../infer) never reaches these routes: the dispatcher in front serves it.
     routes = [
-        Route("/v2/models/{model}/infer", _Asgi(e.infer), methods=["POST"]),
-        Route("/v2/models/{model}/versions/{version}/infer", _Asgi(e.infer), methods=["POST"]),
         Route("/v2/health/live", e.live, methods=["GET"]),
         Route("/v2/health/ready", e.ready, methods=["GET"]),
         Route("/v2", e.server_metadata, methods=["GET"]),

@@ -1,9 +1,9 @@
-"""The inference fast path: POST .../infer goes straight to its handler, the rest to Starlette.
+"""The inference fast path: .../infer goes straight to its handler, the rest to Starlette.
 
 Starlette's middleware stack and router cost a few microseconds per request; for a small model
 that is a fifth of the whole request (docs/benchmarks.md). Inference requests are recognised by
 splitting the path, and get the same error handling as every other route (``{"error": ...}``,
-a generic 500 for our bugs). Other methods on these paths fall through to Starlette (405).
+a generic 500 for our bugs); methods other than POST get 405.
 """
 
 from __future__ import annotations
@@ -55,9 +55,12 @@ class InferenceDispatcher:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one ASGI connection."""
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http":
             params = infer_path_params(scope["path"])
             if params is not None:
+                if scope["method"] != "POST":
+                    await send_error(send, 405, "method not allowed", {"Allow": "POST"})
+                    return
                 scope["path_params"] = params
                 try:
                     await self.handler(scope, receive, send)
