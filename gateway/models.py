@@ -46,7 +46,6 @@ class ModelVersion:
     artifact: Artifact | None = None
     executor: Executor | None = None
     error: str | None = None
-    loaded_at: float | None = None
     inputs: dict[str, TensorSpec] = field(default_factory=dict)
     outputs: dict[str, TensorSpec] = field(default_factory=dict)
 
@@ -82,12 +81,10 @@ class ModelManager:
         loader: RuntimeLoader,
         *,
         rng: random.Random,
-        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
         self._loader = loader
         self._rng = rng
-        self._wall_clock = wall_clock
         self._models: dict[str, Model] = {}
         self._loads: dict[tuple[str, int], asyncio.Task[ModelVersion]] = {}
         self._startup: asyncio.Task[None] | None = None
@@ -202,7 +199,6 @@ class ModelManager:
             cost=cost,
             name=f"{mv.model}-{mv.version}",
         )
-        mv.loaded_at = self._wall_clock()
         mv.state = VersionState.READY
         log.info(
             "model %r version %d READY on %s in %.0f ms (sha256 %s, %.1f us per call at batch 1)",

@@ -106,6 +106,22 @@ CASES: list[tuple[str, str, str, bytes, dict[str, str], int, str]] = [
     ("huge shape", "POST", "/v2/models/m/infer", infer_doc(shape=[2**31, 2**31]), {}, 400, "does not match"),
     ("huge batch", "POST", "/v2/models/m/infer", infer_doc(shape=[2**60 + 2, 4]), {}, 400, "max_batch_size"),
     (
+        "huge count",
+        "POST",
+        "/v2/models/simple/infer",
+        orjson.dumps(
+            {
+                "inputs": [
+                    {"name": n, "datatype": "INT32", "shape": [2**40, 16], "data": [0] * 16}
+                    for n in ("INPUT0", "INPUT1")
+                ]
+            }
+        ),
+        {},
+        400,
+        "more than the body holds",
+    ),
+    (
         "batch over max",
         "POST",
         "/v2/models/m/infer",
@@ -371,6 +387,31 @@ def test_gzip_bomb_is_413_with_bounded_memory(server: RunningServer) -> None:
     assert reply.status == 413 and "decompressed" in reply.json()["error"]  # type: ignore[index]
     assert rss_kib() - before < 64 * 1024  # the server shares this process: no 1 GiB allocation
     assert_healthy(server)
+
+
+def test_huge_claimed_shapes_allocate_nothing(server: RunningServer) -> None:
+    before = rss_kib()
+    for shape in ([2**31, 16], [16, 2**60 + 2], [2**40, 2**40]):
+        body = orjson.dumps(
+            {"inputs": [{"name": n, "datatype": "INT32", "shape": shape, "data": [1]} for n in ("INPUT0", "INPUT1")]}
+        )
+        assert request(server.port, "POST", "/v2/models/simple/infer", body).status == 400
+        binary = orjson.dumps(
+            {
+                "inputs": [
+                    {"name": "INPUT0", "datatype": "INT32", "shape": shape, "parameters": {"binary_data_size": 2**62}}
+                ]
+            }
+        )
+        reply = request(
+            server.port,
+            "POST",
+            "/v2/models/simple/infer",
+            binary,
+            {"Inference-Header-Content-Length": str(len(binary))},
+        )
+        assert reply.status == 400
+    assert rss_kib() - before < 10 * 1024
 
 
 def test_gzip_body_is_accepted(server: RunningServer) -> None:
