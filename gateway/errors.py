@@ -68,3 +68,7 @@ class DeadlineExceeded(GatewayError):
     """504: the request's deadline passed."""
 
     status = 504
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer was ready: there is nobody to answer."""

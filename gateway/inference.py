@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from time import perf_counter_ns
+from typing import Any
 
-from gateway.errors import BadRequest, InternalError
+import numpy as np
+
+from gateway.errors import BadRequest, GatewayError, InternalError
 from gateway.models import ModelManager
 from gateway.protocol.codec import decode_request, encode_response
 from gateway.registry.names import parse_version
@@ -27,6 +32,25 @@ class InferResult:
     request_id: str | None
 
 
+def batch_rows(inputs: dict[str, np.ndarray]) -> int:
+    """The batch size of a request: the first dimension, which every input must share."""
+    sizes = {int(array.shape[0]) for array in inputs.values()}
+    if len(sizes) != 1:
+        raise BadRequest(f"inputs disagree on the batch (first) dimension: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def request_options(parameters: dict[str, Any], levels: int) -> tuple[int, float]:
+    """``parameters.priority`` (1 highest .. levels; 0 or absent: lowest) and ``timeout`` (us)."""
+    priority = parameters.get("priority", 0)
+    if type(priority) is not int or not 0 <= priority <= levels:
+        raise BadRequest(f"parameter 'priority' must be an integer from 0 to {levels}")
+    timeout = parameters.get("timeout", 0)
+    if type(timeout) is not int or timeout < 0:
+        raise BadRequest("parameter 'timeout' must be a non-negative integer (microseconds)")
+    return priority, timeout / 1e6
+
+
 class InferenceService:
     """Serves inference requests from the models the manager holds."""
 
@@ -40,8 +64,14 @@ class InferenceService:
         body: bytes,
         header_length: str | None,
         request_id: str | None = None,
+        *,
+        until_disconnect: Callable[[], Awaitable[object]] | None = None,
     ) -> InferResult:
-        """Run one request; ``version_text`` pins a version, None routes by the model's route."""
+        """Run one request; ``version_text`` pins a version, None routes by the model's route.
+
+        ``until_disconnect`` returns when the client has gone; a request waiting in a batch
+        queue is then withdrawn (ClientDisconnected).
+        """
         version = None if version_text is None else parse_version(version_text)
         mv, role = self._manager.serving(model_name, version)
         request = decode_request(
@@ -52,16 +82,36 @@ class InferenceService:
             model_name=model_name,
             max_batch_size=mv.config.max_batch_size,
         )
-        executor = mv.executor
-        assert executor is not None  # READY versions always have one
         names = [name for name, _ in request.outputs]
+        started = perf_counter_ns()
         try:
-            arrays = await executor.run(request.inputs, names, request.elements)
+            if mv.batcher is None:
+                executor = mv.executor
+                assert executor is not None  # READY versions always have one
+                arrays = await executor.run(request.inputs, names, request.elements)
+                mv.stats.unbatched(1, started, perf_counter_ns())
+            else:
+                rows = batch_rows(request.inputs)
+                priority, timeout_s = request_options(request.parameters, mv.batcher.priority_levels)
+                arrays = await mv.batcher.submit(
+                    request.inputs,
+                    names,
+                    rows,
+                    priority=priority,
+                    timeout_s=timeout_s,
+                    until_disconnect=until_disconnect,
+                )
+                mv.stats.request_done(True, rows, started, perf_counter_ns())
         except InvalidInputError as exc:
+            mv.stats.request_done(False, 0, started, perf_counter_ns())
             raise BadRequest(str(exc)) from None
         except InferenceFailedError as exc:
+            mv.stats.request_done(False, 0, started, perf_counter_ns())
             log.error("model %r version %d failed a request: %s", model_name, mv.version, exc)
             raise InternalError("inference failed") from None
+        except GatewayError:
+            mv.stats.request_done(False, 0, started, perf_counter_ns())
+            raise
         outputs = [
             (mv.outputs[name], array, binary) for (name, binary), array in zip(request.outputs, arrays, strict=True)
         ]

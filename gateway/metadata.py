@@ -11,7 +11,7 @@ from runtimes.datatypes import TRITON_CONFIG_TYPES
 
 SERVER_NAME = "tensorgate"
 #: The protocol extensions this server implements.
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "statistics")
 
 
 def server_metadata() -> dict[str, Any]:

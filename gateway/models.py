@@ -10,11 +10,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.batching.batcher import Batcher
+from gateway.batching.policy import ComputeTimes, DelayPolicy
 from gateway.errors import NotFound, Unavailable
 from gateway.registry.base import Artifact, Registry
 from gateway.registry.config import ConfigError, ModelConfig
 from gateway.registry.local import RegistryError
 from gateway.registry.names import check_model_name
+from gateway.stats import VersionStats
 from routing.route import Route
 from runtimes.base import Runtime, RuntimeLoadError, TensorSpec
 from runtimes.executor import Executor
@@ -45,6 +48,9 @@ class ModelVersion:
     state: VersionState = VersionState.LOADING
     artifact: Artifact | None = None
     executor: Executor | None = None
+    #: Set when the model batches (``max_batch_size > 0``).
+    batcher: Batcher | None = None
+    stats: VersionStats = field(default_factory=VersionStats)
     error: str | None = None
     inputs: dict[str, TensorSpec] = field(default_factory=dict)
     outputs: dict[str, TensorSpec] = field(default_factory=dict)
@@ -154,6 +160,8 @@ class ModelManager:
         await asyncio.gather(*pending, return_exceptions=True)
         for model in self._models.values():
             for mv in model.versions.values():
+                if mv.batcher is not None:
+                    await mv.batcher.close()
                 if mv.executor is not None:
                     mv.state = VersionState.UNLOADING
                     await mv.executor.close()
@@ -199,6 +207,9 @@ class ModelManager:
             cost=cost,
             name=f"{mv.model}-{mv.version}",
         )
+        if mv.config.max_batch_size > 0:
+            mv.batcher = self._batcher(mv, mv.executor, cost)
+            mv.batcher.start()
         mv.state = VersionState.READY
         log.info(
             "model %r version %d READY on %s in %.0f ms (sha256 %s, %.1f us per call at batch 1)",
@@ -210,6 +221,33 @@ class ModelManager:
             cost.base_s * 1e6,
         )
         return mv
+
+    def _batcher(self, mv: ModelVersion, executor: Executor, cost: CostModel) -> Batcher:
+        config = mv.config
+        batching = config.batching
+        elements_per_row = max(1, cost.base_elements)
+
+        def failed(exc: BaseException) -> None:
+            mv.state, mv.error = VersionState.FAILED, f"batcher stopped: {exc!r}"
+
+        policy = DelayPolicy(
+            max_batch_size=config.max_batch_size,
+            preferred_batch_sizes=batching.preferred_batch_sizes,
+            delay_s=None if batching.max_queue_delay_ms == "auto" else batching.max_queue_delay_ms / 1e3,
+            target_p99_s=batching.target_p99_ms / 1e3,
+            compute=ComputeTimes(lambda rows: cost.predict(rows * elements_per_row)),
+        )
+        return Batcher(
+            executor,
+            policy,
+            mv.stats,
+            name=f"model {mv.model!r} version {mv.version}",
+            max_queue_size=batching.max_queue_size,
+            priority_levels=batching.priority_levels,
+            instance_count=config.instance_count,
+            default_timeout_s=batching.timeout_ms / 1e3,
+            on_failure=failed,
+        )
 
     def _load_blocking(self, mv: ModelVersion) -> tuple[Artifact, Runtime, CostModel]:
         artifact = self.registry.fetch(mv.model, mv.version)

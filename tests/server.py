@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 
 from gateway.api.app import create_app
+from gateway.models import ModelManager, RuntimeLoader
 from gateway.registry.base import Registry
 from gateway.settings import Settings
 
@@ -49,14 +50,22 @@ def wait_for(url: str, status: int = 200, timeout_s: float = 30.0) -> None:
 
 @contextmanager
 def serve(
-    repository: Path, *, ready: bool = True, registry: Registry | None = None, **settings: Any
+    repository: Path,
+    *,
+    ready: bool = True,
+    registry: Registry | None = None,
+    loader: RuntimeLoader | None = None,
+    on_ready: Callable[[ModelManager], None] | None = None,
+    **settings: Any,
 ) -> Iterator[RunningServer]:
     """Serve ``repository`` with the real stack (uvloop, httptools) until the block ends."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = create_app(Settings(repository=repository, port=port, **settings), registry=registry)
+    app = create_app(
+        Settings(repository=repository, port=port, **settings), registry=registry, loader=loader, on_ready=on_ready
+    )
     config = uvicorn.Config(
         app, loop="uvloop", http="httptools", log_level="warning", access_log=False, proxy_headers=False
     )

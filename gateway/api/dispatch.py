@@ -15,7 +15,7 @@ import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import GatewayError
+from gateway.errors import ClientDisconnected, GatewayError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class InferenceDispatcher:
                     await self.handler(scope, receive, send)
                 except GatewayError as exc:
                     await send_error(send, exc.status, exc.message, exc.headers)
-                except ClientDisconnect:
+                except (ClientDisconnect, ClientDisconnected):
                     pass  # nobody to answer
                 except Exception:
                     log.exception("unhandled error on POST %s", scope["path"])

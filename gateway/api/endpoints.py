@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -14,6 +17,12 @@ from gateway.inference import InferenceService
 from gateway.models import Model, ModelManager, ModelVersion, VersionState
 from gateway.protocol.codec import MAX_ID_LENGTH
 from gateway.registry.names import parse_version
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone (the server reports http.disconnect)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class Endpoints:
@@ -84,6 +93,22 @@ class Endpoints:
             503, f"version {mv.version} of model {model.name!r} is {mv.state.value.lower()}", {"Retry-After": "1"}
         )
 
+    async def model_stats(self, request: Request) -> Response:
+        """``GET /v2/models[/{m}[/versions/{v}]]/stats``: Triton's statistics extension."""
+        manager = self.manager
+        params = request.path_params
+        models = [manager.model(params["model"])] if "model" in params else manager.models()
+        entries: list[dict[str, Any]] = []
+        for model in models:
+            if "version" in params:
+                versions = [manager.version(model, parse_version(params["version"]))]
+            else:
+                versions = [model.versions[v] for v in sorted(model.versions)]
+            entries.extend(
+                mv.stats.to_triton(model.name, str(mv.version)) for mv in versions if mv.state is VersionState.READY
+            )
+        return json_response({"model_stats": entries})
+
     # -- inference -----------------------------------------------------------------------------
 
     async def infer(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -112,6 +137,7 @@ class Endpoints:
             body,
             None if header_length is None else header_length.decode("latin-1"),
             request_id,
+            until_disconnect=partial(_disconnected, receive),
         )
         out = [
             (b"content-length", b"%d" % len(result.body)),

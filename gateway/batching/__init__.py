@@ -1,0 +1,1 @@
+"""Dynamic batching: concurrent requests for one version merged into one runtime call."""

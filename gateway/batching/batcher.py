@@ -1,0 +1,267 @@
+"""The dynamic batcher of one model version.
+
+Requests wait in a bounded priority queue. One loop task owns dispatching: when an instance
+is free it forms a batch (waiting per the DelayPolicy), takes compatible requests by priority
+and age, and starts the batch as its own task; up to ``instance_count`` batches run at once.
+A batch concatenates its requests' rows, runs them in one runtime call and hands each request
+exactly its own rows back.
+
+Every request gets a definite answer: its rows, the runtime's error, 503 when the queue is
+full, 504 when its deadline passes while queued, or nothing when its client has left (it is
+removed from the queue and never computed). If the loop itself ever dies, every pending
+request fails with 503 and ``on_failure`` marks the version not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import numpy as np
+
+from gateway.batching.policy import DelayPolicy
+from gateway.batching.queue import PendingRequest, RequestQueue
+from gateway.errors import ClientDisconnected, DeadlineExceeded, InternalError, Unavailable
+from gateway.stats import VersionStats
+from runtimes.base import InferenceFailedError, InvalidInputError
+from runtimes.executor import Executor
+
+log = logging.getLogger(__name__)
+
+
+class Batcher:
+    """Merges concurrent requests for one version into runtime calls of up to ``max_batch_size`` rows."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        policy: DelayPolicy,
+        stats: VersionStats,
+        *,
+        name: str,
+        max_queue_size: int,
+        priority_levels: int,
+        instance_count: int,
+        default_timeout_s: float,
+        on_failure: Callable[[BaseException], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._executor = executor
+        self._policy = policy
+        self._stats = stats
+        self._name = name
+        self._max_queue_size = max_queue_size
+        self.priority_levels = priority_levels
+        self._default_timeout_s = default_timeout_s
+        self._on_failure = on_failure
+        self._clock = clock
+        self._queue = RequestQueue(priority_levels)
+        self._slots = asyncio.Semaphore(instance_count)
+        self._wakeup = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopped: str | None = None
+        self._output_order = [spec.name for spec in executor.runtime.outputs]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the dispatch loop (on the running event loop)."""
+        self._loop_task = asyncio.create_task(self._dispatch_loop(), name=f"batcher-{self._name}")
+        self._loop_task.add_done_callback(self._loop_ended)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch."""
+        return self._queue.size
+
+    async def close(self) -> None:
+        """Stop dispatching, fail what still waits (503), and let running batches finish."""
+        self._stopped = "the model version is unloading"
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        self._fail_waiting(Unavailable(f"{self._name} is unloading"))
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stopped is not None:
+            return
+        exc = task.exception() or RuntimeError("the batch loop returned")
+        log.error("batcher of %s died: %r", self._name, exc)
+        self._stopped = "the batcher stopped"
+        self._fail_waiting(Unavailable(f"{self._name} is not available: its batcher stopped", 30))
+        self._on_failure(exc)
+
+    def _fail_waiting(self, error: Exception) -> None:
+        for request in self._queue.drain():
+            self._settle(request, error)
+
+    # -- submitting --------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: Sequence[str],
+        rows: int,
+        *,
+        priority: int = 0,
+        timeout_s: float = 0.0,
+        until_disconnect: Callable[[], Awaitable[object]] | None = None,
+    ) -> list[np.ndarray]:
+        """Queue a request and wait for its rows of the named outputs.
+
+        ``priority`` 1 is the highest, 0 means the lowest level; ``timeout_s`` (0: none) can
+        only shorten the model's own timeout. ``until_disconnect`` returns when the client
+        has gone: the request then leaves the queue and ClientDisconnected is raised.
+        """
+        if self._stopped is not None:
+            raise Unavailable(f"{self._name} is not available: {self._stopped}")
+        if self._queue.size >= self._max_queue_size:
+            raise Unavailable(f"{self._name}: the queue is full ({self._max_queue_size} requests waiting)")
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        timeouts = [t for t in (timeout_s, self._default_timeout_s) if t > 0]
+        timeout = min(timeouts) if timeouts else 0.0
+        key = tuple((name, array.shape[1:], array.dtype.str) for name, array in sorted(inputs.items()))
+        request = PendingRequest(
+            inputs=inputs,
+            outputs=tuple(outputs),
+            rows=rows,
+            key=key,
+            priority=priority or self.priority_levels,
+            enqueued=now,
+            deadline=now + timeout if timeout else None,
+            future=loop.create_future(),
+        )
+        if timeout:
+            request.timer = loop.call_later(timeout, self._expire, request, timeout)
+        self._queue.push(request)
+        self._wakeup.set()
+        try:
+            if until_disconnect is None:
+                return await request.future
+            watcher = asyncio.ensure_future(until_disconnect())
+            try:
+                await asyncio.wait((request.future, watcher), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watcher.cancel()
+            if not request.future.done():
+                raise ClientDisconnected()
+            return request.future.result()
+        finally:
+            if request.timer is not None:
+                request.timer.cancel()
+            # A cancelled await cancels the future too: "done" alone does not mean answered.
+            if self._queue.discard(request) or not request.future.done():
+                request.abandoned = True
+
+    def _expire(self, request: PendingRequest, timeout: float) -> None:
+        if self._queue.discard(request):
+            self._settle(request, DeadlineExceeded(f"deadline of {timeout * 1e3:g} ms exceeded while queued"))
+
+    @staticmethod
+    def _settle(request: PendingRequest, outcome: list[np.ndarray] | Exception) -> None:
+        if request.abandoned or request.future.done():
+            return
+        if isinstance(outcome, Exception):
+            request.future.set_exception(outcome)
+        else:
+            request.future.set_result(outcome)
+
+    # -- dispatching -------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            if not self._queue.size:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._slots.acquire()  # an instance is free; rows keep arriving meanwhile
+            try:
+                batch = await self._form_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _form_batch(self) -> list[PendingRequest]:
+        policy = self._policy
+        while True:
+            head = self._queue.head()
+            if head is None:
+                return []
+            now = self._clock()
+            max_rows = policy.max_rows(head.enqueued, now)
+            ready = self._queue.rows_ready(head.key, max_rows)
+            wait = policy.wait_s(head.enqueued, now, ready)
+            if wait <= 0 or ready >= max_rows:
+                break
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), wait)
+        batch = self._queue.take(head.key, max_rows)
+        live = []
+        for request in batch:
+            if request.deadline is not None and request.deadline <= now:
+                self._settle(request, DeadlineExceeded("deadline exceeded while queued"))
+            else:
+                live.append(request)
+        return live
+
+    def _union_outputs(self, batch: list[PendingRequest]) -> list[str]:
+        wanted = {name for request in batch for name in request.outputs}
+        return [name for name in self._output_order if name in wanted]
+
+    async def _execute(self, batch: list[PendingRequest]) -> None:
+        try:
+            start = self._clock()
+            rows = sum(r.rows for r in batch)
+            if len(batch) == 1:
+                feed: Mapping[str, np.ndarray] = batch[0].inputs
+            else:
+                feed = {name: np.concatenate([r.inputs[name] for r in batch]) for name in batch[0].inputs}
+            outputs = self._union_outputs(batch)
+            elements = sum(a.size for a in feed.values())
+            computing = self._clock()
+            results = await self._executor.run(feed, outputs, elements)
+            computed = self._clock()
+            index = {name: i for i, name in enumerate(outputs)}
+            for name, array in zip(outputs, results, strict=True):
+                if array.ndim == 0 or array.shape[0] != rows:
+                    raise InferenceFailedError(f"output {name!r} is not batched along its first dimension")
+            offset = 0
+            for request in batch:
+                end = offset + request.rows
+                self._settle(request, [results[index[n]][offset:end] for n in request.outputs])
+                offset = end
+            done = self._clock()
+            self._policy.compute.observe(rows, computed - computing)
+            self._stats.execution_done(
+                rows, _ns(computing - start), _ns(computed - computing), _ns(done - computed), len(batch)
+            )
+            for request in batch:
+                self._stats.queue.add(_ns(start - request.enqueued))
+        except (InvalidInputError, InferenceFailedError) as exc:
+            for request in batch:
+                self._settle(request, exc)
+        except Exception as exc:
+            log.exception("batch of %d requests for %s failed", len(batch), self._name)
+            for request in batch:
+                self._settle(request, InternalError("inference failed"))
+            del exc
+        finally:
+            self._slots.release()
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)

@@ -1,0 +1,121 @@
+"""Per-version inference statistics in the shape of Triton's statistics extension."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Duration:
+    """A count and the nanoseconds they took in total."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        """Add ``count`` events that took ``ns`` nanoseconds together."""
+        self.count += count
+        self.ns += ns
+
+    def to_json(self) -> dict[str, int]:
+        """``{"count": ..., "ns": ...}``."""
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass(slots=True)
+class BatchDurations:
+    """Compute times of the executions of one batch size."""
+
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+class VersionStats:
+    """Counters for one loaded version: inferences (rows served) and executions (runtime calls).
+
+    Times come from ``time.perf_counter_ns`` readings the caller already took; the wall clock
+    is read once, to turn the last one into Triton's ``last_inference`` (ms since the epoch).
+    """
+
+    def __init__(
+        self,
+        wall_clock: Callable[[], float] = time.time,
+        perf_ns: Callable[[], int] = time.perf_counter_ns,
+    ) -> None:
+        self._epoch_offset_ns = int(wall_clock() * 1e9) - perf_ns()
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_ns = 0
+        self.success = Duration()
+        self.fail = Duration()
+        self.queue = Duration()
+        self.compute_input = Duration()
+        self.compute_infer = Duration()
+        self.compute_output = Duration()
+        self.batches: dict[int, BatchDurations] = {}
+
+    def request_done(self, ok: bool, rows: int, started_ns: int, ended_ns: int) -> None:
+        """One request answered (``ok``) or failed in the runtime or the queue."""
+        if ok:
+            self.success.add(ended_ns - started_ns)
+            self.inference_count += rows
+        else:
+            self.fail.add(ended_ns - started_ns)
+        self.last_ns = ended_ns
+
+    def execution_done(self, rows: int, input_ns: int, infer_ns: int, output_ns: int, requests: int = 1) -> None:
+        """One runtime call over ``rows`` rows serving ``requests`` requests."""
+        self.execution_count += 1
+        self.compute_input.add(input_ns, requests)
+        self.compute_infer.add(infer_ns, requests)
+        self.compute_output.add(output_ns, requests)
+        batch = self.batches.get(rows)
+        if batch is None:
+            batch = self.batches[rows] = BatchDurations()
+        batch.compute_input.add(input_ns)
+        batch.compute_infer.add(infer_ns)
+        batch.compute_output.add(output_ns)
+
+    def unbatched(self, rows: int, started_ns: int, ended_ns: int) -> None:
+        """A request served by its own runtime call, without queueing."""
+        self.execution_done(rows, 0, ended_ns - started_ns, 0)
+        self.queue.add(0)
+        self.request_done(True, rows, started_ns, ended_ns)
+
+    @property
+    def last_inference_ms(self) -> int:
+        """When the last request finished, in ms since the epoch (0: never)."""
+        return (self.last_ns + self._epoch_offset_ns) // 1_000_000 if self.last_ns else 0
+
+    def to_triton(self, model: str, version: str) -> dict[str, Any]:
+        """One entry of ``model_stats`` as Triton's ``GET .../stats`` returns it."""
+        return {
+            "name": model,
+            "version": version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.to_json(),
+                "fail": self.fail.to_json(),
+                "queue": self.queue.to_json(),
+                "compute_input": self.compute_input.to_json(),
+                "compute_infer": self.compute_infer.to_json(),
+                "compute_output": self.compute_output.to_json(),
+                "cache_hit": Duration().to_json(),
+                "cache_miss": Duration().to_json(),
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": b.compute_input.to_json(),
+                    "compute_infer": b.compute_infer.to_json(),
+                    "compute_output": b.compute_output.to_json(),
+                }
+                for size, b in sorted(self.batches.items())
+            ],
+        }

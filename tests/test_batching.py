@@ -1,0 +1,349 @@
+"""The dynamic batcher: merging, exact splitting, bounded queues, deadlines, priorities, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.batching.batcher import Batcher
+from gateway.batching.policy import ComputeTimes, DelayPolicy
+from gateway.batching.queue import PendingRequest, RequestQueue
+from gateway.errors import ClientDisconnected, DeadlineExceeded, Unavailable
+from gateway.stats import VersionStats
+from runtimes.base import InferenceFailedError
+from runtimes.devices import Devices
+from runtimes.executor import Executor
+from runtimes.onnxrt import OnnxOptions, OnnxRuntime
+from runtimes.warmup import CostModel
+from tests.gated import GatedRuntime
+from tests.onnx_models import identity, write_model
+
+pytestmark = pytest.mark.anyio
+
+
+# -- the queue and the policy, with no event loop or clock ------------------------------------
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    new = asyncio.new_event_loop()
+    yield new
+    new.close()
+
+
+def pending(loop: asyncio.AbstractEventLoop, rows: int, key: str = "a", priority: int = 1) -> PendingRequest:
+    return PendingRequest({}, (), rows, key, priority, 0.0, None, loop.create_future())
+
+
+def test_queue_takes_by_priority_then_age_and_only_compatible_rows(loop: asyncio.AbstractEventLoop) -> None:
+    queue = RequestQueue(levels=2)
+    low1, low2 = pending(loop, 1, priority=2), pending(loop, 2, priority=2)
+    high, other, big = pending(loop, 1), pending(loop, 1, "b"), pending(loop, 5)
+    for request in (low1, low2, high, other, big):
+        queue.push(request)
+    assert queue.size == 5
+    assert queue.head() is high
+    assert queue.rows_ready("a", 4) == 4  # high (1) + low1 (1) + low2 (2); big does not fit
+    batch = queue.take("a", 4)
+    assert batch == [high, low1, low2]
+    assert queue.size == 2 and queue.head() is other
+    assert queue.take("b", 4) == [other]
+    assert queue.head() is big
+    assert queue.take("a", 4) == []  # big needs 5 rows
+
+
+def test_queue_discard_is_exact_and_idempotent(loop: asyncio.AbstractEventLoop) -> None:
+    queue = RequestQueue(levels=1)
+    a, b = pending(loop, 1), pending(loop, 1)
+    queue.push(a)
+    queue.push(b)
+    assert queue.discard(a) and not queue.discard(a)
+    assert queue.size == 1 and queue.head() is b
+    assert queue.drain() == [b] and queue.size == 0
+
+
+def fixed_policy(
+    delay_s: float | None,
+    max_batch: int = 8,
+    preferred: tuple[int, ...] = (),
+    target: float = 0.0,
+    cost: Callable[[int], float] = lambda rows: rows * 1e-3,
+) -> DelayPolicy:
+    return DelayPolicy(
+        max_batch_size=max_batch,
+        preferred_batch_sizes=preferred,
+        delay_s=delay_s,
+        target_p99_s=target,
+        compute=ComputeTimes(cost),
+    )
+
+
+def test_fixed_delay_counts_from_the_oldest_request() -> None:
+    policy = fixed_policy(0.010)
+    assert policy.wait_s(oldest_enqueued=100.0, now=100.004, rows_ready=3) == pytest.approx(0.006)
+    assert policy.wait_s(100.0, 100.011, 3) < 0
+    assert policy.wait_s(100.0, 100.001, 8) == 0.0  # full: go at once
+
+
+def test_preferred_size_dispatches_early() -> None:
+    policy = fixed_policy(0.010, max_batch=32, preferred=(4, 16, 64))
+    assert policy.full_rows == 16
+    assert policy.wait_s(0.0, 0.0, 16) == 0.0 and policy.wait_s(0.0, 0.0, 15) > 0
+
+
+def test_auto_never_waits_and_caps_rows_by_the_p99_target() -> None:
+    policy = fixed_policy(None, max_batch=64, target=0.020)  # 1 ms per row predicted
+    assert policy.wait_s(0.0, 0.0, 1) == 0.0
+    assert policy.max_rows(oldest_enqueued=0.0, now=0.0) == 16  # 64 -> 32 -> 16 (16 ms <= 20 ms)
+    assert policy.max_rows(0.0, 0.015) == 4  # 5 ms left
+    assert policy.max_rows(0.0, 0.5) == 1  # always at least one row
+    assert fixed_policy(None, max_batch=64).max_rows(0.0, 0.0) == 64  # no target: no cap
+
+
+def test_compute_times_learn_per_batch_size() -> None:
+    times = ComputeTimes(lambda rows: 1.0)
+    assert times.predict(8) == 1.0
+    times.observe(8, 0.008)
+    times.observe(8, 0.010)
+    assert times.predict(8) == pytest.approx(0.0084)
+    assert times.predict(16) == pytest.approx(0.0168)  # scaled from the nearest observed size
+
+
+# -- the batcher on a real ONNX Runtime session -----------------------------------------------
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> GatedRuntime:
+    path = write_model(tmp_path, "m", 1, identity("FP32", ["batch", "width"]))
+    return GatedRuntime(OnnxRuntime.load(path, OnnxOptions(), Devices(0, False)))
+
+
+def make_batcher(
+    runtime: GatedRuntime,
+    *,
+    max_batch: int = 8,
+    delay_s: float | None = 0.002,
+    max_queue: int = 1000,
+    levels: int = 1,
+    instances: int = 1,
+    timeout_s: float = 0.0,
+    failures: list[BaseException] | None = None,
+    stats: VersionStats | None = None,
+) -> Batcher:
+    # inline_threshold 0: every batch runs in a thread, so a held gate never blocks the loop.
+    executor = Executor(
+        runtime, concurrency=instances, inline_threshold_s=0.0, cost=CostModel(1e-3, 0.0, 4), name="test"
+    )
+    batcher = Batcher(
+        executor,
+        fixed_policy(delay_s, max_batch),
+        stats or VersionStats(),
+        name="test",
+        max_queue_size=max_queue,
+        priority_levels=levels,
+        instance_count=instances,
+        default_timeout_s=timeout_s,
+        on_failure=(failures if failures is not None else []).append,
+    )
+    batcher.start()
+    return batcher
+
+
+def rows_of(value: float, rows: int, width: int = 4) -> np.ndarray:
+    return np.full((rows, width), value, dtype=np.float32)
+
+
+async def wait_entered(runtime: GatedRuntime) -> None:
+    await asyncio.to_thread(runtime.wait_entered)
+
+
+async def test_concurrent_requests_are_merged_and_each_gets_exactly_its_rows(runtime: GatedRuntime) -> None:
+    batcher = make_batcher(runtime, max_batch=16, delay_s=0.005)
+    rng = random.Random(5)
+    payloads = [rows_of(i + 0.5, rng.randint(1, 3)) for i in range(300)]
+    results = await asyncio.gather(*(batcher.submit({"INPUT0": p}, ["OUTPUT0"], len(p)) for p in payloads))
+    for payload, (output,) in zip(payloads, results, strict=True):
+        assert np.array_equal(output, payload)
+    sizes = runtime.rows_per_call()
+    assert sum(sizes) == sum(len(p) for p in payloads)
+    assert max(sizes) > 1 and max(sizes) <= 16
+    assert len(sizes) < len(payloads) / 3
+    await batcher.close()
+
+
+async def test_different_trailing_shapes_are_never_merged(runtime: GatedRuntime) -> None:
+    batcher = make_batcher(runtime, max_batch=32, delay_s=0.005)
+    payloads = [rows_of(i, 1, width=4 if i % 2 else 6) for i in range(40)]
+    results = await asyncio.gather(*(batcher.submit({"INPUT0": p}, ["OUTPUT0"], 1) for p in payloads))
+    for payload, (output,) in zip(payloads, results, strict=True):
+        assert np.array_equal(output, payload)
+    for call in runtime.calls:
+        assert len({call["INPUT0"].shape[1]}) == 1
+    await batcher.close()
+
+
+async def test_a_full_queue_refuses_exactly_the_excess(runtime: GatedRuntime) -> None:
+    batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, max_queue=2)
+    runtime.hold()
+    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(0, 1)}, ["OUTPUT0"], 1))
+    await wait_entered(runtime)  # the first request runs (held): it no longer waits
+    rest = [asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(i, 1)}, ["OUTPUT0"], 1)) for i in range(1, 11)]
+    await asyncio.sleep(0)
+    refused = [t for t in rest if t.done() and isinstance(t.exception(), Unavailable)]
+    assert len(refused) == 8
+    assert "queue is full" in str(refused[0].exception())
+    assert refused[0].exception().headers["Retry-After"]  # type: ignore[union-attr]
+    runtime.release()
+    served = await asyncio.gather(first, *(t for t in rest if t not in refused))
+    assert len(served) == 3
+    await batcher.close()
+
+
+async def test_a_deadline_that_passes_while_queued_is_504_and_never_computed(runtime: GatedRuntime) -> None:
+    batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, timeout_s=10.0)
+    runtime.hold()
+    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1))
+    await wait_entered(runtime)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="deadline of 50 ms"):
+        # The request may shorten the model's 10 s timeout to 50 ms ...
+        await batcher.submit({"INPUT0": rows_of(2, 1)}, ["OUTPUT0"], 1, timeout_s=0.05)
+    assert time.monotonic() - started >= 0.045
+    assert batcher.queued == 0
+    runtime.release()
+    await first
+    await asyncio.sleep(0.05)
+    assert [float(c["INPUT0"][0, 0]) for c in runtime.calls] == [1.0]
+    await batcher.close()
+
+
+async def test_a_request_cannot_extend_the_model_timeout(runtime: GatedRuntime) -> None:
+    batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, timeout_s=0.05)
+    runtime.hold()
+    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1))
+    await wait_entered(runtime)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit({"INPUT0": rows_of(2, 1)}, ["OUTPUT0"], 1, timeout_s=60.0)
+    runtime.release()
+    await first
+    await batcher.close()
+
+
+async def test_a_client_that_leaves_while_queued_is_removed_before_its_batch(runtime: GatedRuntime) -> None:
+    batcher = make_batcher(runtime, max_batch=1, delay_s=0.0)
+    runtime.hold()
+    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1))
+    await wait_entered(runtime)
+    gone = asyncio.Event()
+    leaving = asyncio.ensure_future(
+        batcher.submit({"INPUT0": rows_of(2, 1)}, ["OUTPUT0"], 1, until_disconnect=gone.wait)
+    )
+    cancelled = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(3, 1)}, ["OUTPUT0"], 1))
+    await asyncio.sleep(0.01)
+    assert batcher.queued == 2
+    gone.set()
+    cancelled.cancel()
+    with pytest.raises(ClientDisconnected):
+        await leaving
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert batcher.queued == 0
+    runtime.release()
+    await first
+    await batcher.submit({"INPUT0": rows_of(4, 1)}, ["OUTPUT0"], 1)
+    assert [float(c["INPUT0"][0, 0]) for c in runtime.calls] == [1.0, 4.0]
+    await batcher.close()
+
+
+async def test_a_runtime_error_fans_out_to_the_whole_batch(runtime: GatedRuntime) -> None:
+    batcher = make_batcher(runtime, max_batch=8, delay_s=0.05)
+    runtime.fail_next = True
+    outcomes = await asyncio.gather(
+        *(batcher.submit({"INPUT0": rows_of(i, 1)}, ["OUTPUT0"], 1) for i in range(5)), return_exceptions=True
+    )
+    assert runtime.rows_per_call() == [5]
+    assert all(isinstance(o, InferenceFailedError) for o in outcomes)
+    (after,) = await batcher.submit({"INPUT0": rows_of(9, 1)}, ["OUTPUT0"], 1)  # the batcher lives on
+    assert after[0, 0] == 9
+    await batcher.close()
+
+
+async def test_higher_priority_is_batched_first(runtime: GatedRuntime) -> None:
+    batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, levels=3)
+    runtime.hold()
+    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(0, 1)}, ["OUTPUT0"], 1))
+    await wait_entered(runtime)
+    order = [(10, 0), (11, 3), (12, 2), (13, 1), (14, 2)]  # (payload, priority); 0 = the lowest level
+    tasks = [
+        asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(v, 1)}, ["OUTPUT0"], 1, priority=p)) for v, p in order
+    ]
+    await asyncio.sleep(0.01)
+    runtime.release()
+    await asyncio.gather(first, *tasks)
+    assert [float(c["INPUT0"][0, 0]) for c in runtime.calls] == [0, 13, 12, 14, 10, 11]
+    await batcher.close()
+
+
+async def test_a_lone_request_waits_out_the_delay_and_a_full_batch_does_not(runtime: GatedRuntime) -> None:
+    batcher = make_batcher(runtime, max_batch=4, delay_s=0.08)
+    started = time.monotonic()
+    await batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1)
+    assert time.monotonic() - started >= 0.07
+    started = time.monotonic()
+    await asyncio.gather(*(batcher.submit({"INPUT0": rows_of(i, 1)}, ["OUTPUT0"], 1) for i in range(4)))
+    assert time.monotonic() - started < 0.07
+    assert runtime.rows_per_call() == [1, 4]
+    await batcher.close()
+
+
+async def test_auto_delay_dispatches_at_once_when_an_instance_is_free(runtime: GatedRuntime) -> None:
+    batcher = make_batcher(runtime, max_batch=8, delay_s=None)
+    runtime.hold()
+    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(0, 1)}, ["OUTPUT0"], 1))
+    await wait_entered(runtime)  # went alone, at once
+    rest = [asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(i, 1)}, ["OUTPUT0"], 1)) for i in range(1, 6)]
+    await asyncio.sleep(0.01)
+    runtime.release()
+    await asyncio.gather(first, *rest)
+    assert runtime.rows_per_call() == [1, 5]  # the rest piled up while the instance was busy
+    await batcher.close()
+
+
+async def test_if_the_loop_dies_every_waiting_request_fails_cleanly(runtime: GatedRuntime) -> None:
+    failures: list[BaseException] = []
+    batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, failures=failures)
+    runtime.hold()
+    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(0, 1)}, ["OUTPUT0"], 1))
+    await wait_entered(runtime)
+    waiting = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1))
+    await asyncio.sleep(0.01)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug in batch formation")
+
+    batcher._queue.take = broken  # type: ignore[method-assign]  # the next batch formation crashes
+    runtime.release()
+    await first
+    with pytest.raises(Unavailable, match="batcher stopped"):
+        await waiting
+    assert len(failures) == 1 and "bug in batch formation" in repr(failures[0])
+    with pytest.raises(Unavailable):
+        await batcher.submit({"INPUT0": rows_of(2, 1)}, ["OUTPUT0"], 1)
+    await batcher.close()
+
+
+async def test_statistics_count_requests_and_executions(runtime: GatedRuntime) -> None:
+    stats = VersionStats()
+    batcher = make_batcher(runtime, max_batch=8, delay_s=0.05, stats=stats)
+    await asyncio.gather(*(batcher.submit({"INPUT0": rows_of(i, 2)}, ["OUTPUT0"], 2) for i in range(4)))
+    assert stats.execution_count == 1 and stats.queue.count == 4
+    assert list(stats.batches) == [8] and stats.compute_infer.count == 4
+    doc = stats.to_triton("m", "1")
+    assert doc["batch_stats"][0]["batch_size"] == 8 and doc["batch_stats"][0]["compute_infer"]["count"] == 1
+    await batcher.close()
