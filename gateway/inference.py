@@ -66,11 +66,12 @@ class InferenceService:
         request_id: str | None = None,
         *,
         until_disconnect: Callable[[], Awaitable[object]] | None = None,
+        is_disconnected: Callable[[], bool] | None = None,
     ) -> InferResult:
         """Run one request; ``version_text`` pins a version, None routes by the model's route.
 
-        ``until_disconnect`` returns when the client has gone; a request waiting in a batch
-        queue is then withdrawn (ClientDisconnected).
+        ``until_disconnect`` returns when the client has gone, ``is_disconnected`` says so
+        without waiting; a request waiting in a batch queue is then withdrawn.
         """
         version = None if version_text is None else parse_version(version_text)
         mv, role = self._manager.serving(model_name, version)
@@ -100,6 +101,7 @@ class InferenceService:
                     priority=priority,
                     timeout_s=timeout_s,
                     until_disconnect=until_disconnect,
+                    is_disconnected=is_disconnected,
                 )
                 mv.stats.request_done(True, rows, started, perf_counter_ns())
         except InvalidInputError as exc:

@@ -14,83 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, Sample, free_port, median, run_wrk, wait_ready
+
 MODELS = ROOT / "examples" / "models"
-LUA = ROOT / "loadtests" / "infer.lua"
 FEATURES = [round(0.1 * i, 3) for i in range(1, 17)]
-
-
-@dataclass
-class Sample:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    non2xx: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"server at {url} did not become ready")
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if match is None:
-        raise ValueError(f"unexpected wrk latency {text!r}")
-    number, unit = match.groups()
-    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-
-
-def run_wrk(url: str, connections: int, duration_s: int, cpu: int, body_file: str) -> Sample:
-    command = [
-        "taskset",
-        "-c",
-        str(cpu),
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{duration_s}s",
-        "--latency",
-        "-s",
-        str(LUA),
-        url,
-    ]
-    env = dict(os.environ, BODY_FILE=body_file)
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=duration_s + 30, check=True)
-    out = done.stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    non2xx = int(re.search(r"non2xx=(\d+)", done.stderr).group(1))  # type: ignore[union-attr]
-    return Sample(rps, p50, p99, non2xx)
 
 
 def main() -> None:
@@ -149,9 +84,9 @@ def main() -> None:
             deadline = time.monotonic() + 30
             while True:  # the bare app has no health route: wait until it answers an inference
                 try:
-                    run_wrk(url + "/v2/models/fraud/infer", 1, 1, args.client_cpu, str(body_file))
+                    run_wrk(url + "/v2/models/fraud/infer", 1, 1, args.client_cpu, body_file)
                     break
-                except (subprocess.CalledProcessError, AttributeError):
+                except (subprocess.CalledProcessError, ValueError):
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
@@ -160,7 +95,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, (_, url) in servers.items():
                     sample = run_wrk(
-                        url + "/v2/models/fraud/infer", connections, args.duration, args.client_cpu, str(body_file)
+                        url + "/v2/models/fraud/infer", connections, args.duration, args.client_cpu, body_file
                     )
                     samples[name][connections].append(sample)
     finally:
@@ -177,10 +112,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for c in args.concurrency:
         b, g = samples["bare"][c], samples["gateway"][c]
-        med = lambda xs, f: statistics.median(f(x) for x in xs)  # noqa: E731
-        b_rps, g_rps = med(b, lambda s: s.rps), med(g, lambda s: s.rps)
-        b_p50, g_p50 = med(b, lambda s: s.p50_ms), med(g, lambda s: s.p50_ms)
-        b_p99, g_p99 = med(b, lambda s: s.p99_ms), med(g, lambda s: s.p99_ms)
+        b_rps, g_rps = median(b, "rps"), median(g, "rps")
+        b_p50, g_p50 = median(b, "p50_ms"), median(g, "p50_ms")
+        b_p99, g_p99 = median(b, "p99_ms"), median(g, "p99_ms")
         errors = sum(s.non2xx for s in b + g)
         print(
             f"| {c} | {b_rps:,.0f} | {g_rps:,.0f} | {g_rps / b_rps:.2f} | {b_p50:.3f} | {g_p50:.3f} | "

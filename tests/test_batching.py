@@ -261,6 +261,34 @@ async def test_a_client_that_leaves_while_queued_is_removed_before_its_batch(run
     await batcher.close()
 
 
+async def test_a_gone_client_found_by_probe_is_withdrawn_without_a_task(runtime: GatedRuntime) -> None:
+    batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, max_queue=2)
+    runtime.hold()
+    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1))
+    await wait_entered(runtime)
+    gone = {"a": False, "b": False}
+    tasks = {
+        name: asyncio.ensure_future(
+            batcher.submit({"INPUT0": rows_of(value, 1)}, ["OUTPUT0"], 1, is_disconnected=lambda n=name: gone[n])
+        )
+        for name, value in (("a", 2.0), ("b", 3.0))
+    }
+    await asyncio.sleep(0.01)
+    gone["a"] = True
+    # The queue is full (2), but a gone client's place is given to the newcomer.
+    newcomer = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(4, 1)}, ["OUTPUT0"], 1))
+    with pytest.raises(ClientDisconnected):
+        await tasks["a"]
+    gone["b"] = True  # found when the next batch forms
+    runtime.release()
+    await first
+    await newcomer
+    with pytest.raises(ClientDisconnected):
+        await tasks["b"]
+    assert [float(c["INPUT0"][0, 0]) for c in runtime.calls] == [1.0, 4.0]
+    await batcher.close()
+
+
 async def test_a_runtime_error_fans_out_to_the_whole_batch(runtime: GatedRuntime) -> None:
     batcher = make_batcher(runtime, max_batch=8, delay_s=0.05)
     runtime.fail_next = True

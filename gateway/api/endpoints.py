@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -23,6 +24,19 @@ async def _disconnected(receive: Receive) -> None:
     """Return once the client has gone (the server reports http.disconnect)."""
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _disconnect_probe(receive: Receive) -> Callable[[], bool] | None:
+    """Ask uvicorn directly whether the client has gone, when ``receive`` is uvicorn's.
+
+    Awaiting ``receive()`` is ASGI's only way to learn of a disconnect, and costs a task per
+    waiting request; uvicorn's request cycle also keeps a ``disconnected`` flag, which the
+    batcher can read for free. Any other server (or a wrapped ``receive``) gets the task.
+    """
+    cycle = getattr(receive, "__self__", None)
+    if cycle is not None and isinstance(getattr(cycle, "disconnected", None), bool):
+        return lambda: bool(cycle.disconnected)
+    return None
 
 
 class Endpoints:
@@ -138,6 +152,7 @@ class Endpoints:
             None if header_length is None else header_length.decode("latin-1"),
             request_id,
             until_disconnect=partial(_disconnected, receive),
+            is_disconnected=_disconnect_probe(receive),
         )
         out = [
             (b"content-length", b"%d" % len(result.body)),

@@ -15,10 +15,10 @@ request fails with 503 and ``on_failure`` marks the version not ready.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 
 import numpy as np
 
@@ -59,12 +59,14 @@ class Batcher:
         self._on_failure = on_failure
         self._clock = clock
         self._queue = RequestQueue(priority_levels)
+        self._instances = instance_count
         self._slots = asyncio.Semaphore(instance_count)
         self._wakeup = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopped: str | None = None
         self._output_order = [spec.name for spec in executor.runtime.outputs]
+        self._input_order = [spec.name for spec in executor.runtime.inputs]
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -112,22 +114,29 @@ class Batcher:
         priority: int = 0,
         timeout_s: float = 0.0,
         until_disconnect: Callable[[], Awaitable[object]] | None = None,
+        is_disconnected: Callable[[], bool] | None = None,
     ) -> list[np.ndarray]:
         """Queue a request and wait for its rows of the named outputs.
 
         ``priority`` 1 is the highest, 0 means the lowest level; ``timeout_s`` (0: none) can
-        only shorten the model's own timeout. ``until_disconnect`` returns when the client
-        has gone: the request then leaves the queue and ClientDisconnected is raised.
+        only shorten the model's own timeout. A client that goes away while the request waits
+        makes it leave the queue (ClientDisconnected): ``is_disconnected``, where the server
+        offers one, is asked when a batch forms and when the queue is full (no task per
+        request); otherwise ``until_disconnect``, which returns when the client has gone, is
+        awaited alongside.
         """
         if self._stopped is not None:
             raise Unavailable(f"{self._name} is not available: {self._stopped}")
-        if self._queue.size >= self._max_queue_size:
+        if self._queue.size >= self._max_queue_size and not self.withdraw_gone():
             raise Unavailable(f"{self._name}: the queue is full ({self._max_queue_size} requests waiting)")
+        if self._policy.adaptive and not self._queue.size and not self._slots.locked():
+            return await self._run_now(inputs, outputs, rows)
         loop = asyncio.get_running_loop()
         now = self._clock()
         timeouts = [t for t in (timeout_s, self._default_timeout_s) if t > 0]
         timeout = min(timeouts) if timeouts else 0.0
-        key = tuple((name, array.shape[1:], array.dtype.str) for name, array in sorted(inputs.items()))
+        # Datatypes are the model's (validated): only the non-batch dims can differ.
+        key = tuple(inputs[name].shape[1:] for name in self._input_order)
         request = PendingRequest(
             inputs=inputs,
             outputs=tuple(outputs),
@@ -142,23 +151,51 @@ class Batcher:
             request.timer = loop.call_later(timeout, self._expire, request, timeout)
         self._queue.push(request)
         self._wakeup.set()
-        try:
-            if until_disconnect is None:
-                return await request.future
+        request.gone = is_disconnected
+        watcher = None
+        if is_disconnected is None and until_disconnect is not None:
             watcher = asyncio.ensure_future(until_disconnect())
-            try:
-                await asyncio.wait((request.future, watcher), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                watcher.cancel()
-            if not request.future.done():
-                raise ClientDisconnected()
-            return request.future.result()
+            watcher.add_done_callback(partial(self._client_left, request))
+        try:
+            return await request.future
         finally:
+            if watcher is not None:
+                watcher.cancel()
             if request.timer is not None:
                 request.timer.cancel()
             # A cancelled await cancels the future too: "done" alone does not mean answered.
             if self._queue.discard(request) or not request.future.done():
                 request.abandoned = True
+
+    async def _run_now(self, inputs: dict[str, np.ndarray], outputs: Sequence[str], rows: int) -> list[np.ndarray]:
+        """An instance is idle and nobody waits: with "auto", this request is the batch, at once.
+
+        It runs in the caller's task, skipping the queue and the hand-offs to and from the
+        dispatch loop: at low load, batching costs (almost) nothing.
+        """
+        await self._slots.acquire()  # free, so this does not suspend
+        try:
+            start = self._clock()
+            results = await self._executor.run(inputs, outputs, sum(a.size for a in inputs.values()))
+            computed = self._clock()
+        finally:
+            self._slots.release()
+        self._policy.compute.observe(rows, computed - start)
+        self._stats.execution_done(rows, 0, _ns(computed - start), 0)
+        self._stats.queue.add(0)
+        return results
+
+    def withdraw_gone(self) -> int:
+        """Withdraw the waiting requests whose clients have gone; how many there were."""
+        gone = [r for r in self._queue.waiting() if r.gone is not None and r.gone()]
+        for request in gone:
+            self._queue.discard(request)
+            self._settle(request, ClientDisconnected())
+        return len(gone)
+
+    def _client_left(self, request: PendingRequest, watcher: asyncio.Future[object]) -> None:
+        if not watcher.cancelled() and self._queue.discard(request):
+            self._settle(request, ClientDisconnected())
 
     def _expire(self, request: PendingRequest, timeout: float) -> None:
         if self._queue.discard(request):
@@ -190,6 +227,10 @@ class Batcher:
             if not batch:
                 self._slots.release()
                 continue
+            if self._instances == 1:
+                # Nothing else could be dispatched before this batch ends: run it right here.
+                await self._execute(batch)
+                continue
             task = asyncio.create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -206,14 +247,20 @@ class Batcher:
             wait = policy.wait_s(head.enqueued, now, ready)
             if wait <= 0 or ready >= max_rows:
                 break
+            # Sleep until the delay is up or a request arrives (a timer, not wait_for: no task).
             self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), wait)
+            timer = asyncio.get_running_loop().call_later(wait, self._wakeup.set)
+            try:
+                await self._wakeup.wait()
+            finally:
+                timer.cancel()
         batch = self._queue.take(head.key, max_rows)
         live = []
         for request in batch:
             if request.deadline is not None and request.deadline <= now:
                 self._settle(request, DeadlineExceeded("deadline exceeded while queued"))
+            elif request.gone is not None and request.gone():
+                self._settle(request, ClientDisconnected())
             else:
                 live.append(request)
         return live
@@ -261,6 +308,9 @@ class Batcher:
             del exc
         finally:
             self._slots.release()
+            # Cancelled mid-batch (shutdown): nobody is left without an answer.
+            for request in batch:
+                self._settle(request, Unavailable(f"{self._name} is unloading"))
 
 
 def _ns(seconds: float) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +28,8 @@ class PendingRequest:
     queued: bool = True
     #: True once nobody awaits the answer any more (cancelled, disconnected, timed out).
     abandoned: bool = False
+    #: Says whether the client has gone, where the server lets us ask without waiting.
+    gone: Callable[[], bool] | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
@@ -91,6 +93,10 @@ class RequestQueue:
                     kept.append(request)
             self._levels[index] = kept
         return batch
+
+    def waiting(self) -> list[PendingRequest]:
+        """The requests still waiting, in no particular order."""
+        return [r for level in self._levels for r in level if r.queued]
 
     def drain(self) -> list[PendingRequest]:
         """Remove and return every waiting request."""

@@ -1,0 +1,89 @@
+"""Shared pieces of the benchmarks: free ports, readiness, wrk runs and their parsing."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import statistics
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = ROOT / "loadtests" / "infer.lua"
+
+
+@dataclass
+class Sample:
+    """One wrk run."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non2xx: int
+
+
+def free_port() -> int:
+    """An unused loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout_s: float = 120.0) -> None:
+    """Poll ``url`` until it answers 200."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"server at {url} did not become ready")
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    number, unit = match.groups()
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def _find(pattern: str, text: str) -> str:
+    match = re.search(pattern, text, re.M)
+    if match is None:
+        raise ValueError(f"wrk output lacks {pattern!r}:\n{text}")
+    return match.group(1)
+
+
+def run_wrk(
+    url: str, connections: int, duration_s: int, cpu: int | None, body_file: Path, *, header_length: int | None = None
+) -> Sample:
+    """Run wrk (one thread, pinned to ``cpu`` if given) against ``url`` with the body in ``body_file``.
+
+    ``header_length`` marks a binary body: the length of its JSON header.
+    """
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(LUA), url]
+    if cpu is not None:
+        command = ["taskset", "-c", str(cpu), *command]
+    env = dict(os.environ, BODY_FILE=str(body_file))
+    if header_length is not None:
+        env["HEADER_LENGTH"] = str(header_length)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=duration_s + 30, check=True)
+    return Sample(
+        rps=float(_find(r"Requests/sec:\s+([\d.]+)", done.stdout)),
+        p50_ms=_ms(_find(r"^\s*50%\s+(\S+)", done.stdout)),
+        p99_ms=_ms(_find(r"^\s*99%\s+(\S+)", done.stdout)),
+        non2xx=int(_find(r"non2xx=(\d+)", done.stderr)),
+    )
+
+
+def median(samples: list[Sample], field: str) -> float:
+    """The median of one field over runs."""
+    return statistics.median(getattr(s, field) for s in samples)
