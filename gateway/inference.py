@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any
 
 import numpy as np
 
+from gateway.batching.queue import ClientWatch
 from gateway.errors import BadRequest, GatewayError, InternalError
 from gateway.models import ModelManager
 from gateway.protocol.codec import decode_request, encode_response
@@ -65,13 +65,11 @@ class InferenceService:
         header_length: str | None,
         request_id: str | None = None,
         *,
-        until_disconnect: Callable[[], Awaitable[object]] | None = None,
-        is_disconnected: Callable[[], bool] | None = None,
+        client: ClientWatch | None = None,
     ) -> InferResult:
         """Run one request; ``version_text`` pins a version, None routes by the model's route.
 
-        ``until_disconnect`` returns when the client has gone, ``is_disconnected`` says so
-        without waiting; a request waiting in a batch queue is then withdrawn.
+        A request waiting in a batch queue is withdrawn when its ``client`` goes away.
         """
         version = None if version_text is None else parse_version(version_text)
         mv, role = self._manager.serving(model_name, version)
@@ -90,7 +88,7 @@ class InferenceService:
                 executor = mv.executor
                 assert executor is not None  # READY versions always have one
                 arrays = await executor.run(request.inputs, names, request.elements)
-                mv.stats.unbatched(1, started, perf_counter_ns())
+                mv.stats.unbatched(started, perf_counter_ns())
             else:
                 rows = batch_rows(request.inputs)
                 priority, timeout_s = request_options(request.parameters, mv.batcher.priority_levels)
@@ -100,8 +98,7 @@ class InferenceService:
                     rows,
                     priority=priority,
                     timeout_s=timeout_s,
-                    until_disconnect=until_disconnect,
-                    is_disconnected=is_disconnected,
+                    client=client,
                 )
                 mv.stats.request_done(True, rows, started, perf_counter_ns())
         except InvalidInputError as exc:

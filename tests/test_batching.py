@@ -235,15 +235,39 @@ async def test_a_request_cannot_extend_the_model_timeout(runtime: GatedRuntime) 
     await batcher.close()
 
 
+class Waiting:
+    """A client whose departure can only be awaited (as with a plain ASGI server)."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+
+    def gone(self) -> bool | None:
+        return None
+
+    async def wait_gone(self) -> None:
+        await self.event.wait()
+
+
+class Flagged:
+    """A client whose departure is a flag the batcher can read (as with uvicorn)."""
+
+    def __init__(self, flags: dict[str, bool], name: str) -> None:
+        self.flags, self.name = flags, name
+
+    def gone(self) -> bool | None:
+        return self.flags[self.name]
+
+    async def wait_gone(self) -> None:
+        raise AssertionError("a flagged client is never awaited")
+
+
 async def test_a_client_that_leaves_while_queued_is_removed_before_its_batch(runtime: GatedRuntime) -> None:
     batcher = make_batcher(runtime, max_batch=1, delay_s=0.0)
     runtime.hold()
     first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1))
     await wait_entered(runtime)
     gone = asyncio.Event()
-    leaving = asyncio.ensure_future(
-        batcher.submit({"INPUT0": rows_of(2, 1)}, ["OUTPUT0"], 1, until_disconnect=gone.wait)
-    )
+    leaving = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(2, 1)}, ["OUTPUT0"], 1, client=Waiting(gone)))
     cancelled = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(3, 1)}, ["OUTPUT0"], 1))
     await asyncio.sleep(0.01)
     assert batcher.queued == 2
@@ -269,7 +293,7 @@ async def test_a_gone_client_found_by_probe_is_withdrawn_without_a_task(runtime:
     gone = {"a": False, "b": False}
     tasks = {
         name: asyncio.ensure_future(
-            batcher.submit({"INPUT0": rows_of(value, 1)}, ["OUTPUT0"], 1, is_disconnected=lambda n=name: gone[n])
+            batcher.submit({"INPUT0": rows_of(value, 1)}, ["OUTPUT0"], 1, client=Flagged(gone, name))
         )
         for name, value in (("a", 2.0), ("b", 3.0))
     }

@@ -167,7 +167,7 @@ def test_a_client_that_disconnects_while_queued_is_never_computed(
             batcher = managers[0].serving("batched", 1)[0].batcher
             assert batcher is not None
             deadline = time.monotonic() + 10
-            while not any(r.gone is not None and r.gone() for r in batcher._queue.waiting()):
+            while not any(r.client is not None and r.client.gone() for r in batcher._queue.waiting()):
                 assert time.monotonic() < deadline, "uvicorn never marked the client as gone"
                 time.sleep(0.005)
             runtime.release()  # the next batch forms without it

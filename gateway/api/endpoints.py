@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -20,23 +18,29 @@ from gateway.protocol.codec import MAX_ID_LENGTH
 from gateway.registry.names import parse_version
 
 
-async def _disconnected(receive: Receive) -> None:
-    """Return once the client has gone (the server reports http.disconnect)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+class AsgiClient:
+    """An ASGI request's client, for the batcher to ask whether it is still there.
 
-
-def _disconnect_probe(receive: Receive) -> Callable[[], bool] | None:
-    """Ask uvicorn directly whether the client has gone, when ``receive`` is uvicorn's.
-
-    Awaiting ``receive()`` is ASGI's only way to learn of a disconnect, and costs a task per
-    waiting request; uvicorn's request cycle also keeps a ``disconnected`` flag, which the
-    batcher can read for free. Any other server (or a wrapped ``receive``) gets the task.
+    Awaiting ``receive()`` is ASGI's only portable way to learn of a disconnect, and costs a
+    task per waiting request. uvicorn's request cycle (the owner of ``receive``) also keeps a
+    ``disconnected`` flag, which can be read for free; any other server, or a wrapped
+    ``receive``, gets the task.
     """
-    cycle = getattr(receive, "__self__", None)
-    if cycle is not None and isinstance(getattr(cycle, "disconnected", None), bool):
-        return lambda: bool(cycle.disconnected)
-    return None
+
+    __slots__ = ("_receive",)
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+
+    def gone(self) -> bool | None:
+        """uvicorn's flag, or None when the server offers none."""
+        flag = getattr(getattr(self._receive, "__self__", None), "disconnected", None)
+        return flag if isinstance(flag, bool) else None
+
+    async def wait_gone(self) -> None:
+        """Return once the server reports http.disconnect."""
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
 
 
 class Endpoints:
@@ -151,8 +155,7 @@ class Endpoints:
             body,
             None if header_length is None else header_length.decode("latin-1"),
             request_id,
-            until_disconnect=partial(_disconnected, receive),
-            is_disconnected=_disconnect_probe(receive),
+            client=AsgiClient(receive),
         )
         out = [
             (b"content-length", b"%d" % len(result.body)),

@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import numpy as np
 
 from gateway.batching.policy import DelayPolicy
-from gateway.batching.queue import PendingRequest, RequestQueue
+from gateway.batching.queue import ClientWatch, PendingRequest, RequestQueue
 from gateway.errors import ClientDisconnected, DeadlineExceeded, InternalError, Unavailable
 from gateway.stats import VersionStats
 from runtimes.base import InferenceFailedError, InvalidInputError
@@ -113,17 +113,15 @@ class Batcher:
         *,
         priority: int = 0,
         timeout_s: float = 0.0,
-        until_disconnect: Callable[[], Awaitable[object]] | None = None,
-        is_disconnected: Callable[[], bool] | None = None,
+        client: ClientWatch | None = None,
     ) -> list[np.ndarray]:
         """Queue a request and wait for its rows of the named outputs.
 
         ``priority`` 1 is the highest, 0 means the lowest level; ``timeout_s`` (0: none) can
-        only shorten the model's own timeout. A client that goes away while the request waits
-        makes it leave the queue (ClientDisconnected): ``is_disconnected``, where the server
-        offers one, is asked when a batch forms and when the queue is full (no task per
-        request); otherwise ``until_disconnect``, which returns when the client has gone, is
-        awaited alongside.
+        only shorten the model's own timeout. A ``client`` that goes away while the request
+        waits makes it leave the queue (ClientDisconnected): where the transport can tell at
+        once, it is asked when a batch forms and when the queue is full (no task per request);
+        otherwise its ``wait_gone`` is awaited alongside.
         """
         if self._stopped is not None:
             raise Unavailable(f"{self._name} is not available: {self._stopped}")
@@ -151,10 +149,10 @@ class Batcher:
             request.timer = loop.call_later(timeout, self._expire, request, timeout)
         self._queue.push(request)
         self._wakeup.set()
-        request.gone = is_disconnected
+        request.client = client
         watcher = None
-        if is_disconnected is None and until_disconnect is not None:
-            watcher = asyncio.ensure_future(until_disconnect())
+        if client is not None and client.gone() is None:
+            watcher = asyncio.ensure_future(client.wait_gone())
             watcher.add_done_callback(partial(self._client_left, request))
         try:
             return await request.future
@@ -187,7 +185,7 @@ class Batcher:
 
     def withdraw_gone(self) -> int:
         """Withdraw the waiting requests whose clients have gone; how many there were."""
-        gone = [r for r in self._queue.waiting() if r.gone is not None and r.gone()]
+        gone = [r for r in self._queue.waiting() if r.client is not None and r.client.gone()]
         for request in gone:
             self._queue.discard(request)
             self._settle(request, ClientDisconnected())
@@ -259,7 +257,7 @@ class Batcher:
         for request in batch:
             if request.deadline is not None and request.deadline <= now:
                 self._settle(request, DeadlineExceeded("deadline exceeded while queued"))
-            elif request.gone is not None and request.gone():
+            elif request.client is not None and request.client.gone():
                 self._settle(request, ClientDisconnected())
             else:
                 live.append(request)

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+
+
+class ClientWatch(Protocol):
+    """The client of a request, as far as the transport can tell whether it is still there."""
+
+    def gone(self) -> bool | None:
+        """True or False where the transport can tell at once; None where only waiting tells."""
+        ...
+
+    async def wait_gone(self) -> None:
+        """Return once the client has gone."""
+        ...
 
 
 @dataclass(eq=False, slots=True)
@@ -28,8 +41,8 @@ class PendingRequest:
     queued: bool = True
     #: True once nobody awaits the answer any more (cancelled, disconnected, timed out).
     abandoned: bool = False
-    #: Says whether the client has gone, where the server lets us ask without waiting.
-    gone: Callable[[], bool] | None = None
+    #: The client, to ask whether it has gone.
+    client: ClientWatch | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
