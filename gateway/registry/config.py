@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 class BatchingConfig:
     """The ``[batching]`` table: dynamic batching of single requests (see docs/configuration.md)."""
 
-    max_queue_delay_ms: float | Literal["auto"] = 0.5
+    max_queue_delay_ms: float | Literal["auto"] = "auto"
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 1024
     timeout_ms: int = 0
@@ -110,11 +110,11 @@ class _Table:
 
 def _batching(t: _Table) -> BatchingConfig:
     delay: float | Literal["auto"]
-    if t.data.get("max_queue_delay_ms") == "auto":
+    if t.data.get("max_queue_delay_ms", "auto") == "auto":
         t.used.add("max_queue_delay_ms")
         delay = "auto"
     else:
-        delay = t.number("max_queue_delay_ms", 0.5)
+        delay = t.number("max_queue_delay_ms", 0.0)
     sizes = t.get("preferred_batch_sizes", (list,), [])
     if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
         raise t.fail("preferred_batch_sizes", "must be a list of positive integers")
