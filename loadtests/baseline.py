@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, Sample, free_port, median, run_wrk, wait_ready
+from common import ROOT, Sample, free_port, median, run_wrk, save_samples, wait_ready
 
 MODELS = ROOT / "examples" / "models"
 FEATURES = [round(0.1 * i, 3) for i in range(1, 17)]
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
-    parser.add_argument("--json", type=Path, help="also write the raw samples here")
+    parser.add_argument("--save", type=Path, help="also write the raw samples here")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -120,10 +120,8 @@ def main() -> None:
             f"| {c} | {b_rps:,.0f} | {g_rps:,.0f} | {g_rps / b_rps:.2f} | {b_p50:.3f} | {g_p50:.3f} | "
             f"{g_p50 / b_p50:.2f} | {b_p99:.3f} | {g_p99:.3f} | {errors} |"
         )
-    if args.json:
-        args.json.write_text(
-            json.dumps({n: {c: [s.__dict__ for s in v] for c, v in d.items()} for n, d in samples.items()}, indent=1)
-        )
+    if args.save:
+        save_samples(args.save, samples)
 
 
 if __name__ == "__main__":

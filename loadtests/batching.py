@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from common import Sample, free_port, median, run_wrk, wait_ready
+from common import Sample, free_port, median, run_wrk, save_samples, wait_ready
 from mlp import LAYERS, mlp
 
 CONFIGS = {
@@ -133,9 +133,7 @@ def main() -> None:
                 f"{median(runs, 'p99_ms'):.3f} | {sum(s.non2xx for s in runs)} |"
             )
     if args.save:
-        args.save.write_text(
-            json.dumps({n: {c: [s.__dict__ for s in v] for c, v in d.items()} for n, d in samples.items()}, indent=1)
-        )
+        save_samples(args.save, samples)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -87,3 +88,9 @@ def run_wrk(
 def median(samples: list[Sample], field: str) -> float:
     """The median of one field over runs."""
     return statistics.median(getattr(s, field) for s in samples)
+
+
+def save_samples(path: Path, samples: dict[str, dict[int, list[Sample]]]) -> None:
+    """Write every run, by configuration and concurrency, as JSON."""
+    raw = {name: {c: [vars(s) for s in runs] for c, runs in by_c.items()} for name, by_c in samples.items()}
+    path.write_text(json.dumps(raw, indent=1))

@@ -163,6 +163,14 @@ async def wait_entered(runtime: GatedRuntime) -> None:
     await asyncio.to_thread(runtime.wait_entered)
 
 
+async def occupy(batcher: Batcher, runtime: GatedRuntime, value: float = 1.0) -> asyncio.Future[list[np.ndarray]]:
+    """Hold the gate and start one request: it runs (held), so the instance is busy."""
+    runtime.hold()
+    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(value, 1)}, ["OUTPUT0"], 1))
+    await wait_entered(runtime)
+    return first
+
+
 async def test_concurrent_requests_are_merged_and_each_gets_exactly_its_rows(runtime: GatedRuntime) -> None:
     batcher = make_batcher(runtime, max_batch=16, delay_s=0.005)
     rng = random.Random(5)
@@ -190,9 +198,7 @@ async def test_different_trailing_shapes_are_never_merged(runtime: GatedRuntime)
 
 async def test_a_full_queue_refuses_exactly_the_excess(runtime: GatedRuntime) -> None:
     batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, max_queue=2)
-    runtime.hold()
-    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(0, 1)}, ["OUTPUT0"], 1))
-    await wait_entered(runtime)  # the first request runs (held): it no longer waits
+    first = await occupy(batcher, runtime, 0)  # the first request runs (held): it no longer waits
     rest = [asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(i, 1)}, ["OUTPUT0"], 1)) for i in range(1, 11)]
     await asyncio.sleep(0)
     refused = [t for t in rest if t.done() and isinstance(t.exception(), Unavailable)]
@@ -207,9 +213,7 @@ async def test_a_full_queue_refuses_exactly_the_excess(runtime: GatedRuntime) ->
 
 async def test_a_deadline_that_passes_while_queued_is_504_and_never_computed(runtime: GatedRuntime) -> None:
     batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, timeout_s=10.0)
-    runtime.hold()
-    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1))
-    await wait_entered(runtime)
+    first = await occupy(batcher, runtime, 1)
     started = time.monotonic()
     with pytest.raises(DeadlineExceeded, match="deadline of 50 ms"):
         # The request may shorten the model's 10 s timeout to 50 ms ...
@@ -225,9 +229,7 @@ async def test_a_deadline_that_passes_while_queued_is_504_and_never_computed(run
 
 async def test_a_request_cannot_extend_the_model_timeout(runtime: GatedRuntime) -> None:
     batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, timeout_s=0.05)
-    runtime.hold()
-    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1))
-    await wait_entered(runtime)
+    first = await occupy(batcher, runtime, 1)
     with pytest.raises(DeadlineExceeded):
         await batcher.submit({"INPUT0": rows_of(2, 1)}, ["OUTPUT0"], 1, timeout_s=60.0)
     runtime.release()
@@ -263,9 +265,7 @@ class Flagged:
 
 async def test_a_client_that_leaves_while_queued_is_removed_before_its_batch(runtime: GatedRuntime) -> None:
     batcher = make_batcher(runtime, max_batch=1, delay_s=0.0)
-    runtime.hold()
-    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1))
-    await wait_entered(runtime)
+    first = await occupy(batcher, runtime, 1)
     gone = asyncio.Event()
     leaving = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(2, 1)}, ["OUTPUT0"], 1, client=Waiting(gone)))
     cancelled = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(3, 1)}, ["OUTPUT0"], 1))
@@ -287,9 +287,7 @@ async def test_a_client_that_leaves_while_queued_is_removed_before_its_batch(run
 
 async def test_a_gone_client_found_by_probe_is_withdrawn_without_a_task(runtime: GatedRuntime) -> None:
     batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, max_queue=2)
-    runtime.hold()
-    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1))
-    await wait_entered(runtime)
+    first = await occupy(batcher, runtime, 1)
     gone = {"a": False, "b": False}
     tasks = {
         name: asyncio.ensure_future(
@@ -328,9 +326,7 @@ async def test_a_runtime_error_fans_out_to_the_whole_batch(runtime: GatedRuntime
 
 async def test_higher_priority_is_batched_first(runtime: GatedRuntime) -> None:
     batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, levels=3)
-    runtime.hold()
-    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(0, 1)}, ["OUTPUT0"], 1))
-    await wait_entered(runtime)
+    first = await occupy(batcher, runtime, 0)
     order = [(10, 0), (11, 3), (12, 2), (13, 1), (14, 2)]  # (payload, priority); 0 = the lowest level
     tasks = [
         asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(v, 1)}, ["OUTPUT0"], 1, priority=p)) for v, p in order
@@ -356,9 +352,7 @@ async def test_a_lone_request_waits_out_the_delay_and_a_full_batch_does_not(runt
 
 async def test_auto_delay_dispatches_at_once_when_an_instance_is_free(runtime: GatedRuntime) -> None:
     batcher = make_batcher(runtime, max_batch=8, delay_s=None)
-    runtime.hold()
-    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(0, 1)}, ["OUTPUT0"], 1))
-    await wait_entered(runtime)  # went alone, at once
+    first = await occupy(batcher, runtime, 0)  # went alone, at once
     rest = [asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(i, 1)}, ["OUTPUT0"], 1)) for i in range(1, 6)]
     await asyncio.sleep(0.01)
     runtime.release()
@@ -370,9 +364,7 @@ async def test_auto_delay_dispatches_at_once_when_an_instance_is_free(runtime: G
 async def test_if_the_loop_dies_every_waiting_request_fails_cleanly(runtime: GatedRuntime) -> None:
     failures: list[BaseException] = []
     batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, failures=failures)
-    runtime.hold()
-    first = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(0, 1)}, ["OUTPUT0"], 1))
-    await wait_entered(runtime)
+    first = await occupy(batcher, runtime, 0)
     waiting = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1))
     await asyncio.sleep(0.01)
 

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import orjson
@@ -105,45 +106,48 @@ def test_concurrent_http_requests_are_batched_and_answered_exactly(server: Runni
     assert len(runtime.calls) - before < len(values)
 
 
-def test_a_full_queue_is_503_with_retry_after(
-    server: RunningServer, runtimes: Runtimes, managers: list[ModelManager]
-) -> None:
-    runtime = runtimes.by_model["batched"]
+@contextmanager
+def held_batch(server: RunningServer, runtime: GatedRuntime) -> Iterator[ThreadPoolExecutor]:
+    """A full batch (8 rows) runs, held at the gate, for the duration of the block.
+
+    Yields a thread pool for the block's own requests; on the way out the gate opens and the
+    held batch must have been answered 200.
+    """
     runtime.hold()
     try:
-        with ThreadPoolExecutor(13) as pool:
-            # One batch of 8 rows runs (held) and 4 requests fill the queue: the 13th is refused.
+        with ThreadPoolExecutor(8) as pool:
             first = pool.submit(infer, server, body(1.0, rows=8))
             runtime.wait_entered()
-            waiting = [pool.submit(infer, server, body(2.0)) for _ in range(4)]
-            wait_queued(managers, 4)
-            reply = request(server.port, "POST", "/v2/models/batched/infer", body(3.0))
-            assert reply.status == 503 and "queue is full" in reply.json()["error"]  # type: ignore[index]
-            assert reply.headers["retry-after"]
+            yield pool
             runtime.release()
             assert first.result()[0] == 200
-            assert [w.result()[0] for w in waiting] == [200] * 4
     finally:
         runtime.release()
 
 
+def test_a_full_queue_is_503_with_retry_after(
+    server: RunningServer, runtimes: Runtimes, managers: list[ModelManager]
+) -> None:
+    with held_batch(server, runtimes.by_model["batched"]) as pool:
+        # One batch of 8 rows runs (held) and 4 requests fill the queue: the next is refused.
+        waiting = [pool.submit(infer, server, body(2.0)) for _ in range(4)]
+        wait_queued(managers, 4)
+        reply = request(server.port, "POST", "/v2/models/batched/infer", body(3.0))
+        assert reply.status == 503 and "queue is full" in reply.json()["error"]  # type: ignore[index]
+        assert reply.headers["retry-after"]
+    assert [w.result()[0] for w in waiting] == [200] * 4
+
+
 def test_client_timeout_is_a_deadline(server: RunningServer, runtimes: Runtimes) -> None:
-    runtime = runtimes.by_model["batched"]
     client = httpclient.InferenceServerClient(server.host)
-    runtime.hold()
     try:
-        with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(infer, server, body(1.0, rows=8))
-            runtime.wait_entered()
+        with held_batch(server, runtimes.by_model["batched"]):
             tensor = httpclient.InferInput("INPUT0", [1, 4], "FP32")
             tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
             with pytest.raises(InferenceServerException, match="deadline") as raised:
                 client.infer("batched", [tensor], timeout=30_000)  # us
             assert raised.value.status() == "504"
-            runtime.release()
-            assert first.result()[0] == 200
     finally:
-        runtime.release()
         client.close()
 
 
@@ -151,32 +155,23 @@ def test_a_client_that_disconnects_while_queued_is_never_computed(
     server: RunningServer, runtimes: Runtimes, managers: list[ModelManager]
 ) -> None:
     runtime = runtimes.by_model["batched"]
-    runtime.hold()
-    try:
-        with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(infer, server, body(1.0, rows=8))
-            runtime.wait_entered()
-            payload = body(77.0)
-            sock = socket.create_connection(("127.0.0.1", server.port))
-            sock.sendall(
-                f"POST /v2/models/batched/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
-                + payload
-            )
-            wait_queued(managers, 1)  # behind the held batch
-            sock.close()
-            batcher = managers[0].serving("batched", 1)[0].batcher
-            assert batcher is not None
-            deadline = time.monotonic() + 10
-            while not any(r.client is not None and r.client.gone() for r in batcher._queue.waiting()):
-                assert time.monotonic() < deadline, "uvicorn never marked the client as gone"
-                time.sleep(0.005)
-            runtime.release()  # the next batch forms without it
-            assert first.result()[0] == 200
-        assert infer(server, body(5.0))[0] == 200
-        assert batcher.queued == 0
-        assert all(float(call["INPUT0"].reshape(-1)[0]) != 77.0 for call in runtime.calls)
-    finally:
-        runtime.release()
+    batcher = managers[0].serving("batched", 1)[0].batcher
+    assert batcher is not None
+    with held_batch(server, runtime):
+        payload = body(77.0)
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        head = f"POST /v2/models/batched/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(payload)}\r\n\r\n"
+        sock.sendall(head.encode() + payload)
+        wait_queued(managers, 1)  # behind the held batch
+        sock.close()
+        deadline = time.monotonic() + 10
+        while not any(r.client is not None and r.client.gone() for r in batcher._queue.waiting()):
+            assert time.monotonic() < deadline, "uvicorn never marked the client as gone"
+            time.sleep(0.005)
+        # Leaving the block opens the gate: the next batch forms without the departed request.
+    assert infer(server, body(5.0))[0] == 200
+    assert batcher.queued == 0
+    assert all(float(call["INPUT0"].reshape(-1)[0]) != 77.0 for call in runtime.calls)
 
 
 def test_batching_options_are_validated(server: RunningServer) -> None:
