@@ -82,17 +82,19 @@ class InferenceService:
             max_batch_size=mv.config.max_batch_size,
         )
         names = [name for name, _ in request.outputs]
+        batcher = mv.batcher
+        if batcher is not None:
+            rows = batch_rows(request.inputs)
+            priority, timeout_s = request_options(request.parameters, batcher.priority_levels)
         started = perf_counter_ns()
         try:
-            if mv.batcher is None:
+            if batcher is None:
                 executor = mv.executor
                 assert executor is not None  # READY versions always have one
                 arrays = await executor.run(request.inputs, names, request.elements)
                 mv.stats.unbatched(started, perf_counter_ns())
             else:
-                rows = batch_rows(request.inputs)
-                priority, timeout_s = request_options(request.parameters, mv.batcher.priority_levels)
-                arrays = await mv.batcher.submit(
+                arrays = await batcher.submit(
                     request.inputs,
                     names,
                     rows,

@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 RuntimeLoader = Callable[[Artifact, ModelConfig], Runtime]
 
 
+def _check_batchable(runtime: Runtime) -> None:
+    """Batching concatenates along the first dimension: every input must leave it dynamic."""
+    fixed = [spec.name for spec in runtime.inputs if not spec.shape or spec.shape[0] >= 0]
+    if fixed:
+        raise RuntimeLoadError(
+            f"max_batch_size > 0 needs a dynamic first (batch) dimension, but {', '.join(fixed)} has none",
+            reason="config",
+        )
+
+
 class VersionState(enum.StrEnum):
     """The lifecycle of a loaded version, as the admin API reports it."""
 
@@ -253,7 +263,12 @@ class ModelManager:
         artifact = self.registry.fetch(mv.model, mv.version)
         runtime = self._loader(artifact, mv.config)
         try:
+            if mv.config.max_batch_size > 0:
+                _check_batchable(runtime)
             cost = warm_up(runtime)
+        except RuntimeLoadError:
+            runtime.close()
+            raise
         except Exception as exc:
             runtime.close()
             raise RuntimeLoadError(f"warm-up failed: {exc}") from exc

@@ -66,6 +66,7 @@ def server(
     root = tmp_path_factory.mktemp("repo")
     write_model(root, "batched", 1, identity("FP32"), config=BATCHED)
     write_model(root, "plain", 1, identity("FP32"))
+    write_model(root, "fixed", 1, identity("FP32", [1, 4]), config="max_batch_size = 4\n")
     with serve(root, loader=runtimes, on_ready=managers.append) as running:
         yield running
 
@@ -201,3 +202,9 @@ def test_statistics_through_tritonclient(server: RunningServer) -> None:
     finally:
         client.close()
     assert request(server.port, "GET", "/v2/models/plain/versions/3/stats").status == 404
+
+
+def test_batching_needs_a_dynamic_batch_dimension(server: RunningServer) -> None:
+    meta = request(server.port, "GET", "/v2/models/fixed").json()
+    assert meta["parameters"]["state"] == "FAILED"  # type: ignore[index]
+    assert "needs a dynamic first (batch) dimension, but INPUT0" in meta["parameters"]["error"]  # type: ignore[index]

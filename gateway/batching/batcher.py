@@ -2,9 +2,10 @@
 
 Requests wait in a bounded priority queue. One loop task owns dispatching: when an instance
 is free it forms a batch (waiting per the DelayPolicy), takes compatible requests by priority
-and age, and starts the batch as its own task; up to ``instance_count`` batches run at once.
+and age, and runs the batch (in its own task when ``instance_count`` allows several at once).
 A batch concatenates its requests' rows, runs them in one runtime call and hands each request
-exactly its own rows back.
+exactly its own rows back. With the "auto" delay, a request that finds an instance idle and
+nobody waiting skips the queue and runs at once.
 
 Every request gets a definite answer: its rows, the runtime's error, 503 when the queue is
 full, 504 when its deadline passes while queued, or nothing when its client has left (it is
@@ -144,12 +145,12 @@ class Batcher:
             enqueued=now,
             deadline=now + timeout if timeout else None,
             future=loop.create_future(),
+            client=client,
         )
         if timeout:
             request.timer = loop.call_later(timeout, self._expire, request, timeout)
         self._queue.push(request)
         self._wakeup.set()
-        request.client = client
         watcher = None
         if client is not None and client.gone() is None:
             watcher = asyncio.ensure_future(client.wait_gone())
@@ -299,11 +300,10 @@ class Batcher:
         except (InvalidInputError, InferenceFailedError) as exc:
             for request in batch:
                 self._settle(request, exc)
-        except Exception as exc:
+        except Exception:
             log.exception("batch of %d requests for %s failed", len(batch), self._name)
             for request in batch:
                 self._settle(request, InternalError("inference failed"))
-            del exc
         finally:
             self._slots.release()
             # Cancelled mid-batch (shutdown): nobody is left without an answer.
