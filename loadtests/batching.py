@@ -9,6 +9,10 @@ configuration's throughput as a ratio of batching off, plus the in-process ONNX 
 at batch 1 and 32 for scale.
 
     python loadtests/batching.py --duration 5 --rounds 3
+
+With ``--triton-python PYTHON`` (an interpreter with ``nvidia-pytriton`` and ``onnxruntime``
+installed), NVIDIA Triton serving the same model through PyTriton with its dynamic batcher
+(loadtests/triton_reference.py) is measured in the same rounds, pinned the same way.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from common import Sample, free_port, median, run_wrk, save_samples, wait_ready
+from common import ROOT, Sample, free_port, median, run_wrk, save_samples, wait_ready
 from mlp import LAYERS, mlp
 
 CONFIGS = {
@@ -63,6 +67,7 @@ def main() -> None:
     parser.add_argument("--intra-op-threads", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="JSON requests instead of binary tensors")
     parser.add_argument("--save", type=Path, help="write the raw samples here")
+    parser.add_argument("--triton-python", type=Path, help="also measure Triton (PyTriton) run by this Python")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -94,29 +99,36 @@ def main() -> None:
          "--repository", str(repo), "--port", str(port), "--log-level", "warning",
          "--state-dir", str(workdir / "state"), "--log-dir", str(workdir / "log")]
     )  # fmt: skip
-    samples: dict[str, dict[int, list[Sample]]] = {name: {c: [] for c in args.concurrency} for name in CONFIGS}
+    urls = {name: f"http://127.0.0.1:{port}/v2/models/mlp-{name}/infer" for name in CONFIGS}
+    triton = None
+    if args.triton_python:
+        triton_port = free_port()
+        reference = ROOT / "loadtests" / "triton_reference.py"
+        triton = subprocess.Popen(
+            ["taskset", "-c", str(args.server_cpu), str(args.triton_python), str(reference),
+             str(repo / "mlp-off" / "1" / "model.onnx"), str(triton_port), "64", str(args.intra_op_threads)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        urls["triton (PyTriton)"] = f"http://127.0.0.1:{triton_port}/v2/models/mlp/infer"
+    samples: dict[str, dict[int, list[Sample]]] = {name: {c: [] for c in args.concurrency} for name in urls}
     try:
         wait_ready(f"http://127.0.0.1:{port}/v2/health/ready")
-        for name in CONFIGS:  # warm every path once
-            run_wrk(
-                f"http://127.0.0.1:{port}/v2/models/mlp-{name}/infer",
-                8,
-                1,
-                args.client_cpu,
-                body,
-                header_length=header_length,
-            )
+        if triton is not None:
+            wait_ready(urls["triton (PyTriton)"].removesuffix("/infer") + "/ready")
+        for url in urls.values():  # warm every path once
+            run_wrk(url, 8, 1, args.client_cpu, body, header_length=header_length)
         for connections in args.concurrency:
             for _ in range(args.rounds):
-                for name in CONFIGS:
-                    url = f"http://127.0.0.1:{port}/v2/models/mlp-{name}/infer"
+                for name, url in urls.items():
                     sample = run_wrk(
                         url, connections, args.duration, args.client_cpu, body, header_length=header_length
                     )
                     samples[name][connections].append(sample)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        for process in (server, triton):
+            if process is not None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=60)
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"{'JSON' if args.json else 'binary'} requests; in-process ONNX Runtime ({args.intra_op_threads} thread): "
@@ -125,7 +137,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for connections in args.concurrency:
         off = median(samples["off"][connections], "rps")
-        for name in CONFIGS:
+        for name in urls:
             runs = samples[name][connections]
             rps = median(runs, "rps")
             print(
