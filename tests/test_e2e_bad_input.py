@@ -434,6 +434,14 @@ def test_body_id_is_echoed_in_the_header(server: RunningServer) -> None:
     assert reply.headers["x-request-id"] == "q9"
 
 
+@pytest.mark.parametrize("rid", ["a\r\nx-evil: 1", "é-id", "tab\there"])
+def test_a_body_id_unfit_for_a_header_stays_in_the_body(server: RunningServer, rid: str) -> None:
+    reply = request(server.port, "POST", "/v2/models/m/infer", orjson.dumps(orjson.loads(GOOD) | {"id": rid}))
+    assert reply.status == 200
+    assert reply.json()["id"] == rid  # type: ignore[index]
+    assert "x-request-id" not in reply.headers and "x-evil" not in reply.headers
+
+
 def test_pipelined_requests_stay_in_order(server: RunningServer) -> None:
     def one(body: bytes) -> bytes:
         return (f"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body

@@ -10,37 +10,13 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import metadata
 from gateway.api.body import INFER_MEDIA_TYPES, BodyHeaders, read_body
+from gateway.api.client import AsgiClient
 from gateway.api.responses import error_response, json_response
 from gateway.errors import BadRequest, Unavailable
 from gateway.inference import InferenceService
 from gateway.models import Model, ModelManager, ModelVersion, VersionState
 from gateway.protocol.codec import MAX_ID_LENGTH
 from gateway.registry.names import parse_version
-
-
-class AsgiClient:
-    """An ASGI request's client, for the batcher to ask whether it is still there.
-
-    Awaiting ``receive()`` is ASGI's only portable way to learn of a disconnect, and costs a
-    task per waiting request. uvicorn's request cycle (the owner of ``receive``) also keeps a
-    ``disconnected`` flag, which can be read for free; any other server, or a wrapped
-    ``receive``, gets the task.
-    """
-
-    __slots__ = ("_receive",)
-
-    def __init__(self, receive: Receive) -> None:
-        self._receive = receive
-
-    def gone(self) -> bool | None:
-        """uvicorn's flag, or None when the server offers none."""
-        flag = getattr(getattr(self._receive, "__self__", None), "disconnected", None)
-        return flag if isinstance(flag, bool) else None
-
-    async def wait_gone(self) -> None:
-        """Return once the server reports http.disconnect."""
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
 
 
 class Endpoints:
@@ -166,7 +142,9 @@ class Endpoints:
         else:
             out.append((b"content-type", b"application/octet-stream"))
             out.append((b"inference-header-content-length", b"%d" % result.header_length))
-        if result.request_id is not None:
-            out.append((b"x-request-id", result.request_id.encode("latin-1", "replace")))
+        rid = result.request_id
+        # The body's id may hold anything JSON can; only printable ASCII may go into a header.
+        if rid is not None and rid.isascii() and rid.isprintable():
+            out.append((b"x-request-id", rid.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": out})
         await send({"type": "http.response.body", "body": result.body})
