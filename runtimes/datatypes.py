@@ -26,23 +26,6 @@ NUMPY_DTYPES: Final[dict[str, np.dtype]] = {
 
 DATATYPES: Final[frozenset[str]] = frozenset(NUMPY_DTYPES)
 
-#: ONNX TensorProto element type number -> V2 datatype name.
-ONNX_TO_V2: Final[dict[int, str]] = {
-    1: "FP32",
-    2: "UINT8",
-    3: "INT8",
-    4: "UINT16",
-    5: "INT16",
-    6: "INT32",
-    7: "INT64",
-    8: "BYTES",
-    9: "BOOL",
-    10: "FP16",
-    11: "FP64",
-    12: "UINT32",
-    13: "UINT64",
-}
-
 #: ONNX Runtime's type strings (``NodeArg.type``) -> V2 datatype name.
 ORT_TYPE_TO_V2: Final[dict[str, str]] = {
     "tensor(bool)": "BOOL",
@@ -76,21 +59,3 @@ TRITON_CONFIG_TYPES: Final[dict[str, str]] = {
     "FP64": "TYPE_FP64",
     "BYTES": "TYPE_STRING",
 }
-
-
-def itemsize(datatype: str) -> int:
-    """Bytes per element in the binary extension; 0 for BYTES, whose elements vary."""
-    if datatype == "BYTES":
-        return 0
-    return NUMPY_DTYPES[datatype].itemsize
-
-
-def datatype_of(array: np.ndarray) -> str:
-    """The V2 datatype name of a numpy array (object arrays are BYTES)."""
-    kind = array.dtype
-    for name, dtype in NUMPY_DTYPES.items():
-        if dtype == kind:
-            return name
-    if kind.kind in "SU":
-        return "BYTES"
-    raise ValueError(f"numpy dtype {kind} has no V2 datatype")
