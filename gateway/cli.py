@@ -28,12 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-dir", dest="log_dir", help="the prediction log")
     serve.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, help="request body limit")
     serve.add_argument("--log-level", dest="log_level", help="critical, error, warning, info or debug")
+    serve.add_argument("--admin-token-file", dest="admin_token_file", help="file holding the admin bearer token")
     return parser
 
 
 def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM or SIGINT; graceful drain is uvicorn's."""
-    keys = ("repository", "host", "port", "state_dir", "log_dir", "max_body_bytes", "log_level")
+    keys = ("repository", "host", "port", "state_dir", "log_dir", "max_body_bytes", "log_level", "admin_token_file")
     try:
         settings = load_settings(args.config, overrides={k: getattr(args, k) for k in keys})
     except ConfigError as exc:

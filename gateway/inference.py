@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,6 +30,14 @@ class InferResult:
     role: str
     #: The request's id (from the body, else the ``x-request-id`` header), echoed back.
     request_id: str | None
+
+
+class Client(ClientWatch, Protocol):
+    """The client of a request: still there or gone (for the batcher), and its headers."""
+
+    def header(self, name: str) -> str | None:
+        """The value of request header ``name`` (lower case), or None."""
+        ...
 
 
 def batch_rows(inputs: dict[str, np.ndarray]) -> int:
@@ -65,14 +73,14 @@ class InferenceService:
         header_length: str | None,
         request_id: str | None = None,
         *,
-        client: ClientWatch | None = None,
+        client: Client | None = None,
     ) -> InferResult:
         """Run one request; ``version_text`` pins a version, None routes by the model's route.
 
         A request waiting in a batch queue is withdrawn when its ``client`` goes away.
         """
         version = None if version_text is None else parse_version(version_text)
-        mv, role = self._manager.serving(model_name, version)
+        mv, role, _route = self._manager.serving(model_name, version, None if client is None else client.header)
         request = decode_request(
             body,
             header_length,

@@ -7,7 +7,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.batching.batcher import Batcher
@@ -18,7 +18,7 @@ from gateway.registry.config import ConfigError, ModelConfig
 from gateway.registry.local import RegistryError
 from gateway.registry.names import check_model_name
 from gateway.stats import VersionStats
-from routing.route import Route
+from routing.route import Route, sticky_bucket
 from runtimes.base import Runtime, RuntimeLoadError, TensorSpec
 from runtimes.executor import Executor
 from runtimes.warmup import CostModel, warm_up
@@ -97,10 +97,12 @@ class ModelManager:
         loader: RuntimeLoader,
         *,
         rng: random.Random,
+        saved_routes: Mapping[str, Route] | None = None,
     ) -> None:
         self.registry = registry
         self._loader = loader
         self._rng = rng
+        self._saved_routes = dict(saved_routes or {})
         self._models: dict[str, Model] = {}
         self._loads: dict[tuple[str, int], asyncio.Task[ModelVersion]] = {}
         self._startup: asyncio.Task[None] | None = None
@@ -126,10 +128,14 @@ class ModelManager:
             self._models[name] = model
             if model.config_error is not None:
                 continue
-            highest = model.available[-1]
-            model.route = Route.latest(highest)
-            for version in self._initial_versions(model):
-                await self.load(name, version)
+            saved = self._saved_routes.get(name)
+            model.route = saved or Route.latest(model.available[-1])
+            versions = set(self._initial_versions(model)) if saved is None else set(saved.versions)
+            for version in sorted(versions, reverse=True):
+                if version in model.available:
+                    await self.load(name, version)
+                else:
+                    log.error("model %r: the saved route names version %d, not in the repository", name, version)
         self.started = True
         ready = sum(1 for m in self._models.values() if self.model_ready(m))
         log.info("initial load done: %d of %d models ready", ready, len(self._models))
@@ -148,6 +154,41 @@ class ModelManager:
             log.warning("model %r: version_policy names missing versions %s", model.name, sorted(missing))
         # The route's version is always loaded, whatever the policy lists.
         return sorted(wanted.intersection(model.available) | {model.available[-1]}, reverse=True)
+
+    async def discover(self, name: str) -> Model:
+        """The model called ``name``, looking in the registry again (new models and versions)."""
+        check_model_name(name)
+        model = self._models.get(name)
+        versions = await asyncio.to_thread(self.registry.versions, name)
+        if model is not None:
+            model.available = versions or model.available
+            return model
+        found = await asyncio.to_thread(self._discover, name)
+        if found is None:
+            raise NotFound(f"model {name!r} not found in the repository")
+        if found.config_error is None:
+            found.route = Route.latest(found.available[-1])
+        self._models[name] = found
+        return found
+
+    def set_route(self, model: Model, route: Route) -> None:
+        """Replace the model's route: one reference swap, so requests see old or new, never a mix."""
+        model.route = route
+
+    async def unload(self, model: Model, version: int) -> None:
+        """Take ``version`` out of service: refuse new requests, drain in-flight ones, release it."""
+        mv = model.versions.get(version)
+        if mv is None:
+            raise NotFound(f"version {version} of model {model.name!r} is not loaded")
+        mv.state = VersionState.UNLOADING
+        if mv.batcher is not None:
+            await mv.batcher.close()
+        if mv.executor is not None:
+            await mv.executor.close()
+            mv.executor = None
+        if model.versions.get(version) is mv:
+            del model.versions[version]
+        log.info("model %r version %d unloaded", model.name, version)
 
     def _discover(self, name: str) -> Model | None:
         versions = self.registry.versions(name)
@@ -310,15 +351,24 @@ class ModelManager:
             raise NotFound(f"version {version} of model {model.name!r} is not loaded")
         return mv
 
-    def serving(self, name: str, version: int | None) -> tuple[ModelVersion, str]:
-        """The READY version that serves a request, and its role (``primary`` or ``pinned``)."""
+    def serving(
+        self, name: str, version: int | None, header: Callable[[str], str | None] | None = None
+    ) -> tuple[ModelVersion, str, Route | None]:
+        """The READY version that serves a request, its role and the route that chose it.
+
+        Routed requests (``version`` None) follow the model's route: by the sticky header's
+        bucket when the route has one and the request carries it (``header`` looks it up),
+        else at random by weight; the role is ``primary`` or ``canary``. Pinned: ``pinned``.
+        """
         model = self.model(name)
+        route = model.route
         if version is None:
-            route = model.route
             if route is None:
                 raise Unavailable(f"model {name!r} has no servable version: {model.config_error or 'not loaded'}")
-            mv = model.versions.get(route.draw(self._rng.random))
-            role = "primary"
+            value = header(route.sticky_header) if route.sticky_header and header is not None else None
+            chosen = route.draw(self._rng.random) if value is None else route.pick(sticky_bucket(value))
+            mv = model.versions.get(chosen)
+            role = "primary" if chosen == route.primary else "canary"
         else:
             mv = model.versions.get(version)
             role = "pinned"
@@ -328,4 +378,4 @@ class ModelManager:
             if mv.state is VersionState.FAILED:
                 raise Unavailable(f"version {mv.version} of model {name!r} failed to load: {mv.error}", 30)
             raise Unavailable(f"version {mv.version} of model {name!r} is {mv.state.value.lower()}")
-        return mv, role
+        return mv, role, route

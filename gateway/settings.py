@@ -27,6 +27,8 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_level: str = "info"
     graceful_timeout_s: float = 30.0
+    #: A file holding the admin token (TENSORGATE_ADMIN_TOKEN wins; neither: one is generated).
+    admin_token_file: Path | None = None
 
 
 _TYPES: dict[str, type] = {
@@ -38,6 +40,7 @@ _TYPES: dict[str, type] = {
     "max_body_bytes": int,
     "log_level": str,
     "graceful_timeout_s": float,
+    "admin_token_file": Path,
 }
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 import urllib.request
@@ -17,6 +18,8 @@ from gateway.api.app import create_app
 from gateway.models import ModelManager, RuntimeLoader
 from gateway.registry.base import Registry
 from gateway.settings import Settings
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
 
 
 class RunningServer:
@@ -56,15 +59,28 @@ def serve(
     registry: Registry | None = None,
     loader: RuntimeLoader | None = None,
     on_ready: Callable[[ModelManager], None] | None = None,
+    environ: dict[str, str] | None = None,
     **settings: Any,
 ) -> Iterator[RunningServer]:
-    """Serve ``repository`` with the real stack (uvloop, httptools) until the block ends."""
+    """Serve ``repository`` with the real stack (uvloop, httptools) until the block ends.
+
+    State (routes, history, a generated token) goes to a fresh temporary directory unless
+    ``state_dir`` is given; the admin token is ``ADMIN_TOKEN`` unless ``environ`` says otherwise.
+    """
+    scratch = None
+    if "state_dir" not in settings:
+        scratch = tempfile.TemporaryDirectory(prefix="tensorgate-state-")
+        settings["state_dir"] = Path(scratch.name)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     app = create_app(
-        Settings(repository=repository, port=port, **settings), registry=registry, loader=loader, on_ready=on_ready
+        Settings(repository=repository, port=port, **settings),
+        registry=registry,
+        loader=loader,
+        on_ready=on_ready,
+        environ={"TENSORGATE_ADMIN_TOKEN": ADMIN_TOKEN} if environ is None else environ,
     )
     config = uvicorn.Config(
         app, loop="uvloop", http="httptools", log_level="warning", access_log=False, proxy_headers=False
@@ -82,3 +98,5 @@ def serve(
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+        if scratch is not None:
+            scratch.cleanup()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -13,14 +15,18 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from gateway.api.admin import AdminEndpoints, admin_mounts
 from gateway.api.dispatch import InferenceDispatcher
 from gateway.api.endpoints import Endpoints
 from gateway.api.responses import gateway_error, http_error, internal_error
+from gateway.auth import BearerAuth, provision_token
 from gateway.errors import GatewayError
 from gateway.models import ModelManager, RuntimeLoader
 from gateway.registry.base import Artifact, Registry
 from gateway.registry.config import ModelConfig
 from gateway.registry.local import LocalRegistry
+from gateway.release.controller import ReleaseController
+from gateway.release.store import StateStore
 from gateway.settings import Settings
 from runtimes.base import Runtime, RuntimeLoadError
 from runtimes.devices import Devices, probe_devices
@@ -43,20 +49,31 @@ def create_app(
     loader: RuntimeLoader | None = None,
     rng: random.Random | None = None,
     on_ready: Callable[[ModelManager], None] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> ASGIApp:
     """Build the ASGI app; models load in the background once the lifespan starts."""
     endpoints = Endpoints(settings.max_body_bytes)
+    admin = AdminEndpoints()
+    auth = BearerAuth()  # denies everything until the lifespan has provisioned the token
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         devices = probe_devices()
         log.info("devices: %s", devices.describe())
+        store = StateStore(settings.state_dir)
+        records = await asyncio.to_thread(store.load)
+        token = await asyncio.to_thread(
+            provision_token, os.environ if environ is None else environ, settings.admin_token_file, settings.state_dir
+        )
         manager = ModelManager(
             registry or LocalRegistry(settings.repository),
             loader or partial(load_runtime, devices),
             rng=rng or random.Random(),
+            saved_routes={name: record.route for name, record in records.items()},
         )
         endpoints.attach(manager)
+        admin.attach(ReleaseController(manager, store, records))
+        auth.set_token(token)
         manager.start()
         if on_ready is not None:
             on_ready(manager)
@@ -80,6 +97,7 @@ def create_app(
         Route("/v2/models/{model}/versions/{version}", e.model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", e.model_ready, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/config", e.model_config, methods=["GET"]),
+        *admin_mounts(admin, auth),
     ]
     app = Starlette(
         routes=routes,

@@ -6,7 +6,7 @@ from starlette.types import Receive
 
 
 class AsgiClient:
-    """An ASGI request's client, for the batcher to ask whether it is still there.
+    """An ASGI request's client: its headers, and whether it is still there.
 
     Awaiting ``receive()`` is ASGI's only portable way to learn of a disconnect, and costs a
     task per waiting request. uvicorn's request cycle (the owner of ``receive``) also keeps a
@@ -14,10 +14,19 @@ class AsgiClient:
     ``receive``, gets the task.
     """
 
-    __slots__ = ("_receive",)
+    __slots__ = ("_headers", "_receive")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, headers: list[tuple[bytes, bytes]]) -> None:
         self._receive = receive
+        self._headers = headers
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (lower case), decoded as latin-1, or None."""
+        key = name.encode("latin-1")
+        for header, value in self._headers:
+            if header == key:
+                return value.decode("latin-1")
+        return None
 
     def gone(self) -> bool | None:
         """uvicorn's flag, or None when the server offers none."""

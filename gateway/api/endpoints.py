@@ -131,7 +131,7 @@ class Endpoints:
             body,
             None if header_length is None else header_length.decode("latin-1"),
             request_id,
-            client=AsgiClient(receive),
+            client=AsgiClient(receive, scope["headers"]),
         )
         out = [
             (b"content-length", b"%d" % len(result.body)),

@@ -1,0 +1,210 @@
+"""The admin API (``/admin``) and Triton's repository extension, behind the bearer token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.api.body import BodyHeaders, read_body
+from gateway.api.dispatch import send_error
+from gateway.api.responses import json_response
+from gateway.auth import BearerAuth
+from gateway.errors import BadRequest, Unavailable, UnsupportedMediaType
+from gateway.registry.names import check_model_name, parse_version
+from gateway.release.controller import ReleaseController
+
+ADMIN_BODY_LIMIT = 64 * 1024
+_ACTOR_LIMIT = 256
+
+
+class RequireToken:
+    """ASGI middleware: 401 (the same body whatever was wrong) unless the bearer token matches."""
+
+    def __init__(self, app: ASGIApp, auth: BearerAuth) -> None:
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Let the request through only with the right token."""
+        if scope["type"] == "http":
+            header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+            if not self.auth.allows(header):
+                await send_error(send, 401, "unauthorized", {"WWW-Authenticate": 'Bearer realm="tensorgate-admin"'})
+                return
+        await self.app(scope, receive, send)
+
+
+class AdminEndpoints:
+    """Handlers of the admin API; the controller is attached by the app's lifespan."""
+
+    def __init__(self) -> None:
+        self._controller: ReleaseController | None = None
+
+    def attach(self, controller: ReleaseController) -> None:
+        """Called by the lifespan once the release controller exists."""
+        self._controller = controller
+
+    @property
+    def controller(self) -> ReleaseController:
+        """The release controller; 503 until start-up has built it."""
+        if self._controller is None:
+            raise Unavailable("the server is starting")
+        return self._controller
+
+    @staticmethod
+    async def _body(request: Request) -> dict[str, Any]:
+        headers = BodyHeaders.parse(request.scope)
+        raw = await read_body(request.receive, headers, ADMIN_BODY_LIMIT)
+        if not raw.strip():
+            return {}
+        media = headers.content_type.partition(b";")[0].strip().lower()
+        if media not in (b"", b"application/json"):
+            raise UnsupportedMediaType("admin requests are application/json")
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"malformed JSON: {exc}") from None
+        if type(doc) is not dict:
+            raise BadRequest("the request body must be a JSON object")
+        return doc
+
+    @staticmethod
+    def _audit(request: Request, doc: dict[str, Any]) -> tuple[str, str | None]:
+        actor = doc.get("actor", request.headers.get("x-actor", "admin"))
+        reason = doc.get("reason")
+        if type(actor) is not str or not actor or len(actor) > _ACTOR_LIMIT:
+            raise BadRequest(f"'actor' must be a string of 1 to {_ACTOR_LIMIT} characters")
+        if reason is not None and (type(reason) is not str or len(reason) > 4096):
+            raise BadRequest("'reason' must be a string of at most 4096 characters")
+        return actor, reason
+
+    @staticmethod
+    def _target(request: Request) -> tuple[str, int | None]:
+        params = request.path_params
+        name = check_model_name(params["model"])
+        version = parse_version(params["version"]) if "version" in params else None
+        return name, version
+
+    async def models(self, request: Request) -> Response:
+        """``GET /admin/models``."""
+        controller = self.controller
+        return json_response({"models": [controller.describe(m) for m in controller.models()]})
+
+    async def load(self, request: Request) -> Response:
+        """``POST /admin/models/{m}/versions/{v}/load``: answers once READY (or failed)."""
+        name, version = self._target(request)
+        actor, reason = self._audit(request, await self._body(request))
+        assert version is not None
+        mv = await self.controller.load(name, version, actor, reason)
+        return json_response(
+            {"model": name, "version": str(version), "state": mv.state.value, "provider": mv.provider,
+             "sha256": mv.artifact.sha256 if mv.artifact else None}
+        )  # fmt: skip
+
+    async def unload(self, request: Request) -> Response:
+        """``POST /admin/models/{m}/versions/{v}/unload``: drains, then unloads."""
+        name, version = self._target(request)
+        actor, reason = self._audit(request, await self._body(request))
+        assert version is not None
+        await self.controller.unload(name, version, actor, reason)
+        return json_response({"model": name, "version": str(version), "state": "UNLOADED"})
+
+    async def get_route(self, request: Request) -> Response:
+        """``GET /admin/models/{m}/route``."""
+        name, _ = self._target(request)
+        return json_response(self.controller.route(name))
+
+    async def put_route(self, request: Request) -> Response:
+        """``PUT /admin/models/{m}/route``."""
+        name, _ = self._target(request)
+        doc = await self._body(request)
+        actor, reason = self._audit(request, doc)
+        route = await self.controller.set_route(name, doc, actor, reason)
+        return json_response(route.to_json())
+
+    async def swap(self, request: Request) -> Response:
+        """``POST /admin/models/{m}/swap`` with ``{"version": "2"}``."""
+        name, _ = self._target(request)
+        doc = await self._body(request)
+        actor, reason = self._audit(request, doc)
+        version = doc.get("version")
+        if type(version) is int and not isinstance(version, bool):
+            version = str(version)
+        if type(version) is not str:
+            raise BadRequest("'version' is required: the version to swap to")
+        route = await self.controller.swap(name, parse_version(version), actor, reason)
+        return json_response(route.to_json())
+
+    async def rollback(self, request: Request) -> Response:
+        """``POST /admin/models/{m}/rollback``, optionally ``{"to": seq}``."""
+        name, _ = self._target(request)
+        doc = await self._body(request)
+        actor, reason = self._audit(request, doc)
+        to = doc.get("to")
+        if to is not None and (type(to) is not int or to < 0):
+            raise BadRequest("'to' must be a change's sequence number")
+        route = await self.controller.rollback(name, to, actor, reason)
+        return json_response(route.to_json())
+
+    async def history(self, request: Request) -> Response:
+        """``GET /admin/models/{m}/history``."""
+        name, _ = self._target(request)
+        controller = self.controller
+        return json_response({"model": name, "history": controller.history(name)})
+
+    # -- Triton's model repository extension -------------------------------------------------
+
+    async def repository_index(self, request: Request) -> Response:
+        """``POST /v2/repository/index``: every model and version, with its state."""
+        await self._body(request)
+        return json_response(self.controller.repository_index())
+
+    async def repository_load(self, request: Request) -> Response:
+        """``POST /v2/repository/models/{m}/load``: load the route's versions (or the highest)."""
+        name, _ = self._target(request)
+        actor, reason = self._audit(request, await self._body(request))
+        await self.controller.load_model(name, actor, reason)
+        return json_response({})
+
+    async def repository_unload(self, request: Request) -> Response:
+        """``POST /v2/repository/models/{m}/unload``: unload every version without a role."""
+        name, _ = self._target(request)
+        actor, reason = self._audit(request, await self._body(request))
+        await self.controller.unload_idle(name, actor, reason)
+        return json_response({})
+
+
+def admin_mounts(endpoints: AdminEndpoints, auth: BearerAuth) -> list[Mount]:
+    """``/admin`` and ``/v2/repository``, every route behind the token (unknown paths too)."""
+    e = endpoints
+    token = [Middleware(RequireToken, auth=auth)]
+    admin = Mount(
+        "/admin",
+        routes=[
+            Route("/models", e.models, methods=["GET"]),
+            Route("/models/{model}/versions/{version}/load", e.load, methods=["POST"]),
+            Route("/models/{model}/versions/{version}/unload", e.unload, methods=["POST"]),
+            Route("/models/{model}/route", e.get_route, methods=["GET"]),
+            Route("/models/{model}/route", e.put_route, methods=["PUT"]),
+            Route("/models/{model}/swap", e.swap, methods=["POST"]),
+            Route("/models/{model}/rollback", e.rollback, methods=["POST"]),
+            Route("/models/{model}/history", e.history, methods=["GET"]),
+        ],
+        middleware=token,
+    )
+    repository = Mount(
+        "/v2/repository",
+        routes=[
+            Route("/index", e.repository_index, methods=["POST"]),
+            Route("/models/{model}/load", e.repository_load, methods=["POST"]),
+            Route("/models/{model}/unload", e.repository_unload, methods=["POST"]),
+        ],
+        middleware=token,
+    )
+    return [admin, repository]

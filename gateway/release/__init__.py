@@ -1,0 +1,1 @@
+"""Release management: routes, their history, and the admin actions that change them."""

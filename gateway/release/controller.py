@@ -1,0 +1,284 @@
+"""The release actions of the admin API: load, unload, route, swap, rollback, history.
+
+Each model's actions run one at a time (a lock per model), so concurrent admin calls end in
+the state of some serial order of them. Every action is recorded in the model's history
+(sequence number, time, actor, action, reason, route before and after) and saved before the
+call answers; a route change becomes visible to requests in one reference swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
+from gateway.models import Model, ModelManager, ModelVersion, VersionState
+from gateway.release.store import ModelRecord, StateStore
+from routing.route import Route, RouteError
+
+log = logging.getLogger(__name__)
+
+
+class LoadFailed(GatewayError):
+    """502: the registry or the runtime could not produce a READY version."""
+
+    status = 502
+
+
+class ReleaseController:
+    """Serialises and audits every change to a model's versions and route."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        store: StateStore,
+        records: dict[str, ModelRecord],
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._manager = manager
+        self._store = store
+        self._records = records
+        self._wall_clock = wall_clock
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._save_lock = asyncio.Lock()
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def describe(self, model: Model) -> dict[str, Any]:
+        """A model as ``GET /admin/models`` shows it."""
+        versions: dict[str, Any] = {}
+        for number, mv in sorted(model.versions.items()):
+            entry: dict[str, Any] = {"state": mv.state.value}
+            if mv.provider is not None:
+                entry["provider"] = mv.provider
+            if mv.artifact is not None:
+                entry["sha256"] = mv.artifact.sha256
+            if mv.error is not None:
+                entry["error"] = mv.error
+            versions[str(number)] = entry
+        return {
+            "name": model.name,
+            "available": [str(v) for v in model.available],
+            "versions": versions,
+            "route": model.route.to_json() if model.route is not None else None,
+            "standby": None if (s := self._standby(model)) is None else str(s),
+            "error": model.config_error,
+        }
+
+    def models(self) -> list[Model]:
+        """Every model the manager knows."""
+        return self._manager.models()
+
+    def route(self, name: str) -> dict[str, Any]:
+        """The model's current route, as the admin API shows it."""
+        model = self._manager.model(name)
+        if model.route is None:
+            raise Conflict(f"model {name!r} has no route: {model.config_error or 'no version loaded'}")
+        return model.route.to_json()
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """The model's audit trail, oldest first."""
+        self._manager.model(name)
+        record = self._records.get(name)
+        return list(record.history) if record is not None else []
+
+    def repository_index(self) -> list[dict[str, str]]:
+        """Triton's repository index: every available version and its state, in Triton's words."""
+        index = []
+        for model in self._manager.models():
+            for version in model.available:
+                mv = model.versions.get(version)
+                failed = mv is None or mv.state is VersionState.FAILED
+                state = "UNAVAILABLE" if failed or mv is None else mv.state.value
+                entry = {"name": model.name, "version": str(version), "state": state}
+                if mv is not None and mv.error:
+                    entry["reason"] = mv.error
+                index.append(entry)
+        return index
+
+    async def load_model(self, name: str, actor: str, reason: str | None) -> None:
+        """Triton's repository load: the versions the route names, else the highest."""
+        model = await self._manager.discover(name)
+        if model.config_error is not None:
+            raise LoadFailed(f"model {name!r} cannot load: {model.config_error}")
+        versions = sorted(model.route.versions) if model.route is not None else [model.available[-1]]
+        for version in versions:
+            await self.load(name, version, actor, reason)
+
+    async def unload_idle(self, name: str, actor: str, reason: str | None) -> None:
+        """Triton's repository unload: every loaded version without a role; 409 if all have one."""
+        model = self._manager.model(name)
+        idle = [v for v in sorted(model.versions) if not self._has_role(model, v)]
+        if not idle and model.versions:
+            raise Conflict(f"every loaded version of {name!r} serves, shadows or stands by: route away first")
+        for version in idle:
+            await self.unload(name, version, actor, reason)
+
+    def _has_role(self, model: Model, version: int) -> bool:
+        route = model.route
+        if route is not None and (route.weights.get(version, 0) > 0 or version in route.shadow):
+            return True
+        return self._standby(model) == version
+
+    def _standby(self, model: Model) -> int | None:
+        """The previous primary kept for rollback: primary before the last route change, if unrouted now."""
+        record = self._records.get(model.name)
+        current = model.route
+        if record is None or current is None:
+            return None
+        for entry in reversed(record.history):
+            if entry["before"] != entry["after"] and entry["before"] is not None:
+                previous = Route.from_json(entry["before"]).primary
+                return None if previous in current.versions else previous
+        return None
+
+    # -- actions -----------------------------------------------------------------------------
+
+    async def load(self, name: str, version: int, actor: str, reason: str | None) -> ModelVersion:
+        """Fetch, load and warm ``version`` up; it gets no traffic. 502 when it fails to load."""
+        model = await self._manager.discover(name)
+        async with self._lock(name):
+            mv = await self._load_ready(model, version)
+            await self._record(
+                model, "load", actor=actor, reason=reason, before=model.route, details={"version": str(version)}
+            )
+            return mv
+
+    async def _load_ready(self, model: Model, version: int) -> ModelVersion:
+        if version not in model.available:
+            model.available = await asyncio.to_thread(self._manager.registry.versions, model.name)
+            if version not in model.available:
+                raise NotFound(f"version {version} of model {model.name!r} is not in the repository")
+        mv = await self._manager.load(model.name, version)
+        if mv.state is not VersionState.READY:
+            raise LoadFailed(f"version {version} of model {model.name!r} failed to load: {mv.error}")
+        return mv
+
+    async def unload(self, name: str, version: int, actor: str, reason: str | None) -> None:
+        """Drain and unload ``version``; 409 while it has weight, shadows, or is the standby."""
+        model = self._manager.model(name)
+        async with self._lock(name):
+            if version not in model.versions:
+                raise NotFound(f"version {version} of model {name!r} is not loaded")
+            route = model.route
+            if route is not None and route.weights.get(version, 0) > 0:
+                raise Conflict(f"version {version} still has {route.weights[version]}% of the traffic")
+            if route is not None and version in route.shadow:
+                raise Conflict(f"version {version} is a shadow of the current route")
+            if self._standby(model) == version:
+                raise Conflict(f"version {version} is the rollback standby; swap or route away from it first")
+            if route is not None and version in route.weights:  # weight 0: drop it from the route
+                weights = {v: w for v, w in route.weights.items() if v != version}
+                self._manager.set_route(model, Route(weights, route.seq, dict(route.shadow), route.sticky_header))
+            await self._manager.unload(model, version)
+            await self._record(
+                model, "unload", actor=actor, reason=reason, before=route, details={"version": str(version)}
+            )
+
+    async def set_route(self, name: str, doc: Any, actor: str, reason: str | None) -> Route:
+        """Replace the route; every version it names must be loaded and READY."""
+        model = self._manager.model(name)
+        try:
+            route = Route.from_json(doc)
+        except RouteError as exc:
+            raise BadRequest(f"invalid route: {exc}") from None
+        async with self._lock(name):
+            self._check_ready(model, route)
+            return await self._apply(model, route, "route", actor, reason)
+
+    async def swap(self, name: str, version: int, actor: str, reason: str | None) -> Route:
+        """Blue-green: load ``version`` if needed, then give it 100% in one step."""
+        model = await self._manager.discover(name)
+        async with self._lock(name):
+            await self._load_ready(model, version)
+            current = model.route
+            shadow = {v: f for v, f in (current.shadow.items() if current else ()) if v != version}
+            route = Route({version: 100}, 0, shadow, current.sticky_header if current else None)
+            return await self._apply(model, route, "swap", actor, reason)
+
+    async def rollback(self, name: str, to: int | None, actor: str, reason: str | None) -> Route:
+        """Restore the route before the last change, or the one in force after change ``to``."""
+        model = self._manager.model(name)
+        async with self._lock(name):
+            record = self._records.get(name)
+            history = record.history if record is not None else []
+            target: dict[str, Any] | None = None
+            if to is None:
+                for entry in reversed(history):
+                    if entry["before"] is not None and entry["before"] != entry["after"]:
+                        target = entry["before"]
+                        break
+                if target is None:
+                    raise Conflict(f"model {name!r} has no route change to roll back")
+            else:
+                matches = [e for e in history if e["seq"] == to]
+                if not matches or matches[0]["after"] is None:
+                    raise Conflict(f"model {name!r} has no change {to} to roll back to")
+                target = matches[0]["after"]
+            route = Route.from_json(target)
+            for version in sorted(route.versions):
+                await self._load_ready(model, version)  # reload what was unloaded since
+            return await self._apply(model, route, "rollback", actor, reason)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_ready(model: Model, route: Route) -> None:
+        for version in sorted(route.versions):
+            mv = model.versions.get(version)
+            if mv is None:
+                raise NotFound(f"version {version} of model {model.name!r} is not loaded")
+            if mv.state is not VersionState.READY:
+                raise Conflict(f"version {version} of model {model.name!r} is {mv.state.value}, not READY")
+
+    async def _apply(self, model: Model, route: Route, action: str, actor: str, reason: str | None) -> Route:
+        before = model.route
+        seq = self._next_seq(model)
+        route = route.with_seq(seq)
+        self._manager.set_route(model, route)
+        await self._record(model, action, actor=actor, reason=reason, before=before, seq=seq)
+        log.info("model %r route %s by %s: %s", model.name, action, actor, route.to_json())
+        return route
+
+    def _next_seq(self, model: Model) -> int:
+        record = self._records.get(model.name)
+        return (record.seq if record is not None else (model.route.seq if model.route else 0)) + 1
+
+    async def _record(
+        self,
+        model: Model,
+        action: str,
+        *,
+        actor: str,
+        reason: str | None,
+        before: Route | None,
+        details: dict[str, str] | None = None,
+        seq: int | None = None,
+    ) -> None:
+        record = self._records.get(model.name)
+        assert model.route is not None
+        if record is None:
+            record = self._records[model.name] = ModelRecord(model.route)
+        entry: dict[str, Any] = {
+            "seq": seq if seq is not None else self._next_seq(model),
+            "time": datetime.datetime.fromtimestamp(self._wall_clock(), datetime.UTC).isoformat(),
+            "actor": actor,
+            "action": action,
+            "reason": reason,
+            "before": before.to_json() if before is not None else None,
+            "after": model.route.to_json(),
+        }
+        if details:
+            entry.update(details)
+        record.route = model.route
+        record.history.append(entry)
+        async with self._save_lock:
+            await asyncio.to_thread(self._store.save, dict(self._records))

@@ -1,0 +1,356 @@
+"""The admin API end to end: auth on every route, routing, sticky cohorts, lifecycle, audit, restarts."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import tritonclient.http as httpclient
+from starlette.routing import Mount
+
+from gateway.api.app import create_app
+from gateway.settings import Settings
+from tests.onnx_models import add_sub, write_model
+from tests.rawhttp import Reply, request
+from tests.server import ADMIN_TOKEN, RunningServer, serve
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+INPUTS = orjson.dumps(
+    {"inputs": [{"name": n, "datatype": "INT32", "shape": [1, 16], "data": [1] * 16} for n in ("INPUT0", "INPUT1")]}
+)
+
+
+def build_repository(root: Path) -> Path:
+    # v1 adds 0, v2 adds 100, v3 adds 200: each answer says which version computed it.
+    write_model(root, "simple", 1, add_sub(0), config='version_policy = "all"\n')
+    write_model(root, "simple", 2, add_sub(100))
+    write_model(root, "simple", 3, add_sub(200))
+    (root / "broken" / "1").mkdir(parents=True)
+    write_model(root, "broken", 1, add_sub(0))
+    (root / "broken" / "2").mkdir(parents=True)
+    (root / "broken" / "2" / "model.onnx").write_bytes(b"not onnx")
+    return root
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    return build_repository(tmp_path / "models")
+
+
+@pytest.fixture
+def server(repository: Path, tmp_path: Path) -> Iterator[RunningServer]:
+    with serve(repository, state_dir=tmp_path / "state") as running:
+        yield running
+
+
+def admin(
+    server: RunningServer, method: str, path: str, doc: Any = None, headers: dict[str, str] | None = None
+) -> Reply:
+    body = b"" if doc is None else orjson.dumps(doc)
+    return request(server.port, method, path, body, AUTH if headers is None else headers)
+
+
+def served_by(reply: Reply) -> int:
+    assert reply.status == 200, reply.body
+    doc: Any = reply.json()
+    offset = doc["outputs"][0]["data"][0] - 2  # INPUT0 + INPUT1 = 2, plus the version's offset
+    version = {0: 1, 100: 2, 200: 3}[offset]
+    assert doc["model_version"] == str(version) == reply.headers["x-model-version"]
+    return version
+
+
+class Client:
+    """A keep-alive HTTP client for many requests."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.connection.close()
+
+    def infer(self, headers: dict[str, str] | None = None) -> int:
+        self.connection.request("POST", "/v2/models/simple/infer", INPUTS, headers or {})
+        response = self.connection.getresponse()
+        body = response.read()
+        reply = Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
+        return served_by(reply)
+
+
+# -- auth ----------------------------------------------------------------------------------
+
+
+def admin_routes() -> list[tuple[str, str]]:
+    """Every (method, path) under /admin and /v2/repository that the app defines."""
+    app = create_app(Settings())
+    found = []
+    for mount in app.app.routes:  # type: ignore[attr-defined]
+        if isinstance(mount, Mount) and mount.path in ("/admin", "/v2/repository"):
+            for route in mount.routes:
+                path = mount.path + route.path.replace("{model}", "simple").replace("{version}", "1")
+                found.extend((method, path) for method in sorted(route.methods - {"HEAD"}))  # type: ignore[attr-defined]
+    return found
+
+
+def test_the_admin_surface_is_what_the_contract_names() -> None:
+    paths = {p for _, p in admin_routes()}
+    assert {
+        "/admin/models", "/admin/models/simple/versions/1/load", "/admin/models/simple/versions/1/unload",
+        "/admin/models/simple/route", "/admin/models/simple/swap", "/admin/models/simple/rollback",
+        "/admin/models/simple/history", "/v2/repository/index", "/v2/repository/models/simple/load",
+        "/v2/repository/models/simple/unload",
+    } <= paths  # fmt: skip
+
+
+BAD_CREDENTIALS = [
+    {},
+    {"Authorization": "Bearer "},
+    {"Authorization": f"Basic {ADMIN_TOKEN}"},
+    {"Authorization": "Bearer wrong-token-0123456789"},
+    {"Authorization": f"Bearer {ADMIN_TOKEN} "},
+    {"Authorization": f"Bearer {ADMIN_TOKEN[:-1]}"},
+    {"Authorization": f"bearer {ADMIN_TOKEN}x"},
+]
+
+
+def test_every_admin_route_refuses_bad_credentials_identically(server: RunningServer) -> None:
+    routes = [*admin_routes(), ("GET", "/admin/unknown"), ("POST", "/v2/repository/models/x/whatever")]
+    for method, path in routes:
+        bodies = set()
+        payload = b"" if method == "GET" else b"{}"
+        for headers in BAD_CREDENTIALS:
+            reply = request(server.port, method, path, payload, headers)
+            assert reply.status == 401, (method, path, headers)
+            assert reply.headers["www-authenticate"].startswith("Bearer")
+            bodies.add(reply.body)
+        token_in_query = request(server.port, method, f"{path}?token={ADMIN_TOKEN}", payload)
+        assert token_in_query.status == 401
+        assert bodies == {b'{"error":"unauthorized"}'}
+    assert request(server.port, "GET", "/admin/models", b"", {"Authorization": f"bearer {ADMIN_TOKEN}"}).status == 200
+
+
+def test_a_generated_token_lands_in_a_0600_file(repository: Path, tmp_path: Path) -> None:
+    state = tmp_path / "generated-state"
+    with serve(repository, state_dir=state, environ={}) as running:
+        token_file = state / "admin-token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        reply = request(running.port, "GET", "/admin/models", b"", {"Authorization": f"Bearer {token}"})
+        assert reply.status == 200
+
+
+# -- routes --------------------------------------------------------------------------------
+
+
+def test_models_and_the_initial_route(server: RunningServer) -> None:
+    models = {m["name"]: m for m in admin(server, "GET", "/admin/models").json()["models"]}  # type: ignore[index]
+    simple = models["simple"]
+    assert simple["available"] == ["1", "2", "3"]
+    assert {v: e["state"] for v, e in simple["versions"].items()} == {"1": "READY", "2": "READY", "3": "READY"}
+    assert simple["route"] == {"seq": 0, "weights": {"3": 100}, "shadow": {}, "sticky_header": None}
+    assert admin(server, "GET", "/admin/models/simple/route").json()["weights"] == {"3": 100}  # type: ignore[index]
+
+
+def test_weighted_split_passes_a_chi_square_test(server: RunningServer) -> None:
+    reply = admin(server, "PUT", "/admin/models/simple/route", {"weights": {"1": 90, "2": 10}, "reason": "canary"})
+    assert reply.status == 200 and reply.json()["seq"] == 1  # type: ignore[index]
+    with Client(server) as client:
+        counts = Counter(client.infer() for _ in range(3000))
+    expected = {1: 2700, 2: 300}
+    chi2 = sum((counts[v] - e) ** 2 / e for v, e in expected.items())
+    assert set(counts) == {1, 2}
+    assert chi2 < 10.83  # p = 0.001 for one degree of freedom
+
+
+def test_sticky_cohorts_stay_and_grow_monotonically(server: RunningServer) -> None:
+    route = {"weights": {"1": 90, "2": 10}, "sticky_header": "x-user-id"}
+    assert admin(server, "PUT", "/admin/models/simple/route", route).status == 200
+    users = [f"user-{i}" for i in range(600)]
+    with Client(server) as client:
+        first = {u: client.infer({"x-user-id": u}) for u in users}
+        assert first == {u: client.infer({"x-user-id": u}) for u in users}  # stable while weights stand
+        canary = {u for u, v in first.items() if v == 2}
+        assert 30 <= len(canary) <= 95  # ~10% of 600
+        route["weights"] = {"1": 80, "2": 20}
+        assert admin(server, "PUT", "/admin/models/simple/route", route).status == 200
+        second = {u: client.infer({"x-user-id": u}) for u in users}
+    assert all(second[u] == 2 for u in canary)  # the first 10% stay on the canary
+    assert 85 <= sum(1 for v in second.values() if v == 2) <= 160
+
+
+@pytest.mark.parametrize(
+    ("route", "status", "message"),
+    [
+        ({"weights": {"1": 90, "2": 20}}, 400, "sum to 100"),
+        ({"weights": {"1": 110, "2": -10}}, 400, "non-negative"),
+        ({"weights": {"1": "100"}}, 400, "non-negative integer"),
+        ({"weights": {"1": 99.5, "2": 0.5}}, 400, "non-negative integer"),
+        ({"weights": {}}, 400, "at least one"),
+        ({"weights": {"01": 100}}, 400, "invalid version"),
+        ({"weights": {"1": 100}, "shadow": {"2": 1.5}}, 400, "(0, 1]"),
+        ({"weights": {"1": 100}, "shadow": {"1": 0.5}}, 400, "both take traffic"),
+        ({"weights": {"1": 100}, "sticky_header": "bad header"}, 400, "header name"),
+        ({"weights": {"1": 100}, "colour": 1}, 400, "unknown route fields"),
+        ({"weights": {"9": 100}}, 404, "version 9"),
+        ([1, 2], 400, "JSON object"),
+    ],
+)
+def test_invalid_routes_change_nothing(server: RunningServer, route: Any, status: int, message: str) -> None:
+    before = admin(server, "GET", "/admin/models/simple/route").body
+    reply = admin(server, "PUT", "/admin/models/simple/route", route)
+    assert reply.status == status and message in reply.json()["error"]  # type: ignore[index]
+    assert admin(server, "GET", "/admin/models/simple/route").body == before
+    assert admin(server, "GET", "/admin/models/simple/history").json()["history"] == []  # type: ignore[index]
+
+
+def test_a_failed_version_cannot_take_traffic(server: RunningServer) -> None:
+    # Start-up routed "broken" to its highest version, which failed to load.
+    reply = admin(server, "POST", "/admin/models/broken/versions/2/load")
+    assert reply.status == 502 and "failed to load" in reply.json()["error"]  # type: ignore[index]
+    reply = admin(server, "PUT", "/admin/models/broken/route", {"weights": {"1": 50, "2": 50}})
+    assert reply.status == 404 and "version 1" in reply.json()["error"]  # type: ignore[index]
+    assert admin(server, "POST", "/admin/models/broken/versions/1/load").status == 200
+    reply = admin(server, "PUT", "/admin/models/broken/route", {"weights": {"1": 50, "2": 50}})
+    assert reply.status == 409 and "not READY" in reply.json()["error"]  # type: ignore[index]
+    assert admin(server, "GET", "/admin/models/broken/route").json()["weights"] == {"2": 100}  # type: ignore[index]
+    assert admin(server, "POST", "/admin/models/broken/swap", {"version": 1}).status == 200
+    assert request(server.port, "POST", "/v2/models/broken/infer", INPUTS).status == 200
+    assert admin(server, "POST", "/admin/models/simple/versions/7/load").status == 404
+
+
+# -- lifecycle -----------------------------------------------------------------------------
+
+
+def test_swap_rollback_history_and_unload_rules(server: RunningServer) -> None:
+    swap = admin(server, "POST", "/admin/models/simple/swap", {"version": "1", "actor": "ci", "reason": "release"})
+    assert swap.status == 200 and swap.json()["weights"] == {"1": 100}  # type: ignore[index]
+    described = {m["name"]: m for m in admin(server, "GET", "/admin/models").json()["models"]}  # type: ignore[index]
+    assert described["simple"]["standby"] == "3"
+    reply = admin(server, "POST", "/admin/models/simple/versions/3/unload")
+    assert reply.status == 409 and "standby" in reply.json()["error"]  # type: ignore[index]
+    reply = admin(server, "POST", "/admin/models/simple/versions/1/unload")
+    assert reply.status == 409 and "100% of the traffic" in reply.json()["error"]  # type: ignore[index]
+    assert (
+        admin(server, "POST", "/admin/models/simple/versions/2/unload", headers={**AUTH, "x-actor": "ops"}).status
+        == 200
+    )
+    assert request(server.port, "POST", "/v2/models/simple/versions/2/infer", INPUTS).status == 404
+
+    back = admin(server, "POST", "/admin/models/simple/rollback", {"reason": "bad metrics"})
+    assert back.status == 200 and back.json()["weights"] == {"3": 100}  # type: ignore[index]
+    assert served_by(request(server.port, "POST", "/v2/models/simple/infer", INPUTS)) == 3
+    to_first = admin(server, "POST", "/admin/models/simple/rollback", {"to": 1})
+    assert to_first.json()["weights"] == {"1": 100}  # type: ignore[index]
+
+    history = admin(server, "GET", "/admin/models/simple/history").json()["history"]  # type: ignore[index]
+    assert [e["action"] for e in history] == ["swap", "unload", "rollback", "rollback"]
+    assert [e["seq"] for e in history] == [1, 2, 3, 4]
+    assert history[0]["actor"] == "ci" and history[0]["reason"] == "release"
+    assert history[1]["actor"] == "ops" and history[1]["version"] == "2"
+    assert history[0]["before"]["weights"] == {"3": 100} and history[0]["after"]["weights"] == {"1": 100}
+    assert history[2]["time"].endswith("+00:00")
+
+
+def test_rollback_with_nothing_to_roll_back_is_409(server: RunningServer) -> None:
+    reply = admin(server, "POST", "/admin/models/simple/rollback")
+    assert reply.status == 409 and "no route change" in reply.json()["error"]  # type: ignore[index]
+    reply = admin(server, "POST", "/admin/models/simple/rollback", {"to": 42})
+    assert reply.status == 409
+
+
+def test_swap_under_load_fails_no_request(server: RunningServer) -> None:
+    stop = threading.Event()
+    failures: list[str] = []
+    seen: Counter[int] = Counter()
+
+    def hammer() -> None:
+        with Client(server) as client:
+            while not stop.is_set():
+                try:
+                    seen[client.infer()] += 1
+                except Exception as exc:
+                    failures.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for version in ("1", "2", "3", "1"):
+            assert admin(server, "POST", "/admin/models/simple/swap", {"version": version}).status == 200
+        assert admin(server, "POST", "/admin/models/simple/rollback").status == 200
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert failures == []
+    assert sum(seen.values()) > 0
+
+
+def test_concurrent_admin_calls_end_consistent(server: RunningServer) -> None:
+    calls = [
+        ("POST", "/admin/models/simple/swap", {"version": "2"}),
+        ("PUT", "/admin/models/simple/route", {"weights": {"1": 50, "3": 50}}),
+        ("POST", "/admin/models/simple/rollback", None),
+        ("POST", "/admin/models/simple/versions/2/load", None),
+        ("POST", "/admin/models/simple/swap", {"version": "3"}),
+    ] * 4
+    statuses: list[int] = []
+
+    def call(method: str, path: str, doc: Any) -> None:
+        statuses.append(admin(server, method, path, doc).status)
+
+    threads = [threading.Thread(target=call, args=c) for c in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert set(statuses) <= {200, 409}
+    history = admin(server, "GET", "/admin/models/simple/history").json()["history"]  # type: ignore[index]
+    assert [e["seq"] for e in history] == list(range(1, len(history) + 1))
+    route = admin(server, "GET", "/admin/models/simple/route").json()
+    assert route == history[-1]["after"]
+    described = {m["name"]: m for m in admin(server, "GET", "/admin/models").json()["models"]}  # type: ignore[index]
+    for version in route["weights"]:  # type: ignore[index]
+        assert described["simple"]["versions"][version]["state"] == "READY"
+    served_by(request(server.port, "POST", "/v2/models/simple/infer", INPUTS))
+
+
+def test_routes_and_history_survive_a_restart(repository: Path, tmp_path: Path) -> None:
+    state = tmp_path / "kept-state"
+    with serve(repository, state_dir=state) as running:
+        assert admin(running, "PUT", "/admin/models/simple/route", {"weights": {"1": 70, "2": 30}}).status == 200
+    assert (state / "routes.json").exists()
+    with serve(repository, state_dir=state) as running:
+        route = admin(running, "GET", "/admin/models/simple/route").json()
+        assert route["weights"] == {"1": 70, "2": 30} and route["seq"] == 1  # type: ignore[index]
+        history = admin(running, "GET", "/admin/models/simple/history").json()["history"]  # type: ignore[index]
+        assert len(history) == 1
+        assert {served_by(request(running.port, "POST", "/v2/models/simple/infer", INPUTS)) for _ in range(60)} == {
+            1,
+            2,
+        }
+
+
+def test_tritonclient_repository_extension(server: RunningServer) -> None:
+    client = httpclient.InferenceServerClient(server.host)
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    try:
+        index = client.get_model_repository_index(headers=headers)
+        assert {"name": "simple", "version": "3", "state": "READY"} in index
+        assert any(e["name"] == "broken" and e["version"] == "2" and e["state"] == "UNAVAILABLE" for e in index)
+        client.unload_model("simple", headers=headers)  # unloads 1 and 2; 3 serves
+        assert not client.is_model_ready("simple", "1") and client.is_model_ready("simple", "3")
+        client.load_model("simple", headers=headers)
+        assert client.is_model_ready("simple", "3")
+        with pytest.raises(Exception, match="401|unauthorized"):
+            client.unload_model("simple")
+    finally:
+        client.close()
