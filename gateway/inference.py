@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any, Protocol
@@ -11,9 +13,10 @@ import numpy as np
 
 from gateway.batching.queue import ClientWatch
 from gateway.errors import BadRequest, GatewayError, InternalError
-from gateway.models import ModelManager
-from gateway.protocol.codec import decode_request, encode_response
+from gateway.models import ModelManager, ModelVersion
+from gateway.protocol.codec import InferRequest, decode_request, encode_response
 from gateway.registry.names import parse_version
+from gateway.release.shadow import ShadowRunner
 from runtimes.base import InferenceFailedError, InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,12 @@ def request_options(parameters: dict[str, Any], levels: int) -> tuple[int, float
 class InferenceService:
     """Serves inference requests from the models the manager holds."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(
+        self, manager: ModelManager, shadows: ShadowRunner | None = None, rng: random.Random | None = None
+    ) -> None:
         self._manager = manager
+        self._shadows = shadows
+        self._rng = rng or random.Random()
 
     async def infer(
         self,
@@ -80,7 +87,7 @@ class InferenceService:
         A request waiting in a batch queue is withdrawn when its ``client`` goes away.
         """
         version = None if version_text is None else parse_version(version_text)
-        mv, role, _route = self._manager.serving(model_name, version, None if client is None else client.header)
+        mv, role, route = self._manager.serving(model_name, version, None if client is None else client.header)
         request = decode_request(
             body,
             header_length,
@@ -121,9 +128,38 @@ class InferenceService:
         except GatewayError:
             mv.stats.request_done(False, 0, started, perf_counter_ns())
             raise
+        if version is None and route is not None and route.shadow and self._shadows is not None:
+            self._mirror(model_name, mv, route.shadow, request, body, header_length, names, arrays)
         outputs = [
             (mv.outputs[name], array, binary) for (name, binary), array in zip(request.outputs, arrays, strict=True)
         ]
         response_id = request.id if request.id is not None else request_id
         body_out, json_length = encode_response(model_name, str(mv.version), response_id, outputs)
         return InferResult(body_out, json_length, str(mv.version), role, response_id)
+
+    def _mirror(  # noqa: PLR0917 - the request's parts, passed on as they are
+        self,
+        model_name: str,
+        primary: ModelVersion,
+        shadow: Mapping[int, float],
+        request: InferRequest,
+        body: bytes,
+        header_length: str | None,
+        names: list[str],
+        arrays: list[np.ndarray],
+    ) -> None:
+        """Send copies to the route's shadows, each with its fraction; after the primary ran."""
+        assert self._shadows is not None
+
+        def decode(mv: ModelVersion) -> tuple[dict[str, np.ndarray], int]:
+            inputs = request.inputs
+            if mv.inputs != primary.inputs:  # another signature: decode the body for it
+                inputs = decode_request(
+                    body, header_length, mv.inputs, mv.outputs, model_name=model_name,
+                    max_batch_size=mv.config.max_batch_size,
+                ).inputs  # fmt: skip
+            return inputs, batch_rows(inputs) if mv.batcher is not None else 1
+
+        for version, fraction in shadow.items():
+            if fraction >= 1.0 or self._rng.random() < fraction:
+                self._shadows.mirror(model_name, version, decode, names, arrays)

@@ -27,6 +27,10 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_level: str = "info"
     graceful_timeout_s: float = 30.0
+    #: How long a shadow copy may take before it is abandoned (and counted).
+    shadow_timeout_s: float = 5.0
+    #: Shadow copies running at once, all models together; more are dropped (and counted).
+    shadow_max_inflight: int = 64
     #: A file holding the admin token (TENSORGATE_ADMIN_TOKEN wins; neither: one is generated).
     admin_token_file: Path | None = None
 
@@ -41,6 +45,8 @@ _TYPES: dict[str, type] = {
     "log_level": str,
     "graceful_timeout_s": float,
     "admin_token_file": Path,
+    "shadow_timeout_s": float,
+    "shadow_max_inflight": int,
 }
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -74,6 +80,8 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError(f"max_body_bytes: must be at least 1024, got {settings.max_body_bytes}")
     if settings.log_level not in _LOG_LEVELS:
         raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)}")
+    if not settings.shadow_timeout_s > 0 or settings.shadow_max_inflight < 1:
+        raise ConfigError("shadow_timeout_s must be > 0 and shadow_max_inflight >= 1")
     if not settings.graceful_timeout_s >= 0:
         raise ConfigError("graceful_timeout_s: must be >= 0")
     return settings

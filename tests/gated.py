@@ -18,6 +18,7 @@ class GatedRuntime:
         self.calls: list[dict[str, np.ndarray]] = []
         self.entered = threading.Semaphore(0)
         self.fail_next = False
+        self.fail_always = False
         self._gate = threading.Event()
         self._gate.set()
         self._lock = threading.Lock()
@@ -53,7 +54,7 @@ class GatedRuntime:
     def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
         with self._lock:
             self.calls.append({k: np.array(v, copy=True) for k, v in inputs.items()})
-            fail, self.fail_next = self.fail_next, False
+            fail, self.fail_next = self.fail_next or self.fail_always, False
         self.entered.release()
         self._gate.wait(30)
         if fail:

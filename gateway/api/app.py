@@ -26,6 +26,7 @@ from gateway.registry.base import Artifact, Registry
 from gateway.registry.config import ModelConfig
 from gateway.registry.local import LocalRegistry
 from gateway.release.controller import ReleaseController
+from gateway.release.shadow import ShadowRunner
 from gateway.release.store import StateStore
 from gateway.settings import Settings
 from runtimes.base import Runtime, RuntimeLoadError
@@ -71,8 +72,9 @@ def create_app(
             rng=rng or random.Random(),
             saved_routes={name: record.route for name, record in records.items()},
         )
-        endpoints.attach(manager)
-        admin.attach(ReleaseController(manager, store, records))
+        shadows = ShadowRunner(manager, timeout_s=settings.shadow_timeout_s, max_inflight=settings.shadow_max_inflight)
+        endpoints.attach(manager, shadows)
+        admin.attach(ReleaseController(manager, store, records, shadows=shadows))
         auth.set_token(token)
         manager.start()
         if on_ready is not None:
@@ -80,6 +82,7 @@ def create_app(
         try:
             yield
         finally:
+            await shadows.close()
             await manager.close()
 
     e = endpoints

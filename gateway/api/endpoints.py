@@ -17,6 +17,7 @@ from gateway.inference import InferenceService
 from gateway.models import Model, ModelManager, ModelVersion, VersionState
 from gateway.protocol.codec import MAX_ID_LENGTH
 from gateway.registry.names import parse_version
+from gateway.release.shadow import ShadowRunner
 
 
 class Endpoints:
@@ -27,10 +28,10 @@ class Endpoints:
         self._manager: ModelManager | None = None
         self._service: InferenceService | None = None
 
-    def attach(self, manager: ModelManager) -> None:
-        """Called by the lifespan once the model manager exists."""
+    def attach(self, manager: ModelManager, shadows: ShadowRunner | None = None) -> None:
+        """Called by the lifespan once the model manager (and the shadow runner) exist."""
         self._manager = manager
-        self._service = InferenceService(manager)
+        self._service = InferenceService(manager, shadows)
 
     @property
     def manager(self) -> ModelManager:

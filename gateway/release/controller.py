@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
 from gateway.models import Model, ModelManager, ModelVersion, VersionState
+from gateway.release.shadow import ShadowRunner
 from gateway.release.store import ModelRecord, StateStore
 from routing.route import Route, RouteError
 
@@ -38,9 +39,11 @@ class ReleaseController:
         store: StateStore,
         records: dict[str, ModelRecord],
         *,
+        shadows: ShadowRunner | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._manager = manager
+        self._shadows = shadows
         self._store = store
         self._records = records
         self._wall_clock = wall_clock
@@ -70,7 +73,17 @@ class ReleaseController:
             "versions": versions,
             "route": model.route.to_json() if model.route is not None else None,
             "standby": None if (s := self._standby(model)) is None else str(s),
+            "shadow": self._shadow_stats(model),
             "error": model.config_error,
+        }
+
+    def _shadow_stats(self, model: Model) -> dict[str, Any]:
+        if self._shadows is None:
+            return {}
+        return {
+            str(version): stats.to_json()
+            for (name, version), stats in sorted(self._shadows.stats.items())
+            if name == model.name
         }
 
     def models(self) -> list[Model]:
