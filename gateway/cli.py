@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from gateway import __version__
+from gateway.admin_cli import add_commands, run
 from gateway.registry.config import ConfigError
 from gateway.settings import Settings, load_settings
 
@@ -29,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, help="request body limit")
     serve.add_argument("--log-level", dest="log_level", help="critical, error, warning, info or debug")
     serve.add_argument("--admin-token-file", dest="admin_token_file", help="file holding the admin bearer token")
+    add_commands(commands)
     return parser
 
 
@@ -84,4 +86,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
-    return 2
+    return run(args)

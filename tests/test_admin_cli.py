@@ -1,0 +1,81 @@
+"""The admin subcommands of the ``tensorgate`` command, against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.onnx_models import add_sub, write_model
+from tests.server import ADMIN_TOKEN, RunningServer, serve
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    root = tmp_path_factory.mktemp("models")
+    write_model(root, "simple", 1, add_sub(0), config='version_policy = "all"\n')
+    write_model(root, "simple", 2, add_sub(100))
+    write_model(root, "simple", 3, add_sub(200))
+    with serve(root) as running:
+        yield running
+
+
+def tensorgate(server: RunningServer, *args: str, token: str | None = ADMIN_TOKEN) -> tuple[int, Any, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TENSORGATE_ADMIN_TOKEN"}
+    if token is not None:
+        env["TENSORGATE_ADMIN_TOKEN"] = token
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", *args, "--url", server.url, "--actor", "pipeline"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None, done.stderr
+
+
+def test_a_release_through_the_cli(server: RunningServer) -> None:
+    code, route, _ = tensorgate(server, "route", "set", "simple", "3=90", "2=10", "--shadow", "1=0.5",
+                                "--sticky-header", "x-user-id", "--reason", "canary")  # fmt: skip
+    assert code == 0
+    assert route == {"seq": 1, "weights": {"2": 10, "3": 90}, "shadow": {"1": 0.5}, "sticky_header": "x-user-id"}
+    assert tensorgate(server, "route", "get", "simple")[1] == route
+    code, swapped, _ = tensorgate(server, "swap", "simple", "2")
+    assert code == 0 and swapped["weights"] == {"2": 100}
+    code, back, _ = tensorgate(server, "rollback", "simple")
+    assert code == 0 and back["weights"] == {"2": 10, "3": 90}
+    code, history, _ = tensorgate(server, "history", "simple")
+    assert [e["action"] for e in history["history"]] == ["route", "swap", "rollback"]
+    assert {e["actor"] for e in history["history"]} == {"pipeline"}
+    assert history["history"][0]["reason"] == "canary"
+    code, models, _ = tensorgate(server, "models")
+    assert code == 0 and models["models"][0]["name"] == "simple"
+    assert tensorgate(server, "load", "simple", "1")[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("route", "set", "simple", "3=90", "2=20"), "400: invalid route: weights must sum to 100"),
+        (("route", "set", "simple", "3=ninety"), "weight of version 3 is not a number"),
+        (("route", "set", "simple", "390"), "expected VERSION=WEIGHT"),
+        (("unload", "simple", "9"), "404: version 9 of model 'simple' is not loaded"),
+        (("swap", "nope", "1"), "404: model 'nope' not found"),
+    ],
+)
+def test_failures_exit_1_with_the_servers_message(server: RunningServer, args: tuple[str, ...], message: str) -> None:
+    code, out, err = tensorgate(server, *args)
+    assert code == 1 and out is None
+    assert message in err
+
+
+def test_without_a_token_or_with_a_wrong_one(server: RunningServer) -> None:
+    code, _, err = tensorgate(server, "models", token=None)
+    assert code == 1 and "TENSORGATE_ADMIN_TOKEN" in err
+    code, _, err = tensorgate(server, "models", token="wrong-token-0123456789")
+    assert code == 1 and "401: unauthorized" in err
