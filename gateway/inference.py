@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from time import perf_counter_ns
 from typing import Any, Protocol
 
@@ -33,6 +34,8 @@ class InferResult:
     role: str
     #: The request's id (from the body, else the ``x-request-id`` header), echoed back.
     request_id: str | None
+    #: Work to start once the response has been sent (shadow copies), or None.
+    after: Callable[[], None] | None = None
 
 
 class Client(ClientWatch, Protocol):
@@ -128,14 +131,15 @@ class InferenceService:
         except GatewayError:
             mv.stats.request_done(False, 0, started, perf_counter_ns())
             raise
+        after = None
         if version is None and route is not None and route.shadow and self._shadows is not None:
-            self._mirror(model_name, mv, route.shadow, request, body, header_length, names, arrays)
+            after = self._mirror(model_name, mv, route.shadow, request, body, header_length, names, arrays)
         outputs = [
             (mv.outputs[name], array, binary) for (name, binary), array in zip(request.outputs, arrays, strict=True)
         ]
         response_id = request.id if request.id is not None else request_id
         body_out, json_length = encode_response(model_name, str(mv.version), response_id, outputs)
-        return InferResult(body_out, json_length, str(mv.version), role, response_id)
+        return InferResult(body_out, json_length, str(mv.version), role, response_id, after)
 
     def _mirror(  # noqa: PLR0917 - the request's parts, passed on as they are
         self,
@@ -147,19 +151,24 @@ class InferenceService:
         header_length: str | None,
         names: list[str],
         arrays: list[np.ndarray],
-    ) -> None:
-        """Send copies to the route's shadows, each with its fraction; after the primary ran."""
-        assert self._shadows is not None
-
-        def decode(mv: ModelVersion) -> tuple[dict[str, np.ndarray], int]:
-            inputs = request.inputs
-            if mv.inputs != primary.inputs:  # another signature: decode the body for it
-                inputs = decode_request(
-                    body, header_length, mv.inputs, mv.outputs, model_name=model_name,
-                    max_batch_size=mv.config.max_batch_size,
-                ).inputs  # fmt: skip
-            return inputs, batch_rows(inputs) if mv.batcher is not None else 1
-
+    ) -> Callable[[], None] | None:
+        """The shadow copies this request owes (each drawn with its fraction), to run after the response."""
+        shadows = self._shadows
+        assert shadows is not None
+        versions = self._manager.model(model_name).versions
+        admitted = []
         for version, fraction in shadow.items():
             if fraction >= 1.0 or self._rng.random() < fraction:
-                self._shadows.mirror(model_name, version, decode, names, arrays)
+                stats = shadows.admit(model_name, version)
+                if stats is not None:
+                    admitted.append((versions.get(version), stats))
+        if not admitted:
+            return None
+
+        def redecode(mv: ModelVersion) -> dict[str, np.ndarray]:
+            return decode_request(
+                body, header_length, mv.inputs, mv.outputs, model_name=model_name,
+                max_batch_size=mv.config.max_batch_size,
+            ).inputs  # fmt: skip
+
+        return partial(shadows.run_all, admitted, primary, request.inputs, redecode, outputs=names, answers=arrays)

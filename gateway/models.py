@@ -64,6 +64,8 @@ class ModelVersion:
     error: str | None = None
     inputs: dict[str, TensorSpec] = field(default_factory=dict)
     outputs: dict[str, TensorSpec] = field(default_factory=dict)
+    #: The input specs as one interned tuple: versions with the same inputs share the object.
+    signature: tuple[TensorSpec, ...] = ()
 
     @property
     def provider(self) -> str | None:
@@ -103,6 +105,7 @@ class ModelManager:
         self._loader = loader
         self._rng = rng
         self._saved_routes = dict(saved_routes or {})
+        self._signatures: dict[tuple[TensorSpec, ...], tuple[TensorSpec, ...]] = {}
         self._models: dict[str, Model] = {}
         self._loads: dict[tuple[str, int], asyncio.Task[ModelVersion]] = {}
         self._startup: asyncio.Task[None] | None = None
@@ -250,6 +253,7 @@ class ModelManager:
             return mv
         mv.artifact = artifact
         mv.inputs = {s.name: s for s in runtime.inputs}
+        mv.signature = self._signatures.setdefault(runtime.inputs, runtime.inputs)
         mv.outputs = {s.name: s for s in runtime.outputs}
         mv.executor = Executor(
             runtime,

@@ -29,8 +29,8 @@ class Settings:
     graceful_timeout_s: float = 30.0
     #: How long a shadow copy may take before it is abandoned (and counted).
     shadow_timeout_s: float = 5.0
-    #: Shadow copies running at once, all models together; more are dropped (and counted).
-    shadow_max_inflight: int = 64
+    #: Shadow copies queued or running at once, all models together; more are dropped (and counted).
+    shadow_max_inflight: int = 1024
     #: A file holding the admin token (TENSORGATE_ADMIN_TOKEN wins; neither: one is generated).
     admin_token_file: Path | None = None
 

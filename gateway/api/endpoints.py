@@ -149,3 +149,5 @@ class Endpoints:
             out.append((b"x-request-id", rid.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": out})
         await send({"type": "http.response.body", "body": result.body})
+        if result.after is not None:
+            result.after()  # queue the shadow copies: the client has its answer already

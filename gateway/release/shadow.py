@@ -1,9 +1,11 @@
 """Shadow traffic: a copy of a routed request goes to each shadow version, is compared, and dropped.
 
-A shadow never touches the primary's answer, status or latency: the copy is started after the
-primary has been computed, as a task of its own with its own timeout; when ``max_inflight``
-shadow calls are already running, the copy is dropped and counted rather than queued. The
-shadow's outputs are compared with the primary's:
+A shadow never touches the primary's answer, status or latency: the copy is queued only once
+the primary's response has been sent, and runs as a task of its own under its own timeout;
+copies of one turn of the event loop share one runtime call; when ``max_inflight`` copies are
+already queued or running, the copy is dropped and counted rather than queued. The shadow's outputs are
+compared with the primary's, in bulk every few hundred pairs (numpy's per-call cost would
+otherwise dominate a small model's shadow):
 
 - ``agreement``: the fraction of rows whose label matches: the argmax of the last dimension
   for float outputs with more than one column, score > 0.5 for single-column float outputs
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,8 @@ import numpy as np
 from gateway.models import ModelManager, ModelVersion, VersionState
 
 log = logging.getLogger(__name__)
+
+_FOLD_EVERY = 256
 
 
 @dataclass
@@ -39,9 +43,29 @@ class ShadowStats:
     compared_rows: int = 0
     abs_diff_sum: float = 0.0
     abs_diff_count: int = 0
+    pending: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
+
+    def add_pair(self, primary: np.ndarray, shadow: np.ndarray) -> None:
+        """Queue one output pair for comparison; folded in bulk."""
+        self.pending.append((primary, shadow))
+        if len(self.pending) >= _FOLD_EVERY:
+            self.fold()
+
+    def fold(self) -> None:
+        """Compare every queued pair, grouped so that each group is one concatenation."""
+        groups: dict[tuple[Any, ...], list[tuple[np.ndarray, np.ndarray]]] = {}
+        for pair in self.pending:
+            primary, shadow = pair
+            if primary.shape != shadow.shape or primary.ndim == 0:
+                continue
+            groups.setdefault((primary.shape[1:], primary.dtype, shadow.dtype), []).append(pair)
+        self.pending.clear()
+        for pairs in groups.values():
+            compare(self, np.concatenate([p for p, _ in pairs]), np.concatenate([s for _, s in pairs]))
 
     def to_json(self) -> dict[str, Any]:
         """The counters and the two agreement figures (None until something was compared)."""
+        self.fold()
         return {
             "mirrored": self.mirrored,
             "completed": self.completed,
@@ -75,12 +99,14 @@ def compare(stats: ShadowStats, primary: np.ndarray, shadow: np.ndarray) -> None
 
 
 class ShadowRunner:
-    """Runs shadow copies as owned background tasks, bounded and with a timeout."""
+    """Runs shadow copies after the primary has answered, bounded and with a timeout."""
 
     def __init__(self, manager: ModelManager, *, timeout_s: float, max_inflight: int) -> None:
         self._manager = manager
         self._timeout_s = timeout_s
         self._max_inflight = max_inflight
+        self._inflight = 0
+        self._pending: dict[tuple[Any, ...], list[_Copy]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats: dict[tuple[str, int], ShadowStats] = {}
 
@@ -92,66 +118,110 @@ class ShadowRunner:
             found = self.stats[key] = ShadowStats()
         return found
 
-    def mirror(
-        self,
-        model: str,
-        version: int,
-        decode: Callable[[ModelVersion], tuple[dict[str, np.ndarray], int]],
-        outputs: Sequence[str],
-        primary: Sequence[np.ndarray],
-    ) -> None:
-        """Start a shadow copy unless too many are running; never raises, never waits."""
+    def admit(self, model: str, version: int) -> ShadowStats | None:
+        """Count a copy for ``version``; its stats if it may run, None if it is dropped."""
         stats = self.stats_for(model, version)
         stats.mirrored += 1
-        if len(self._tasks) >= self._max_inflight:
+        if self._inflight >= self._max_inflight:
             stats.dropped += 1
-            return
-        task = asyncio.get_running_loop().create_task(
-            self._shadow(model, version, decode, outputs, primary, stats=stats)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            return None
+        self._inflight += 1
+        return stats
 
-    async def _shadow(
+    def run_all(
         self,
-        model: str,
-        version: int,
-        decode: Callable[[ModelVersion], tuple[dict[str, np.ndarray], int]],
-        outputs: Sequence[str],
-        primary: Sequence[np.ndarray],
+        admitted: list[tuple[ModelVersion | None, ShadowStats]],
+        primary: ModelVersion,
+        inputs: dict[str, np.ndarray],
+        redecode: Callable[[ModelVersion], dict[str, np.ndarray]],
         *,
-        stats: ShadowStats,
+        outputs: Sequence[str],
+        answers: Sequence[np.ndarray],
     ) -> None:
-        try:
-            found = self._manager.model(model).versions.get(version)
-            if found is None or found.state is not VersionState.READY:
+        """Queue the admitted copies; they run, coalesced, on the event loop's next turn.
+
+        Copies for one version produced in the same turn (under load, dozens) share one
+        runtime call when their trailing shapes agree: a small model's shadow then costs a
+        fraction of its own call, not a whole one. A shadow whose inputs differ from the
+        primary's gets the body decoded again for its own signature (``redecode``).
+        """
+        for mv, stats in admitted:
+            if mv is None or mv.state is not VersionState.READY or mv.executor is None:
                 stats.dropped += 1
-                return
-            mv = found
-            inputs, rows = decode(mv)
+                self._inflight -= 1
+                continue
+            feed = inputs
+            if mv.signature is not primary.signature:
+                try:
+                    feed = redecode(mv)
+                except Exception:  # the body does not fit this version's signature
+                    stats.failed += 1
+                    self._inflight -= 1
+                    continue
+            key = (mv.model, mv.version, tuple([a.shape[1:] for a in feed.values()]), tuple(outputs))
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = []
+                asyncio.get_running_loop().call_soon(self._flush, key, mv)
+            pending.append(_Copy(feed, answers, stats))
+
+    def _flush(self, key: tuple[Any, ...], mv: ModelVersion) -> None:
+        copies = self._pending.pop(key)
+        outputs: list[str] = list(key[3])
+        if len(copies) == 1 or not all(s.shape and s.shape[0] < 0 for s in mv.inputs.values()):
+            groups = [[c] for c in copies]  # one copy, or a model without a batch dimension
+        else:
+            groups = [copies]
+        for group in groups:
+            task = asyncio.get_running_loop().create_task(self._compute(mv, group, outputs))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _compute(self, mv: ModelVersion, copies: list[_Copy], outputs: list[str]) -> None:
+        try:
+            if len(copies) == 1:
+                feed = copies[0].inputs
+            else:
+                feed = {name: np.concatenate([c.inputs[name] for c in copies]) for name in copies[0].inputs}
             wanted = [name for name in outputs if name in mv.outputs]
+            rows = [next(iter(c.inputs.values())).shape[0] if c.inputs else 1 for c in copies]
+            executor = mv.executor
+            assert executor is not None
             async with asyncio.timeout(self._timeout_s):
                 if mv.batcher is not None:
-                    results = await mv.batcher.submit(inputs, wanted, rows)
+                    results = await mv.batcher.submit(feed, wanted, sum(rows))
                 else:
-                    assert mv.executor is not None
-                    results = await mv.executor.run(inputs, wanted, sum(a.size for a in inputs.values()))
+                    results = await executor.run(feed, wanted, sum(a.size for a in feed.values()))
         except TimeoutError:
-            stats.timed_out += 1
+            for copy in copies:
+                copy.stats.timed_out += 1
             return
         except Exception as exc:  # a shadow's failure is counted and logged, never raised
-            stats.failed += 1
-            log.debug("shadow %s/%d failed: %r", model, version, exc)
+            for copy in copies:
+                copy.stats.failed += 1
+            log.debug("shadow %s/%d failed: %r", mv.model, mv.version, exc)
             return
-        stats.completed += 1
+        finally:
+            self._inflight -= len(copies)
         by_name = dict(zip(wanted, results, strict=True))
-        for name, array in zip(outputs, primary, strict=True):
-            theirs = by_name.get(name)
-            if theirs is not None:
-                compare(stats, array, theirs)
+        offset = 0
+        for copy, count in zip(copies, rows, strict=True):
+            copy.stats.completed += 1
+            for name, array in zip(outputs, copy.primary, strict=True):
+                theirs = by_name.get(name)
+                if theirs is not None:
+                    copy.stats.add_pair(array, theirs[offset : offset + count] if len(copies) > 1 else theirs)
+            offset += count
 
     async def close(self) -> None:
-        """Cancel the shadows still running and wait for them."""
+        """Cancel the shadow calls still running and wait for them."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass(slots=True)
+class _Copy:
+    inputs: dict[str, np.ndarray]
+    primary: Sequence[np.ndarray]
+    stats: ShadowStats
