@@ -165,10 +165,7 @@ class InferenceService:
         if not admitted:
             return None
 
-        def redecode(mv: ModelVersion) -> dict[str, np.ndarray]:
-            return decode_request(
-                body, header_length, mv.inputs, mv.outputs, model_name=model_name,
-                max_batch_size=mv.config.max_batch_size,
-            ).inputs  # fmt: skip
-
-        return partial(shadows.run_all, admitted, primary, request.inputs, redecode, outputs=names, answers=arrays)
+        return partial(
+            shadows.run_all, admitted, primary, request.inputs, (body, header_length, model_name),
+            outputs=names, answers=arrays,
+        )  # fmt: skip

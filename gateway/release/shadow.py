@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from gateway.models import ModelManager, ModelVersion, VersionState
+from gateway.protocol.codec import decode_request
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class ShadowRunner:
         self._timeout_s = timeout_s
         self._max_inflight = max_inflight
         self._inflight = 0
-        self._pending: dict[tuple[Any, ...], list[_Copy]] = {}
+        self._pending: dict[tuple[Any, ...], _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats: dict[tuple[str, int], ShadowStats] = {}
 
@@ -133,7 +134,7 @@ class ShadowRunner:
         admitted: list[tuple[ModelVersion | None, ShadowStats]],
         primary: ModelVersion,
         inputs: dict[str, np.ndarray],
-        redecode: Callable[[ModelVersion], dict[str, np.ndarray]],
+        redecode: tuple[bytes, str | None, str],
         *,
         outputs: Sequence[str],
         answers: Sequence[np.ndarray],
@@ -143,7 +144,7 @@ class ShadowRunner:
         Copies for one version produced in the same turn (under load, dozens) share one
         runtime call when their trailing shapes agree: a small model's shadow then costs a
         fraction of its own call, not a whole one. A shadow whose inputs differ from the
-        primary's gets the body decoded again for its own signature (``redecode``).
+        primary's gets the body (``redecode``: body, header length, model) decoded again.
         """
         for mv, stats in admitted:
             if mv is None or mv.state is not VersionState.READY or mv.executor is None:
@@ -152,66 +153,63 @@ class ShadowRunner:
                 continue
             feed = inputs
             if mv.signature is not primary.signature:
+                body, header_length, model = redecode
                 try:
-                    feed = redecode(mv)
+                    feed = decode_request(
+                        body, header_length, mv.inputs, mv.outputs, model_name=model,
+                        max_batch_size=mv.config.max_batch_size,
+                    ).inputs  # fmt: skip
                 except Exception:  # the body does not fit this version's signature
                     stats.failed += 1
                     self._inflight -= 1
                     continue
-            key = (mv.model, mv.version, tuple([a.shape[1:] for a in feed.values()]), tuple(outputs))
+            key = (id(mv), tuple([a.shape[1:] for a in feed.values()]), tuple(outputs))
             pending = self._pending.get(key)
             if pending is None:
-                pending = self._pending[key] = []
-                asyncio.get_running_loop().call_soon(self._flush, key, mv)
-            pending.append(_Copy(feed, answers, stats))
+                pending = self._pending[key] = _Pending(mv, stats, list(outputs))
+                asyncio.get_running_loop().call_soon(self._flush, key)
+            pending.inputs.append(feed)
+            pending.answers.append(answers)
 
-    def _flush(self, key: tuple[Any, ...], mv: ModelVersion) -> None:
-        copies = self._pending.pop(key)
-        outputs: list[str] = list(key[3])
-        if len(copies) == 1 or not all(s.shape and s.shape[0] < 0 for s in mv.inputs.values()):
-            groups = [[c] for c in copies]  # one copy, or a model without a batch dimension
-        else:
-            groups = [copies]
+    def _flush(self, key: tuple[Any, ...]) -> None:
+        pending = self._pending.pop(key)
+        batchable = all(spec.shape and spec.shape[0] < 0 for spec in pending.mv.inputs.values())
+        groups = [pending] if batchable or len(pending.inputs) == 1 else pending.split()
         for group in groups:
-            task = asyncio.get_running_loop().create_task(self._compute(mv, group, outputs))
+            task = asyncio.get_running_loop().create_task(self._compute(group))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _compute(self, mv: ModelVersion, copies: list[_Copy], outputs: list[str]) -> None:
+    async def _compute(self, pending: _Pending) -> None:
+        mv, stats, copies = pending.mv, pending.stats, len(pending.inputs)
         try:
-            if len(copies) == 1:
-                feed = copies[0].inputs
-            else:
-                feed = {name: np.concatenate([c.inputs[name] for c in copies]) for name in copies[0].inputs}
-            wanted = [name for name in outputs if name in mv.outputs]
-            rows = [next(iter(c.inputs.values())).shape[0] if c.inputs else 1 for c in copies]
+            first = pending.inputs[0]
+            feed = first if copies == 1 else {n: np.concatenate([i[n] for i in pending.inputs]) for n in first}
+            wanted = [name for name in pending.outputs if name in mv.outputs]
             executor = mv.executor
             assert executor is not None
             async with asyncio.timeout(self._timeout_s):
                 if mv.batcher is not None:
-                    results = await mv.batcher.submit(feed, wanted, sum(rows))
+                    rows = next(iter(feed.values())).shape[0] if feed else 1
+                    results = await mv.batcher.submit(feed, wanted, rows)
                 else:
                     results = await executor.run(feed, wanted, sum(a.size for a in feed.values()))
         except TimeoutError:
-            for copy in copies:
-                copy.stats.timed_out += 1
+            stats.timed_out += copies
             return
         except Exception as exc:  # a shadow's failure is counted and logged, never raised
-            for copy in copies:
-                copy.stats.failed += 1
+            stats.failed += copies
             log.debug("shadow %s/%d failed: %r", mv.model, mv.version, exc)
             return
         finally:
-            self._inflight -= len(copies)
+            self._inflight -= copies
+        stats.completed += copies
         by_name = dict(zip(wanted, results, strict=True))
-        offset = 0
-        for copy, count in zip(copies, rows, strict=True):
-            copy.stats.completed += 1
-            for name, array in zip(outputs, copy.primary, strict=True):
-                theirs = by_name.get(name)
-                if theirs is not None:
-                    copy.stats.add_pair(array, theirs[offset : offset + count] if len(copies) > 1 else theirs)
-            offset += count
+        for index, name in enumerate(pending.outputs):
+            theirs = by_name.get(name)
+            if theirs is not None:
+                mine = [answers[index] for answers in pending.answers]
+                stats.add_pair(mine[0] if copies == 1 else np.concatenate(mine), theirs)
 
     async def close(self) -> None:
         """Cancel the shadow calls still running and wait for them."""
@@ -221,7 +219,18 @@ class ShadowRunner:
 
 
 @dataclass(slots=True)
-class _Copy:
-    inputs: dict[str, np.ndarray]
-    primary: Sequence[np.ndarray]
+class _Pending:
+    """Copies for one shadow version, one input shape and one output list, made in one turn."""
+
+    mv: ModelVersion
     stats: ShadowStats
+    outputs: list[str]
+    inputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    answers: list[Sequence[np.ndarray]] = field(default_factory=list)
+
+    def split(self) -> list[_Pending]:
+        """One group per copy (for models without a batch dimension)."""
+        return [
+            _Pending(self.mv, self.stats, self.outputs, [inputs], [answers])
+            for inputs, answers in zip(self.inputs, self.answers, strict=True)
+        ]
