@@ -183,8 +183,9 @@ class ModelManager:
         mv = model.versions.get(version)
         if mv is None:
             raise NotFound(f"version {version} of model {model.name!r} is not loaded")
-        mv.state = VersionState.UNLOADING
+        mv.state = VersionState.UNLOADING  # new requests get 503 from here on
         if mv.batcher is not None:
+            await mv.batcher.drain()  # queued and running batches finish first
             await mv.batcher.close()
         if mv.executor is not None:
             await mv.executor.close()

@@ -395,3 +395,17 @@ async def test_statistics_count_requests_and_executions(runtime: GatedRuntime) -
     doc = stats.to_triton("m", "1")
     assert doc["batch_stats"][0]["batch_size"] == 8 and doc["batch_stats"][0]["compute_infer"]["count"] == 1
     await batcher.close()
+
+
+async def test_drain_waits_for_queued_and_running_batches(runtime: GatedRuntime) -> None:
+    batcher = make_batcher(runtime, max_batch=1, delay_s=0.0)
+    first = await occupy(batcher, runtime, 1)
+    queued = [asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(v, 1)}, ["OUTPUT0"], 1)) for v in (2, 3)]
+    await asyncio.sleep(0.01)
+    drained = asyncio.ensure_future(batcher.drain())
+    await asyncio.sleep(0.05)
+    assert not drained.done()  # a batch runs (held) and two wait
+    runtime.release()
+    await asyncio.wait_for(drained, 10)
+    assert [r[0][0, 0] for r in await asyncio.gather(first, *queued)] == [1, 2, 3]
+    await batcher.close()

@@ -61,6 +61,8 @@ class Batcher:
         self._clock = clock
         self._queue = RequestQueue(priority_levels)
         self._instances = instance_count
+        #: Batches (or direct calls) computing right now.
+        self._active = 0
         self._slots = asyncio.Semaphore(instance_count)
         self._wakeup = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
@@ -80,6 +82,11 @@ class Batcher:
     def queued(self) -> int:
         """Requests waiting for a batch."""
         return self._queue.size
+
+    async def drain(self, poll_s: float = 0.002) -> None:
+        """Wait until nothing waits and no batch runs (callers stop new submissions first)."""
+        while self._queue.size or self._active:
+            await asyncio.sleep(poll_s)
 
     async def close(self) -> None:
         """Stop dispatching, fail what still waits (503), and let running batches finish."""
@@ -173,11 +180,13 @@ class Batcher:
         dispatch loop: at low load, batching costs (almost) nothing.
         """
         await self._slots.acquire()  # free, so this does not suspend
+        self._active += 1
         try:
             start = self._clock()
             results = await self._executor.run(inputs, outputs, sum(a.size for a in inputs.values()))
             computed = self._clock()
         finally:
+            self._active -= 1
             self._slots.release()
         self._policy.compute.observe(rows, computed - start)
         self._stats.execution_done(rows, 0, _ns(computed - start), 0)
@@ -269,6 +278,7 @@ class Batcher:
         return [name for name in self._output_order if name in wanted]
 
     async def _execute(self, batch: list[PendingRequest]) -> None:
+        self._active += 1
         try:
             start = self._clock()
             rows = sum(r.rows for r in batch)
@@ -305,6 +315,7 @@ class Batcher:
             for request in batch:
                 self._settle(request, InternalError("inference failed"))
         finally:
+            self._active -= 1
             self._slots.release()
             # Cancelled mid-batch (shutdown): nobody is left without an answer.
             for request in batch:
