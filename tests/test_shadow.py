@@ -75,6 +75,11 @@ def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+def settled(stats: dict[str, Any], copies: int) -> bool:
+    """Every mirrored copy has an outcome."""
+    return stats["completed"] + stats["dropped"] + stats["failed"] + stats["timed_out"] == copies
+
+
 def infer(server: RunningServer) -> dict[str, Any]:
     reply = request(server.port, "POST", "/v2/models/simple/infer", INPUTS)
     assert reply.status == 200, reply.body
@@ -87,9 +92,10 @@ def test_shadows_are_computed_compared_and_never_returned(server: RunningServer)
     for _ in range(20):
         doc = infer(server)
         assert doc["outputs"][0]["data"][0] == 2  # version 1's answer
-    wait_for(lambda: shadow_stats(server)["4"]["completed"] == 20)
+    wait_for(lambda: settled(shadow_stats(server)["4"], 20))
     stats = shadow_stats(server)["4"]
-    assert stats["mirrored"] == 20 and stats["failed"] == 0 and stats["dropped"] == 0
+    assert stats["mirrored"] == 20 and stats["failed"] == stats["timed_out"] == 0
+    assert stats["completed"] >= 1  # the rest, if any, dropped over the bound of 4 in flight
     assert stats["agreement"] == 1.0  # version 4 computes what version 1 does
 
 
@@ -98,8 +104,9 @@ def test_a_failing_shadow_changes_nothing_for_the_primary(server: RunningServer,
     route(server, {"weights": {"1": 100}, "shadow": {"3": 1.0}})
     for _ in range(10):
         infer(server)
-    wait_for(lambda: shadow_stats(server)["3"]["failed"] == 10)
-    assert shadow_stats(server)["3"]["completed"] == 0
+    wait_for(lambda: settled(shadow_stats(server)["3"], 10))
+    stats = shadow_stats(server)["3"]
+    assert stats["failed"] >= 1 and stats["completed"] == 0
 
 
 def test_a_hanging_shadow_times_out_and_overflow_is_dropped(server: RunningServer, loader: Loader) -> None:
@@ -161,11 +168,7 @@ def test_coalesced_shadow_copies_are_compared_row_for_row(server: RunningServer)
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(one, range(200)))
 
-    def settled() -> bool:
-        stats = shadow_stats(server)["4"]
-        return stats["completed"] + stats["dropped"] + stats["failed"] + stats["timed_out"] == 200
-
-    wait_for(settled)
+    wait_for(lambda: settled(shadow_stats(server)["4"], 200))
     stats = shadow_stats(server)["4"]
     assert stats["completed"] > 0 and stats["failed"] == stats["timed_out"] == 0  # the rest: over the bound of 4
     # Version 4 computes what version 1 does: any misaligned slice of a shared call would disagree.
