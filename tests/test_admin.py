@@ -35,6 +35,7 @@ def build_repository(root: Path) -> Path:
     write_model(root, "broken", 1, add_sub(0))
     (root / "broken" / "2").mkdir(parents=True)
     (root / "broken" / "2" / "model.onnx").write_bytes(b"not onnx")
+    write_model(root, "misconfigured", 1, add_sub(0), config="colour = 'blue'\n")
     return root
 
 
@@ -224,6 +225,14 @@ def test_a_failed_version_cannot_take_traffic(server: RunningServer) -> None:
     assert admin(server, "POST", "/admin/models/broken/swap", {"version": 1}).status == 200
     assert request(server.port, "POST", "/v2/models/broken/infer", INPUTS).status == 200
     assert admin(server, "POST", "/admin/models/simple/versions/7/load").status == 404
+
+
+def test_a_model_with_a_bad_config_does_not_load(server: RunningServer) -> None:
+    reply = admin(server, "POST", "/admin/models/misconfigured/versions/1/load")
+    assert reply.status == 502
+    assert "misconfigured/config.toml: colour: unknown key" in reply.json()["error"]  # type: ignore[index]
+    described = {m["name"]: m for m in admin(server, "GET", "/admin/models").json()["models"]}  # type: ignore[index]
+    assert described["misconfigured"]["versions"] == {} and "colour" in described["misconfigured"]["error"]
 
 
 # -- lifecycle -----------------------------------------------------------------------------

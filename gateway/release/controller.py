@@ -120,8 +120,6 @@ class ReleaseController:
     async def load_model(self, name: str, actor: str, reason: str | None) -> None:
         """Triton's repository load: the versions the route names, else the highest."""
         model = await self._manager.discover(name)
-        if model.config_error is not None:
-            raise LoadFailed(f"model {name!r} cannot load: {model.config_error}")
         versions = sorted(model.route.versions) if model.route is not None else [model.available[-1]]
         for version in versions:
             await self.load(name, version, actor, reason)
@@ -166,6 +164,8 @@ class ReleaseController:
             return mv
 
     async def _load_ready(self, model: Model, version: int) -> ModelVersion:
+        if model.config_error is not None:
+            raise LoadFailed(f"model {model.name!r} cannot load: {model.config_error}")
         if version not in model.available:
             model.available = await asyncio.to_thread(self._manager.registry.versions, model.name)
             if version not in model.available:
