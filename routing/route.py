@@ -44,6 +44,7 @@ class Route:
     sticky_header: str | None = None
     _versions: tuple[int, ...] = field(init=False, repr=False, compare=False)
     _bounds: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _primary: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.weights:
@@ -75,6 +76,7 @@ class Route:
             bounds.append(total)
         object.__setattr__(self, "_versions", tuple(v for v, _ in live))
         object.__setattr__(self, "_bounds", tuple(bounds))
+        object.__setattr__(self, "_primary", max(self.weights, key=lambda v: (self.weights[v], v)))
 
     @classmethod
     def latest(cls, version: int, seq: int = 0) -> Route:
@@ -84,7 +86,7 @@ class Route:
     @property
     def primary(self) -> int:
         """The version with the most weight (the highest such version on a tie)."""
-        return max(self.weights, key=lambda v: (self.weights[v], v))
+        return self._primary
 
     @property
     def versions(self) -> frozenset[int]:
