@@ -363,3 +363,12 @@ def test_tritonclient_repository_extension(server: RunningServer) -> None:
             client.unload_model("simple")
     finally:
         client.close()
+
+
+def test_unloading_a_zero_weight_version_drops_it_from_the_route(server: RunningServer) -> None:
+    assert admin(server, "PUT", "/admin/models/simple/route", {"weights": {"3": 100, "2": 0}}).status == 200
+    assert admin(server, "POST", "/admin/models/simple/versions/2/unload").status == 200
+    route = admin(server, "GET", "/admin/models/simple/route").json()
+    history = admin(server, "GET", "/admin/models/simple/history").json()["history"]  # type: ignore[index]
+    assert route["weights"] == {"3": 100}  # type: ignore[index]
+    assert route == history[-1]["after"] and route["seq"] == history[-1]["seq"] == 2  # type: ignore[index]

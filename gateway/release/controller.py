@@ -188,12 +188,13 @@ class ReleaseController:
                 raise Conflict(f"version {version} is a shadow of the current route")
             if self._standby(model) == version:
                 raise Conflict(f"version {version} is the rollback standby; swap or route away from it first")
+            seq = self._next_seq(model)
             if route is not None and version in route.weights:  # weight 0: drop it from the route
                 weights = {v: w for v, w in route.weights.items() if v != version}
-                self._manager.set_route(model, Route(weights, route.seq, dict(route.shadow), route.sticky_header))
+                self._manager.set_route(model, Route(weights, seq, dict(route.shadow), route.sticky_header))
             await self._manager.unload(model, version)
             await self._record(
-                model, "unload", actor=actor, reason=reason, before=route, details={"version": str(version)}
+                model, "unload", actor=actor, reason=reason, before=route, details={"version": str(version)}, seq=seq
             )
 
     async def set_route(self, name: str, doc: Any, actor: str, reason: str | None) -> Route:
