@@ -23,16 +23,22 @@ def _tensor(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
 
 
+def version_status(mv: ModelVersion) -> dict[str, Any]:
+    """A loaded version's ``state``, and its ``provider``, ``sha256`` and ``error`` where known."""
+    status: dict[str, Any] = {"state": mv.state.value}
+    if mv.provider is not None:
+        status["provider"] = mv.provider
+    if mv.artifact is not None:
+        status["sha256"] = mv.artifact.sha256
+    if mv.error is not None:
+        status["error"] = mv.error
+    return status
+
+
 def model_metadata(model: Model, mv: ModelVersion) -> dict[str, Any]:
     """``GET /v2/models/{m}[/versions/{v}]``: V2 fields, plus ours under ``parameters``."""
     ready = sorted(v for v, m in model.versions.items() if m.state is VersionState.READY)
-    parameters: dict[str, Any] = {"version": str(mv.version), "state": mv.state.value}
-    if mv.provider is not None:
-        parameters["provider"] = mv.provider
-    if mv.artifact is not None:
-        parameters["sha256"] = mv.artifact.sha256
-    if mv.error is not None:
-        parameters["error"] = mv.error
+    parameters: dict[str, Any] = {"version": str(mv.version), **version_status(mv)}
     return {
         "name": model.name,
         "versions": [str(v) for v in ready],

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
+from gateway.metadata import version_status
 from gateway.models import Model, ModelManager, ModelVersion, VersionState
 from gateway.release.shadow import ShadowRunner
 from gateway.release.store import ModelRecord, StateStore
@@ -57,16 +58,7 @@ class ReleaseController:
 
     def describe(self, model: Model) -> dict[str, Any]:
         """A model as ``GET /admin/models`` shows it."""
-        versions: dict[str, Any] = {}
-        for number, mv in sorted(model.versions.items()):
-            entry: dict[str, Any] = {"state": mv.state.value}
-            if mv.provider is not None:
-                entry["provider"] = mv.provider
-            if mv.artifact is not None:
-                entry["sha256"] = mv.artifact.sha256
-            if mv.error is not None:
-                entry["error"] = mv.error
-            versions[str(number)] = entry
+        versions = {str(number): version_status(mv) for number, mv in sorted(model.versions.items())}
         return {
             "name": model.name,
             "available": [str(v) for v in model.available],
