@@ -68,12 +68,10 @@ def request_options(parameters: dict[str, Any], levels: int) -> tuple[int, float
 class InferenceService:
     """Serves inference requests from the models the manager holds."""
 
-    def __init__(
-        self, manager: ModelManager, shadows: ShadowRunner | None = None, rng: random.Random | None = None
-    ) -> None:
+    def __init__(self, manager: ModelManager, *, rng: random.Random, shadows: ShadowRunner | None = None) -> None:
         self._manager = manager
         self._shadows = shadows
-        self._rng = rng or random.Random()
+        self._rng = rng
 
     async def infer(
         self,
@@ -121,15 +119,13 @@ class InferenceService:
                     client=client,
                 )
                 mv.stats.request_done(True, rows, started, perf_counter_ns())
-        except InvalidInputError as exc:
+        except (InvalidInputError, InferenceFailedError, GatewayError) as exc:
             mv.stats.request_done(False, 0, started, perf_counter_ns())
-            raise BadRequest(str(exc)) from None
-        except InferenceFailedError as exc:
-            mv.stats.request_done(False, 0, started, perf_counter_ns())
-            log.error("model %r version %d failed a request: %s", model_name, mv.version, exc)
-            raise InternalError("inference failed") from None
-        except GatewayError:
-            mv.stats.request_done(False, 0, started, perf_counter_ns())
+            if isinstance(exc, InvalidInputError):
+                raise BadRequest(str(exc)) from None
+            if isinstance(exc, InferenceFailedError):
+                log.error("model %r version %d failed a request: %s", model_name, mv.version, exc)
+                raise InternalError("inference failed") from None
             raise
         after = None
         if version is None and route is not None and route.shadow and self._shadows is not None:

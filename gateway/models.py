@@ -186,10 +186,7 @@ class ModelManager:
         mv.state = VersionState.UNLOADING  # new requests get 503 from here on
         if mv.batcher is not None:
             await mv.batcher.drain()  # queued and running batches finish first
-            await mv.batcher.close()
-        if mv.executor is not None:
-            await mv.executor.close()
-            mv.executor = None
+        await self._release(mv)
         if model.versions.get(version) is mv:
             del model.versions[version]
         log.info("model %r version %d unloaded", model.name, version)
@@ -215,12 +212,19 @@ class ModelManager:
         await asyncio.gather(*pending, return_exceptions=True)
         for model in self._models.values():
             for mv in model.versions.values():
-                if mv.batcher is not None:
-                    await mv.batcher.close()
-                if mv.executor is not None:
-                    mv.state = VersionState.UNLOADING
-                    await mv.executor.close()
-                    mv.executor = None
+                await self._release(mv)
+
+    @staticmethod
+    async def _release(mv: ModelVersion) -> None:
+        """Stop the version's batcher and executor (in-flight calls finish) and free the model."""
+        if mv.executor is not None:
+            mv.state = VersionState.UNLOADING
+        if mv.batcher is not None:
+            await mv.batcher.close()
+            mv.batcher = None
+        if mv.executor is not None:
+            await mv.executor.close()
+            mv.executor = None
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -371,12 +375,11 @@ class ModelManager:
             if route is None:
                 raise Unavailable(f"model {name!r} has no servable version: {model.config_error or 'not loaded'}")
             value = header(route.sticky_header) if route.sticky_header and header is not None else None
-            chosen = route.draw(self._rng.random) if value is None else route.pick(sticky_bucket(value))
-            mv = model.versions.get(chosen)
-            role = "primary" if chosen == route.primary else "canary"
+            version = route.draw(self._rng.random) if value is None else route.pick(sticky_bucket(value))
+            role = "primary" if version == route.primary else "canary"
         else:
-            mv = model.versions.get(version)
             role = "pinned"
+        mv = model.versions.get(version)
         if mv is None:
             raise NotFound(f"version {version} of model {name!r} is not loaded")
         if mv.state is not VersionState.READY:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from common import ROOT, Sample, free_port, median, run_wrk, save_samples, wait_ready
+from common import ROOT, Sample, free_port, print_ratio_table, run_wrk, save_samples, wait_ready
 from mlp import LAYERS, mlp
 
 CONFIGS = {
@@ -133,17 +133,7 @@ def main() -> None:
 
     print(f"{'JSON' if args.json else 'binary'} requests; in-process ONNX Runtime ({args.intra_op_threads} thread): "
           f"{rates[1]:,.0f} rows/s at batch 1, {rates[32]:,.0f} rows/s at batch 32\n")  # fmt: skip
-    print("| batching | concurrency | req/s | vs off | p50 ms | p99 ms | non-200 |")
-    print("|---|---|---|---|---|---|---|")
-    for connections in args.concurrency:
-        off = median(samples["off"][connections], "rps")
-        for name in urls:
-            runs = samples[name][connections]
-            rps = median(runs, "rps")
-            print(
-                f"| {name} | {connections} | {rps:,.0f} | {rps / off:.2f} | {median(runs, 'p50_ms'):.3f} | "
-                f"{median(runs, 'p99_ms'):.3f} | {sum(s.non2xx for s in runs)} |"
-            )
+    print_ratio_table(samples, "off", "batching")
     if args.save:
         save_samples(args.save, samples)
 

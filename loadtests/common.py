@@ -94,3 +94,19 @@ def save_samples(path: Path, samples: dict[str, dict[int, list[Sample]]]) -> Non
     """Write every run, by configuration and concurrency, as JSON."""
     raw = {name: {c: [vars(s) for s in runs] for c, runs in by_c.items()} for name, by_c in samples.items()}
     path.write_text(json.dumps(raw, indent=1))
+
+
+def print_ratio_table(samples: dict[str, dict[int, list[Sample]]], reference: str, label: str) -> None:
+    """A Markdown table of every configuration's medians, throughput as a ratio of ``reference``."""
+    print(f"| {label} | concurrency | req/s | vs {reference} | p50 ms | p99 ms | non-200 |")
+    print("|---|---|---|---|---|---|---|")
+    concurrencies = next(iter(samples.values())).keys()
+    for connections in concurrencies:
+        base = median(samples[reference][connections], "rps")
+        for name, by_concurrency in samples.items():
+            runs = by_concurrency[connections]
+            rps = median(runs, "rps")
+            print(
+                f"| {name} | {connections} | {rps:,.0f} | {rps / base:.2f} | {median(runs, 'p50_ms'):.3f} | "
+                f"{median(runs, 'p99_ms'):.3f} | {sum(s.non2xx for s in runs)} |"
+            )

@@ -20,7 +20,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from common import ROOT, Sample, free_port, median, run_wrk, save_samples, wait_ready
+from common import ROOT, Sample, free_port, print_ratio_table, run_wrk, save_samples, wait_ready
 
 TOKEN = "routing-benchmark-token-0123456789"
 ROUTES = {
@@ -91,17 +91,7 @@ def main() -> None:
         server.wait(timeout=60)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print("| route | concurrency | req/s | vs single | p50 ms | p99 ms | non-200 |")
-    print("|---|---|---|---|---|---|---|")
-    for connections in args.concurrency:
-        single = median(samples["single version"][connections], "rps")
-        for name in ROUTES:
-            runs = samples[name][connections]
-            rps = median(runs, "rps")
-            print(
-                f"| {name} | {connections} | {rps:,.0f} | {rps / single:.2f} | {median(runs, 'p50_ms'):.3f} | "
-                f"{median(runs, 'p99_ms'):.3f} | {sum(s.non2xx for s in runs)} |"
-            )
+    print_ratio_table(samples, "single version", "route")
     print(f"\nshadow version 3: {json.dumps(shadow)}")
     if args.save:
         save_samples(args.save, samples)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,6 +22,17 @@ from gateway.release.controller import ReleaseController
 
 ADMIN_BODY_LIMIT = 64 * 1024
 _ACTOR_LIMIT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What every changing admin call carries: its target, its body, and the audit fields."""
+
+    model: str
+    version: int  # 0 where the path names no version
+    doc: dict[str, Any]
+    actor: str
+    reason: str | None
 
 
 class RequireToken:
@@ -84,12 +96,15 @@ class AdminEndpoints:
             raise BadRequest("'reason' must be a string of at most 4096 characters")
         return actor, reason
 
-    @staticmethod
-    def _target(request: Request) -> tuple[str, int | None]:
+    @classmethod
+    async def _call(cls, request: Request) -> _Call:
+        """The model (and version) from the path, the JSON body, and who acts and why."""
         params = request.path_params
-        name = check_model_name(params["model"])
-        version = parse_version(params["version"]) if "version" in params else None
-        return name, version
+        name = check_model_name(params["model"]) if "model" in params else ""
+        version = parse_version(params["version"]) if "version" in params else 0
+        doc = await cls._body(request)
+        actor, reason = cls._audit(request, doc)
+        return _Call(name, version, doc, actor, reason)
 
     async def models(self, request: Request) -> Response:
         """``GET /admin/models``."""
@@ -98,65 +113,53 @@ class AdminEndpoints:
 
     async def load(self, request: Request) -> Response:
         """``POST /admin/models/{m}/versions/{v}/load``: answers once READY (or failed)."""
-        name, version = self._target(request)
-        actor, reason = self._audit(request, await self._body(request))
-        assert version is not None
-        mv = await self.controller.load(name, version, actor, reason)
+        call = await self._call(request)
+        mv = await self.controller.load(call.model, call.version, call.actor, call.reason)
         return json_response(
-            {"model": name, "version": str(version), "state": mv.state.value, "provider": mv.provider,
+            {"model": call.model, "version": str(call.version), "state": mv.state.value, "provider": mv.provider,
              "sha256": mv.artifact.sha256 if mv.artifact else None}
         )  # fmt: skip
 
     async def unload(self, request: Request) -> Response:
         """``POST /admin/models/{m}/versions/{v}/unload``: drains, then unloads."""
-        name, version = self._target(request)
-        actor, reason = self._audit(request, await self._body(request))
-        assert version is not None
-        await self.controller.unload(name, version, actor, reason)
-        return json_response({"model": name, "version": str(version), "state": "UNLOADED"})
+        call = await self._call(request)
+        await self.controller.unload(call.model, call.version, call.actor, call.reason)
+        return json_response({"model": call.model, "version": str(call.version), "state": "UNLOADED"})
 
     async def get_route(self, request: Request) -> Response:
         """``GET /admin/models/{m}/route``."""
-        name, _ = self._target(request)
-        return json_response(self.controller.route(name))
+        return json_response(self.controller.route(check_model_name(request.path_params["model"])))
 
     async def put_route(self, request: Request) -> Response:
         """``PUT /admin/models/{m}/route``."""
-        name, _ = self._target(request)
-        doc = await self._body(request)
-        actor, reason = self._audit(request, doc)
-        route = await self.controller.set_route(name, doc, actor, reason)
+        call = await self._call(request)
+        route = await self.controller.set_route(call.model, call.doc, call.actor, call.reason)
         return json_response(route.to_json())
 
     async def swap(self, request: Request) -> Response:
         """``POST /admin/models/{m}/swap`` with ``{"version": "2"}``."""
-        name, _ = self._target(request)
-        doc = await self._body(request)
-        actor, reason = self._audit(request, doc)
-        version = doc.get("version")
+        call = await self._call(request)
+        version = call.doc.get("version")
         if type(version) is int and not isinstance(version, bool):
             version = str(version)
         if type(version) is not str:
             raise BadRequest("'version' is required: the version to swap to")
-        route = await self.controller.swap(name, parse_version(version), actor, reason)
+        route = await self.controller.swap(call.model, parse_version(version), call.actor, call.reason)
         return json_response(route.to_json())
 
     async def rollback(self, request: Request) -> Response:
         """``POST /admin/models/{m}/rollback``, optionally ``{"to": seq}``."""
-        name, _ = self._target(request)
-        doc = await self._body(request)
-        actor, reason = self._audit(request, doc)
-        to = doc.get("to")
+        call = await self._call(request)
+        to = call.doc.get("to")
         if to is not None and (type(to) is not int or to < 0):
             raise BadRequest("'to' must be a change's sequence number")
-        route = await self.controller.rollback(name, to, actor, reason)
+        route = await self.controller.rollback(call.model, to, call.actor, call.reason)
         return json_response(route.to_json())
 
     async def history(self, request: Request) -> Response:
         """``GET /admin/models/{m}/history``."""
-        name, _ = self._target(request)
-        controller = self.controller
-        return json_response({"model": name, "history": controller.history(name)})
+        name = check_model_name(request.path_params["model"])
+        return json_response({"model": name, "history": self.controller.history(name)})
 
     # -- Triton's model repository extension -------------------------------------------------
 
@@ -167,16 +170,14 @@ class AdminEndpoints:
 
     async def repository_load(self, request: Request) -> Response:
         """``POST /v2/repository/models/{m}/load``: load the route's versions (or the highest)."""
-        name, _ = self._target(request)
-        actor, reason = self._audit(request, await self._body(request))
-        await self.controller.load_model(name, actor, reason)
+        call = await self._call(request)
+        await self.controller.load_model(call.model, call.actor, call.reason)
         return json_response({})
 
     async def repository_unload(self, request: Request) -> Response:
         """``POST /v2/repository/models/{m}/unload``: unload every version without a role."""
-        name, _ = self._target(request)
-        actor, reason = self._audit(request, await self._body(request))
-        await self.controller.unload_idle(name, actor, reason)
+        call = await self._call(request)
+        await self.controller.unload_idle(call.model, call.actor, call.reason)
         return json_response({})
 
 

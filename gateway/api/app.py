@@ -21,6 +21,7 @@ from gateway.api.endpoints import Endpoints
 from gateway.api.responses import gateway_error, http_error, internal_error
 from gateway.auth import BearerAuth, provision_token
 from gateway.errors import GatewayError
+from gateway.inference import InferenceService
 from gateway.models import ModelManager, RuntimeLoader
 from gateway.registry.base import Artifact, Registry
 from gateway.registry.config import ModelConfig
@@ -66,14 +67,15 @@ def create_app(
         token = await asyncio.to_thread(
             provision_token, os.environ if environ is None else environ, settings.admin_token_file, settings.state_dir
         )
+        random_source = rng or random.Random()
         manager = ModelManager(
             registry or LocalRegistry(settings.repository),
             loader or partial(load_runtime, devices),
-            rng=rng or random.Random(),
+            rng=random_source,
             saved_routes={name: record.route for name, record in records.items()},
         )
-        shadows = ShadowRunner(manager, timeout_s=settings.shadow_timeout_s, max_inflight=settings.shadow_max_inflight)
-        endpoints.attach(manager, shadows)
+        shadows = ShadowRunner(timeout_s=settings.shadow_timeout_s, max_inflight=settings.shadow_max_inflight)
+        endpoints.attach(manager, InferenceService(manager, rng=random_source, shadows=shadows))
         admin.attach(ReleaseController(manager, store, records, shadows=shadows))
         auth.set_token(token)
         manager.start()

@@ -17,7 +17,6 @@ from gateway.inference import InferenceService
 from gateway.models import Model, ModelManager, ModelVersion, VersionState
 from gateway.protocol.codec import MAX_ID_LENGTH
 from gateway.registry.names import parse_version
-from gateway.release.shadow import ShadowRunner
 
 
 class Endpoints:
@@ -28,10 +27,10 @@ class Endpoints:
         self._manager: ModelManager | None = None
         self._service: InferenceService | None = None
 
-    def attach(self, manager: ModelManager, shadows: ShadowRunner | None = None) -> None:
-        """Called by the lifespan once the model manager (and the shadow runner) exist."""
+    def attach(self, manager: ModelManager, service: InferenceService) -> None:
+        """Called by the lifespan once the model manager and the inference service exist."""
         self._manager = manager
-        self._service = InferenceService(manager, shadows)
+        self._service = service
 
     @property
     def manager(self) -> ModelManager:

@@ -119,28 +119,36 @@ class ReleaseController:
     async def unload_idle(self, name: str, actor: str, reason: str | None) -> None:
         """Triton's repository unload: every loaded version without a role; 409 if all have one."""
         model = self._manager.model(name)
-        idle = [v for v in sorted(model.versions) if not self._has_role(model, v)]
+        idle = [v for v in sorted(model.versions) if self._role(model, v) is None]
         if not idle and model.versions:
             raise Conflict(f"every loaded version of {name!r} serves, shadows or stands by: route away first")
         for version in idle:
             await self.unload(name, version, actor, reason)
 
-    def _has_role(self, model: Model, version: int) -> bool:
-        route = model.route
-        if route is not None and (route.weights.get(version, 0) > 0 or version in route.shadow):
-            return True
-        return self._standby(model) == version
+    def _last_change(self, name: str) -> dict[str, Any] | None:
+        """The latest history entry that changed the route (loads and unloads of idle versions don't)."""
+        record = self._records.get(name)
+        history: list[dict[str, Any]] = record.history if record is not None else []
+        changes = [e for e in history if e["before"] is not None and e["before"] != e["after"]]
+        return changes[-1] if changes else None
 
     def _standby(self, model: Model) -> int | None:
         """The previous primary kept for rollback: primary before the last route change, if unrouted now."""
-        record = self._records.get(model.name)
-        current = model.route
-        if record is None or current is None:
+        change = self._last_change(model.name)
+        if change is None or model.route is None:
             return None
-        for entry in reversed(record.history):
-            if entry["before"] != entry["after"] and entry["before"] is not None:
-                previous = Route.from_json(entry["before"]).primary
-                return None if previous in current.versions else previous
+        previous = Route.from_json(change["before"]).primary
+        return None if previous in model.route.versions else previous
+
+    def _role(self, model: Model, version: int) -> str | None:
+        """Why ``version`` must stay loaded (a sentence for a 409), or None when it may go."""
+        route = model.route
+        if route is not None and route.weights.get(version, 0) > 0:
+            return f"version {version} still has {route.weights[version]}% of the traffic"
+        if route is not None and version in route.shadow:
+            return f"version {version} is a shadow of the current route"
+        if self._standby(model) == version:
+            return f"version {version} is the rollback standby; swap or route away from it first"
         return None
 
     # -- actions -----------------------------------------------------------------------------
@@ -173,13 +181,10 @@ class ReleaseController:
         async with self._lock(name):
             if version not in model.versions:
                 raise NotFound(f"version {version} of model {name!r} is not loaded")
+            role = self._role(model, version)
+            if role is not None:
+                raise Conflict(role)
             route = model.route
-            if route is not None and route.weights.get(version, 0) > 0:
-                raise Conflict(f"version {version} still has {route.weights[version]}% of the traffic")
-            if route is not None and version in route.shadow:
-                raise Conflict(f"version {version} is a shadow of the current route")
-            if self._standby(model) == version:
-                raise Conflict(f"version {version} is the rollback standby; swap or route away from it first")
             seq = self._next_seq(model)
             if route is not None and version in route.weights:  # weight 0: drop it from the route
                 weights = {v: w for v, w in route.weights.items() if v != version}
@@ -214,18 +219,14 @@ class ReleaseController:
         """Restore the route before the last change, or the one in force after change ``to``."""
         model = self._manager.model(name)
         async with self._lock(name):
-            record = self._records.get(name)
-            history = record.history if record is not None else []
-            target: dict[str, Any] | None = None
             if to is None:
-                for entry in reversed(history):
-                    if entry["before"] is not None and entry["before"] != entry["after"]:
-                        target = entry["before"]
-                        break
-                if target is None:
+                change = self._last_change(name)
+                if change is None:
                     raise Conflict(f"model {name!r} has no route change to roll back")
+                target = change["before"]
             else:
-                matches = [e for e in history if e["seq"] == to]
+                record = self._records.get(name)
+                matches = [e for e in (record.history if record is not None else []) if e["seq"] == to]
                 if not matches or matches[0]["after"] is None:
                     raise Conflict(f"model {name!r} has no change {to} to roll back to")
                 target = matches[0]["after"]

@@ -3,8 +3,8 @@
 A shadow never touches the primary's answer, status or latency: the copy is queued only once
 the primary's response has been sent, and runs as a task of its own under its own timeout;
 copies of one turn of the event loop share one runtime call; when ``max_inflight`` copies are
-already queued or running, the copy is dropped and counted rather than queued. The shadow's outputs are
-compared with the primary's, in bulk every few hundred pairs (numpy's per-call cost would
+already queued or running, the copy is dropped and counted rather than queued. The shadow's
+outputs are compared with the primary's, in bulk every few hundred pairs (numpy's per-call cost would
 otherwise dominate a small model's shadow):
 
 - ``agreement``: the fraction of rows whose label matches: the argmax of the last dimension
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.models import ModelManager, ModelVersion, VersionState
+from gateway.models import ModelVersion, VersionState
 from gateway.protocol.codec import decode_request
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ def compare(stats: ShadowStats, primary: np.ndarray, shadow: np.ndarray) -> None
 class ShadowRunner:
     """Runs shadow copies after the primary has answered, bounded and with a timeout."""
 
-    def __init__(self, manager: ModelManager, *, timeout_s: float, max_inflight: int) -> None:
-        self._manager = manager
+    def __init__(self, *, timeout_s: float, max_inflight: int) -> None:
         self._timeout_s = timeout_s
         self._max_inflight = max_inflight
         self._inflight = 0
@@ -111,17 +110,11 @@ class ShadowRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats: dict[tuple[str, int], ShadowStats] = {}
 
-    def stats_for(self, model: str, version: int) -> ShadowStats:
-        """The counters of one shadow version (created on first use)."""
-        key = (model, version)
-        found = self.stats.get(key)
-        if found is None:
-            found = self.stats[key] = ShadowStats()
-        return found
-
     def admit(self, model: str, version: int) -> ShadowStats | None:
         """Count a copy for ``version``; its stats if it may run, None if it is dropped."""
-        stats = self.stats_for(model, version)
+        stats = self.stats.get((model, version))
+        if stats is None:
+            stats = self.stats[(model, version)] = ShadowStats()
         stats.mirrored += 1
         if self._inflight >= self._max_inflight:
             stats.dropped += 1
