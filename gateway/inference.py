@@ -14,6 +14,7 @@ import numpy as np
 
 from gateway.batching.queue import ClientWatch
 from gateway.errors import BadRequest, GatewayError, InternalError
+from gateway.exchange import Exchange
 from gateway.models import ModelManager, ModelVersion
 from gateway.protocol.codec import InferRequest, decode_request, encode_response
 from gateway.registry.names import parse_version
@@ -82,13 +83,18 @@ class InferenceService:
         request_id: str | None = None,
         *,
         client: Client | None = None,
+        exchange: Exchange | None = None,
     ) -> InferResult:
         """Run one request; ``version_text`` pins a version, None routes by the model's route.
 
-        A request waiting in a batch queue is withdrawn when its ``client`` goes away.
+        A request waiting in a batch queue is withdrawn when its ``client`` goes away. What
+        served it (model, version, role, route) is written into ``exchange``.
         """
         version = None if version_text is None else parse_version(version_text)
         mv, role, route = self._manager.serving(model_name, version, None if client is None else client.header)
+        if exchange is not None:
+            exchange.model, exchange.version, exchange.role = model_name, mv.label, role
+            exchange.route_seq = route.seq if route is not None else 0
         request = decode_request(
             body,
             header_length,

@@ -68,6 +68,11 @@ class ModelVersion:
     signature: tuple[TensorSpec, ...] = ()
 
     @property
+    def label(self) -> str:
+        """The version number as text, as metrics and logs show it."""
+        return str(self.version)
+
+    @property
     def provider(self) -> str | None:
         """The execution provider in use once READY."""
         return self.executor.runtime.provider if self.executor else None
@@ -110,6 +115,8 @@ class ModelManager:
         self._loads: dict[tuple[str, int], asyncio.Task[ModelVersion]] = {}
         self._startup: asyncio.Task[None] | None = None
         self.started = False
+        #: (model, reason) -> failed loads, for ``tensorgate_model_load_failures_total``.
+        self.load_failures: dict[tuple[str, str], int] = {}
 
     # -- start-up and shutdown ---------------------------------------------------------------
 
@@ -251,10 +258,12 @@ class ModelManager:
         except (RegistryError, RuntimeLoadError) as exc:
             mv.state, mv.error = VersionState.FAILED, str(exc)
             log.error("model %r version %d failed to load: %s", mv.model, mv.version, exc)
+            self._load_failed(mv, exc.reason if isinstance(exc, RuntimeLoadError) else "registry")
             return mv
         except Exception:  # a runtime bug must not kill the manager: the version fails
             mv.state, mv.error = VersionState.FAILED, "internal error while loading"
             log.exception("model %r version %d failed to load", mv.model, mv.version)
+            self._load_failed(mv, "internal")
             return mv
         mv.artifact = artifact
         mv.inputs = {s.name: s for s in runtime.inputs}
@@ -281,6 +290,10 @@ class ModelManager:
             cost.base_s * 1e6,
         )
         return mv
+
+    def _load_failed(self, mv: ModelVersion, reason: str) -> None:
+        key = (mv.model, reason)
+        self.load_failures[key] = self.load_failures.get(key, 0) + 1
 
     def _batcher(self, mv: ModelVersion, executor: Executor, cost: CostModel) -> Batcher:
         config = mv.config
@@ -348,10 +361,26 @@ class ModelManager:
         mv = model.versions.get(model.route.primary)
         return mv is not None and mv.state is VersionState.READY
 
-    @property
-    def ready(self) -> bool:
-        """Server readiness: start-up finished and at least one model can serve."""
-        return self.started and any(self.model_ready(m) for m in self._models.values())
+    def is_ready(self, strict: bool = True) -> bool:
+        """Server readiness: start-up finished, and every version that has routed traffic is READY.
+
+        Strict is Triton's default readiness: a pod whose routed version failed to load never
+        becomes ready, so a rollout with a broken model stops instead of serving errors. Not
+        strict: ready once any model can serve.
+        """
+        if not self.started:
+            return False
+        if not strict:
+            return any(self.model_ready(m) for m in self._models.values())
+        for model in self._models.values():
+            route = model.route
+            if route is None:
+                continue
+            for version, weight in route.weights.items():
+                mv = model.versions.get(version)
+                if weight > 0 and (mv is None or mv.state is not VersionState.READY):
+                    return False
+        return True
 
     def version(self, model: Model, version: int) -> ModelVersion:
         """A loaded version, whatever its state, else a 404."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from gateway.registry.config import ConfigError
 
@@ -26,34 +26,78 @@ class Settings:
     log_dir: Path = Path(".tensorgate/predictions")
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_level: str = "info"
+    log_format: str = "json"
+    access_log: bool = False
+    strict_readiness: bool = True
     graceful_timeout_s: float = 30.0
-    #: How long a shadow copy may take before it is abandoned (and counted).
+    max_concurrent_requests: int = 1024
+    max_connections: int = 4096
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    keepalive_timeout_s: float = 5.0
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
     shadow_timeout_s: float = 5.0
-    #: Shadow copies queued or running at once, all models together; more are dropped (and counted).
     shadow_max_inflight: int = 1024
-    #: A file holding the admin token (TENSORGATE_ADMIN_TOKEN wins; neither: one is generated).
     admin_token_file: Path | None = None
 
 
-_TYPES: dict[str, type] = {
-    "repository": Path,
-    "host": str,
-    "port": int,
-    "state_dir": Path,
-    "log_dir": Path,
-    "max_body_bytes": int,
-    "log_level": str,
-    "graceful_timeout_s": float,
-    "admin_token_file": Path,
-    "shadow_timeout_s": float,
-    "shadow_max_inflight": int,
+#: One line per setting: the flag's help, and docs/configuration.md's description.
+_HELP = {
+    "repository": "model repository directory",
+    "host": "address to listen on (0.0.0.0 in a container)",
+    "port": "port to listen on",
+    "state_dir": "routes, history and the generated admin token",
+    "log_dir": "the prediction log",
+    "max_body_bytes": "request body limit in bytes, decompressed",
+    "log_level": "critical, error, warning, info or debug",
+    "log_format": "server logs as json (one object per line) or text",
+    "access_log": "log every inference request (JSON: id, model, version, role, status, latency)",
+    "strict_readiness": "ready only when every routed version is READY (else: when any model can serve)",
+    "graceful_timeout_s": "on SIGTERM, how long in-flight and queued requests may take",
+    "max_concurrent_requests": "inference requests in flight at once; more get 503 at once",
+    "max_connections": "open connections; more are closed at once",
+    "header_timeout_s": "a request's headers must arrive within this (else 408, close)",
+    "body_timeout_s": "a request's body must arrive within this after its headers",
+    "keepalive_timeout_s": "idle keep-alive connections are closed after this",
+    "max_header_bytes": "request line and headers larger than this get 431",
+    "max_headers": "requests with more header fields get 431",
+    "shadow_timeout_s": "a shadow copy taking longer is abandoned and counted",
+    "shadow_max_inflight": "shadow copies in flight at once (all models); more are dropped",
+    "admin_token_file": "a file holding the admin bearer token",
 }
+
+
+def setting_types() -> dict[str, type]:
+    """Each setting's type (Path, str, int, float or bool), by name."""
+    hints = get_type_hints(Settings)
+    return {f.name: _base_type(hints[f.name]) for f in fields(Settings)}
+
+
+def setting_help() -> dict[str, str]:
+    """Each setting's one-line description, by name."""
+    return {f.name: _HELP[f.name] for f in fields(Settings)}
+
+
+def _base_type(hint: Any) -> type:
+    args = [a for a in get_args(hint) if a is not type(None)]
+    return args[0] if args else hint  # type: ignore[no-any-return]
+
+
+_TYPES = setting_types()
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     kind = _TYPES[key]
     try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+                return value.lower() in _TRUE
+            raise ValueError
         if kind is Path:
             if not isinstance(value, str) or not value:
                 raise ValueError
@@ -82,8 +126,16 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)}")
     if not settings.shadow_timeout_s > 0 or settings.shadow_max_inflight < 1:
         raise ConfigError("shadow_timeout_s must be > 0 and shadow_max_inflight >= 1")
-    if not settings.graceful_timeout_s >= 0:
-        raise ConfigError("graceful_timeout_s: must be >= 0")
+    if settings.log_format not in ("json", "text"):
+        raise ConfigError("log_format: must be json or text")
+    for name in ("graceful_timeout_s", "header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
+        if not getattr(settings, name) > 0:
+            raise ConfigError(f"{name}: must be > 0")
+    for name in ("max_concurrent_requests", "max_connections", "max_headers"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name}: must be at least 1")
+    if settings.max_header_bytes < 1024:
+        raise ConfigError(f"max_header_bytes: must be at least 1024, got {settings.max_header_bytes}")
     return settings
 
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.telemetry.histogram import BATCH_BUCKETS, LATENCY_BUCKETS, Histogram
+
 
 @dataclass(slots=True)
 class Duration:
@@ -59,6 +61,10 @@ class VersionStats:
         self.batches: dict[int, BatchDurations] = {}
         self.direct_count = 0
         self.direct_ns = 0
+        # Prometheus histograms (seconds, rows); the unbatched fast path is folded in when read.
+        self.queue_seconds = Histogram(LATENCY_BUCKETS)
+        self.compute_seconds = Histogram(LATENCY_BUCKETS)
+        self.batch_rows = Histogram(BATCH_BUCKETS)
 
     def request_done(self, ok: bool, rows: int, started_ns: int, ended_ns: int) -> None:
         """One request answered (``ok``) or failed in the runtime or the queue."""
@@ -72,6 +78,8 @@ class VersionStats:
     def execution_done(self, rows: int, input_ns: int, infer_ns: int, output_ns: int, requests: int = 1) -> None:
         """One runtime call over ``rows`` rows serving ``requests`` requests."""
         self.execution_count += 1
+        self.compute_seconds.observe(infer_ns / 1e9)
+        self.batch_rows.observe(rows)
         self.compute_input.add(input_ns, requests)
         self.compute_infer.add(infer_ns, requests)
         self.compute_output.add(output_ns, requests)
@@ -82,15 +90,21 @@ class VersionStats:
         batch.compute_infer.add(infer_ns)
         batch.compute_output.add(output_ns)
 
+    def queued(self, ns: int) -> None:
+        """One request waited ``ns`` nanoseconds in the batch queue."""
+        self.queue.add(ns)
+        self.queue_seconds.observe(ns / 1e9)
+
     def unbatched(self, started_ns: int, ended_ns: int) -> None:
         """A one-row request served by its own runtime call, without a queue.
 
-        The hot path of small models: two additions here, folded into the Triton counters
+        The hot path of small models: a few additions here, folded into the Triton counters
         (an inference, an execution of batch size 1, zero queue time) when they are read.
         """
         self.direct_count += 1
         self.direct_ns += ended_ns - started_ns
         self.last_ns = ended_ns
+        self.compute_seconds.observe((ended_ns - started_ns) / 1e9)
 
     @property
     def last_inference_ms(self) -> int:

@@ -12,9 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from gateway.api.app import create_app
+from gateway.api.server import GatewayServer, build_server
+from gateway.lifecycle import Lifecycle
 from gateway.models import ModelManager, RuntimeLoader
 from gateway.registry.base import Registry
 from gateway.settings import Settings
@@ -25,8 +25,9 @@ ADMIN_TOKEN = "test-admin-token-0123456789"
 class RunningServer:
     """Where a test server listens."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, server: GatewayServer) -> None:
         self.port = port
+        self.server = server
         self.host = f"127.0.0.1:{port}"
         self.url = f"http://127.0.0.1:{port}"
 
@@ -75,20 +76,21 @@ def serve(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
+    settings.setdefault("log_level", "warning")
+    config = Settings(repository=repository, port=port, **settings)
+    lifecycle = Lifecycle(config.max_concurrent_requests)
     app = create_app(
-        Settings(repository=repository, port=port, **settings),
+        config,
         registry=registry,
         loader=loader,
         on_ready=on_ready,
         environ={"TENSORGATE_ADMIN_TOKEN": ADMIN_TOKEN} if environ is None else environ,
+        lifecycle=lifecycle,
     )
-    config = uvicorn.Config(
-        app, loop="uvloop", http="httptools", log_level="warning", access_log=False, proxy_headers=False
-    )
-    server = uvicorn.Server(config)
+    server = build_server(config, app, lifecycle)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    running = RunningServer(port)
+    running = RunningServer(port, server)
     try:
         wait_for(running.url + "/v2/health/live")
         if ready:

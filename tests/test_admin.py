@@ -46,7 +46,7 @@ def repository(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(repository: Path, tmp_path: Path) -> Iterator[RunningServer]:
-    with serve(repository, state_dir=tmp_path / "state") as running:
+    with serve(repository, state_dir=tmp_path / "state", strict_readiness=False) as running:
         yield running
 
 
@@ -140,7 +140,7 @@ def test_every_admin_route_refuses_bad_credentials_identically(server: RunningSe
 
 def test_a_generated_token_lands_in_a_0600_file(repository: Path, tmp_path: Path) -> None:
     state = tmp_path / "generated-state"
-    with serve(repository, state_dir=state, environ={}) as running:
+    with serve(repository, state_dir=state, environ={}, strict_readiness=False) as running:
         token_file = state / "admin-token"
         assert token_file.stat().st_mode & 0o777 == 0o600
         token = token_file.read_text().strip()
@@ -334,10 +334,10 @@ def test_concurrent_admin_calls_end_consistent(server: RunningServer) -> None:
 
 def test_routes_and_history_survive_a_restart(repository: Path, tmp_path: Path) -> None:
     state = tmp_path / "kept-state"
-    with serve(repository, state_dir=state) as running:
+    with serve(repository, state_dir=state, strict_readiness=False) as running:
         assert admin(running, "PUT", "/admin/models/simple/route", {"weights": {"1": 70, "2": 30}}).status == 200
     assert (state / "routes.json").exists()
-    with serve(repository, state_dir=state) as running:
+    with serve(repository, state_dir=state, strict_readiness=False) as running:
         route = admin(running, "GET", "/admin/models/simple/route").json()
         assert route["weights"] == {"1": 70, "2": 30} and route["seq"] == 1  # type: ignore[index]
         history = admin(running, "GET", "/admin/models/simple/history").json()["history"]  # type: ignore[index]

@@ -425,8 +425,11 @@ def test_pinned_and_headers(server: RunningServer) -> None:
     assert reply.headers["x-model-version"] == "1" and reply.headers["x-request-id"] == "abc-1"
     assert reply.json()["id"] == "abc-1" and reply.json()["model_version"] == "1"  # type: ignore[index]
     routed = request(server.port, "POST", "/v2/models/m/infer", GOOD)
+    again = request(server.port, "POST", "/v2/models/m/infer", GOOD)
     assert routed.headers["x-model-version"] == "2"
-    assert "x-request-id" not in routed.headers
+    # Without an id, one is generated for the logs and returned in the header, not the body.
+    assert routed.headers["x-request-id"] != again.headers["x-request-id"]
+    assert len(routed.headers["x-request-id"]) >= 8 and "id" not in routed.json()  # type: ignore[operator]
 
 
 def test_body_id_is_echoed_in_the_header(server: RunningServer) -> None:

@@ -18,6 +18,8 @@ from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 #: Media types an inference body may declare (none at all is fine too: tritonclient sends none).
 #: ``application/x-www-form-urlencoded`` is what ``curl -d`` sends when not told otherwise.
 INFER_MEDIA_TYPES = frozenset({"", "application/json", "application/octet-stream", "application/x-www-form-urlencoded"})
+#: Content-Type values sent as they are by most clients, accepted without parsing.
+_COMMON = frozenset({b"", b"application/json", b"application/octet-stream"})
 # wbits per Content-Encoding: 16+ for the gzip wrapper, plain for zlib ("deflate" per RFC 9110).
 _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
@@ -52,10 +54,12 @@ class BodyHeaders:
                 found.request_id = value
         return found
 
-    def check_media_type(self, allowed: frozenset[str]) -> None:
-        """415 unless the Content-Type is one of ``allowed`` (parameters such as charset ignored)."""
+    def check_media_type(self) -> None:
+        """415 unless the Content-Type is one of INFER_MEDIA_TYPES (parameters such as charset ignored)."""
+        if self.content_type in _COMMON:
+            return
         media = self.content_type.partition(b";")[0].strip().lower().decode("latin-1")
-        if media not in allowed:
+        if media not in INFER_MEDIA_TYPES:
             raise UnsupportedMediaType(f"unsupported Content-Type {media!r:.60}")
 
 

@@ -4,23 +4,38 @@ Starlette's middleware stack and router cost a few microseconds per request; for
 that is a fifth of the whole request (docs/benchmarks.md). Inference requests are recognised by
 splitting the path, and get the same error handling as every other route (``{"error": ...}``,
 a generic 500 for our bugs); methods other than POST get 405.
+
+This is also where the transport's policies for inference live: refusing work while draining
+(503 and ``Connection: close``) or past the concurrency limit (503 at once, with
+``Retry-After``), the request id (the client's ``x-request-id`` or a generated one, returned
+on every answer), and the per-request metrics and access log.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 
 import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.api.body import BodyHeaders
 from gateway.errors import ClientDisconnected, GatewayError
+from gateway.exchange import Exchange, RequestIds
+from gateway.lifecycle import Lifecycle
+from gateway.telemetry.logs import AccessLog
+from gateway.telemetry.requests import RequestMetrics
 
 log = logging.getLogger(__name__)
 
 #: The inference handler: ``path_params`` is set in the scope before it is called.
-Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+Handler = Callable[[Scope, Receive, Send, BodyHeaders, Exchange], Awaitable[None]]
+
+#: Status counted for a request whose client left before its answer (nginx's convention).
+CLIENT_CLOSED = 499
+_MAX_ECHOED_ID = 256
 
 
 async def send_error(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
@@ -30,6 +45,11 @@ async def send_error(send: Send, status: int, message: str, headers: dict[str, s
     raw.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items())
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+def echoable(request_id: str) -> bool:
+    """Whether an id may go back in a response header: printable ASCII of a sane length."""
+    return len(request_id) <= _MAX_ECHOED_ID and request_id.isascii() and request_id.isprintable()
 
 
 def infer_path_params(path: str) -> dict[str, str] | None:
@@ -49,9 +69,22 @@ def infer_path_params(path: str) -> dict[str, str] | None:
 class InferenceDispatcher:
     """ASGI app in front of Starlette that serves inference requests itself."""
 
-    def __init__(self, app: ASGIApp, handler: Handler) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        handler: Handler,
+        *,
+        lifecycle: Lifecycle,
+        metrics: RequestMetrics,
+        ids: RequestIds,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.app = app
         self.handler = handler
+        self.lifecycle = lifecycle
+        self._metrics = metrics
+        self._ids = ids
+        self._access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one ASGI connection."""
@@ -62,14 +95,50 @@ class InferenceDispatcher:
                     await send_error(send, 405, "method not allowed", {"Allow": "POST"})
                     return
                 scope["path_params"] = params
-                try:
-                    await self.handler(scope, receive, send)
-                except GatewayError as exc:
-                    await send_error(send, exc.status, exc.message, exc.headers)
-                except (ClientDisconnect, ClientDisconnected):
-                    pass  # nobody to answer
-                except Exception:
-                    log.exception("unhandled error on POST %s", scope["path"])
-                    await send_error(send, 500, "internal error")
+                await self._infer(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = perf_counter()
+        headers = BodyHeaders.parse(scope)
+        given = headers.request_id
+        exchange = Exchange(given.decode("latin-1") if given is not None else self._ids.next())
+        life = self.lifecycle
+        if life.draining:
+            exchange.status = 503
+            await self._error(
+                send, exchange, 503, "the server is shutting down", {"Retry-After": "1", "Connection": "close"}
+            )
+        elif life.inflight >= life.max_inflight:
+            exchange.status = 503
+            await self._error(send, exchange, 503, "too many requests in flight; retry later", {"Retry-After": "1"})
+        else:
+            life.inflight += 1
+            try:
+                await self.handler(scope, receive, send, headers, exchange)
+                exchange.status = 200
+            except GatewayError as exc:
+                exchange.status = exc.status
+                await self._error(send, exchange, exc.status, exc.message, exc.headers)
+            except (ClientDisconnect, ClientDisconnected):
+                exchange.status = CLIENT_CLOSED  # nobody to answer
+            except Exception:
+                log.exception("unhandled error on POST %s", scope["path"])
+                exchange.status = 500
+                await self._error(send, exchange, 500, "internal error")
+            finally:
+                life.inflight -= 1
+        elapsed = perf_counter() - started
+        self._metrics.record(exchange, elapsed)
+        if self._access_log is not None:
+            self._access_log.record(scope, exchange, elapsed)
+
+    @staticmethod
+    async def _error(
+        send: Send, exchange: Exchange, status: int, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        headers = dict(headers or {})
+        if echoable(exchange.request_id):
+            headers["x-request-id"] = exchange.request_id
+        await send_error(send, status, message, headers)

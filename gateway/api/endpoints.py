@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway import metadata
-from gateway.api.body import INFER_MEDIA_TYPES, BodyHeaders, read_body
+from gateway.api.body import BodyHeaders, read_body
 from gateway.api.client import AsgiClient
+from gateway.api.dispatch import echoable
 from gateway.api.responses import error_response, json_response
 from gateway.errors import BadRequest, Unavailable
+from gateway.exchange import Exchange
 from gateway.inference import InferenceService
+from gateway.lifecycle import Lifecycle
 from gateway.models import Model, ModelManager, ModelVersion, VersionState
 from gateway.protocol.codec import MAX_ID_LENGTH
 from gateway.registry.names import parse_version
@@ -22,8 +27,13 @@ from gateway.registry.names import parse_version
 class Endpoints:
     """Route handlers bound to the state the app's lifespan builds."""
 
-    def __init__(self, max_body_bytes: int) -> None:
+    def __init__(
+        self, max_body_bytes: int, lifecycle: Lifecycle, metrics: CollectorRegistry, *, strict_readiness: bool = True
+    ) -> None:
         self.max_body_bytes = max_body_bytes
+        self.strict_readiness = strict_readiness
+        self._lifecycle = lifecycle
+        self._metrics = metrics
         self._manager: ModelManager | None = None
         self._service: InferenceService | None = None
 
@@ -46,10 +56,19 @@ class Endpoints:
         return json_response({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        """Readiness: start-up done and at least one model can serve."""
-        if self._manager is not None and self._manager.ready:
+        """Readiness: start-up done, every routed version READY, and no drain under way."""
+        if self._lifecycle.draining:
+            return error_response(503, "not ready: the server is shutting down", {"Retry-After": "1"})
+        if self._manager is not None and self._manager.is_ready(self.strict_readiness):
             return json_response({"ready": True})
-        return error_response(503, "not ready: models are loading or none can serve", {"Retry-After": "1"})
+        return error_response(
+            503, "not ready: models are loading or a routed version is not ready", {"Retry-After": "1"}
+        )
+
+    async def metrics(self, request: Request) -> Response:
+        """``GET /metrics``: Prometheus text format (or OpenMetrics when the scraper asks for it)."""
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(self._metrics), media_type=content_type)
 
     async def server_metadata(self, request: Request) -> Response:
         """``GET /v2``."""
@@ -105,24 +124,22 @@ class Endpoints:
 
     # -- inference -----------------------------------------------------------------------------
 
-    async def infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def infer(self, scope: Scope, receive: Receive, send: Send, headers: BodyHeaders, exchange: Exchange) -> None:
         """``POST /v2/models/{m}[/versions/{v}]/infer``: routed, or pinned when a version is named.
 
         A raw ASGI endpoint: this is the hot path, and Starlette's Request and Response objects
-        cost a measurable share of a small model's request (docs/benchmarks.md).
+        cost a measurable share of a small model's request (docs/benchmarks.md). The dispatcher
+        in front has parsed the headers and answers errors.
         """
         if self._service is None:
             raise Unavailable("the server is starting")
-        headers = BodyHeaders.parse(scope)
         if headers.duplicated is not None:
             raise BadRequest("Inference-Header-Content-Length is given twice")
-        headers.check_media_type(INFER_MEDIA_TYPES)
+        headers.check_media_type()
         body = await read_body(receive, headers, self.max_body_bytes)
-        request_id = None
-        if headers.request_id is not None:
-            if len(headers.request_id) > MAX_ID_LENGTH:
-                raise BadRequest(f"x-request-id is longer than {MAX_ID_LENGTH} characters")
-            request_id = headers.request_id.decode("latin-1")
+        given = headers.request_id
+        if given is not None and len(given) > MAX_ID_LENGTH:
+            raise BadRequest(f"x-request-id is longer than {MAX_ID_LENGTH} characters")
         header_length = headers.header_length
         params = scope["path_params"]
         result = await self._service.infer(
@@ -130,8 +147,9 @@ class Endpoints:
             params.get("version"),
             body,
             None if header_length is None else header_length.decode("latin-1"),
-            request_id,
+            None if given is None else exchange.request_id,
             client=AsgiClient(receive, scope["headers"]),
+            exchange=exchange,
         )
         out = [
             (b"content-length", b"%d" % len(result.body)),
@@ -142,9 +160,9 @@ class Endpoints:
         else:
             out.append((b"content-type", b"application/octet-stream"))
             out.append((b"inference-header-content-length", b"%d" % result.header_length))
-        rid = result.request_id
-        # The body's id may hold anything JSON can; only printable ASCII may go into a header.
-        if rid is not None and rid.isascii() and rid.isprintable():
+        # The id may hold anything a header or JSON can; only printable ASCII goes back in a header.
+        rid = result.request_id if result.request_id is not None else exchange.request_id
+        if echoable(rid):
             out.append((b"x-request-id", rid.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": out})
         await send({"type": "http.response.body", "body": result.body})

@@ -190,7 +190,7 @@ class Batcher:
             self._slots.release()
         self._policy.compute.observe(rows, computed - start)
         self._stats.execution_done(rows, 0, _ns(computed - start), 0)
-        self._stats.queue.add(0)
+        self._stats.queued(0)
         return results
 
     def withdraw_gone(self) -> int:
@@ -306,7 +306,7 @@ class Batcher:
                 rows, _ns(computing - start), _ns(computed - computing), _ns(done - computed), len(batch)
             )
             for request in batch:
-                self._stats.queue.add(_ns(start - request.enqueued))
+                self._stats.queued(_ns(start - request.enqueued))
         except (InvalidInputError, InferenceFailedError) as exc:
             for request in batch:
                 self._settle(request, exc)

@@ -1,0 +1,86 @@
+"""The HTTP server: uvicorn with our transport limits, the deadline sweep and the drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from types import FrameType
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from gateway.api.transport import GuardedHttpToolsProtocol, TransportLimits
+from gateway.lifecycle import Lifecycle
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def transport_limits(settings: Settings) -> TransportLimits:
+    """The transport limits the settings ask for."""
+    return TransportLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        max_connections=settings.max_connections,
+    )
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server with a graceful drain and a once-a-second sweep of request deadlines.
+
+    The first SIGTERM or SIGINT starts the drain: readiness fails and new inference requests
+    get 503 with ``Connection: close`` at once; uvicorn then stops listening, lets in-flight
+    and queued requests finish (at most ``graceful_timeout_s``) and runs the lifespan's
+    shutdown, which flushes the prediction log. A second signal exits at once, with status 1.
+    """
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+
+    def drain(self) -> None:
+        """Begin the graceful drain (what the first signal does)."""
+        self.lifecycle.begin_drain()
+        self.should_exit = True
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Signal handler: drain on the first signal, exit on the second."""
+        if self.lifecycle.draining:
+            log.warning("signal %d during the drain: exiting at once", sig)
+            logging.shutdown()
+            os._exit(1)
+        log.info("signal %d: draining (readiness fails, new requests are refused)", sig)
+        self.drain()
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's tick (every 0.1 s); once a second, close connections past their deadlines."""
+        if counter % 10 == 0:
+            now = asyncio.get_running_loop().time()
+            for connection in list(self.server_state.connections):
+                if isinstance(connection, GuardedHttpToolsProtocol):
+                    connection.check_deadline(now)
+        return await super().on_tick(counter)
+
+
+def build_server(settings: Settings, app: ASGIApp, lifecycle: Lifecycle) -> GatewayServer:
+    """A server for ``app`` with every transport setting applied."""
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http=GuardedHttpToolsProtocol.with_limits(transport_limits(settings)),
+        log_level=settings.log_level,
+        access_log=False,  # ours is structured (settings.access_log)
+        log_config=None,  # records go to the root logger, formatted by configure_logging
+        timeout_keep_alive=max(1, round(settings.keepalive_timeout_s)),
+        timeout_graceful_shutdown=max(1, round(settings.graceful_timeout_s)),
+        # We trust no forwarding proxy by default; X-Forwarded-* would be the client's word.
+        proxy_headers=False,
+        server_header=False,  # no "server: uvicorn": one header less per response, and less to fingerprint
+    )
+    return GatewayServer(config, lifecycle)

@@ -1,0 +1,185 @@
+"""The Prometheus collector: reads the gateway's own counters when ``/metrics`` is scraped.
+
+Nothing on the request path touches prometheus-client: requests, batches and shadows update
+plain counters and accumulators (``gateway.telemetry.histogram``), and this collector builds
+the metric families from them, and from the live state (models, routes, queues), per scrape.
+Names and labels are part of the contract (PRODUCT.md section 5, docs/operations.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.lifecycle import Lifecycle
+from gateway.models import ModelManager, VersionState
+from gateway.release.shadow import ShadowRunner
+from gateway.telemetry.requests import RequestMetrics
+
+
+class PredictionLogStats(Protocol):
+    """What the prediction log reports to the collector."""
+
+    def records(self) -> dict[str, int]:
+        """Records written, per model."""
+        ...
+
+    def dropped(self) -> dict[tuple[str, str], int]:
+        """Records dropped, per (model, reason)."""
+        ...
+
+    def queue_depth(self) -> int:
+        """Records waiting to be written."""
+        ...
+
+
+class DriftScores(Protocol):
+    """What the online drift monitor reports to the collector."""
+
+    def psi(self) -> dict[tuple[str, str, str], float]:
+        """The latest PSI per (model, version, feature)."""
+        ...
+
+
+class GatewayCollector(Collector):
+    """Every ``tensorgate_*`` family; attach the lifespan's state before the first scrape."""
+
+    def __init__(self, requests: RequestMetrics, lifecycle: Lifecycle) -> None:
+        self._requests = requests
+        self._lifecycle = lifecycle
+        self._manager: ModelManager | None = None
+        self._shadows: ShadowRunner | None = None
+        self._predlog: PredictionLogStats | None = None
+        self._drift: DriftScores | None = None
+
+    def attach(
+        self,
+        manager: ModelManager,
+        shadows: ShadowRunner,
+        predlog: PredictionLogStats | None = None,
+        drift: DriftScores | None = None,
+    ) -> None:
+        """Called by the lifespan once the state exists."""
+        self._manager, self._shadows, self._predlog, self._drift = manager, shadows, predlog, drift
+
+    def collect(self) -> Iterator[Metric]:
+        """Build the families from the current counters and state."""
+        yield from self._request_families()
+        yield from self._version_families()
+        yield from self._shadow_families()
+        yield from self._predlog_families()
+        drift = GaugeMetricFamily(
+            "tensorgate_drift_psi", "Population stability index of a feature against its reference",
+            labels=["model", "version", "feature"],
+        )  # fmt: skip
+        for labels, value in (self._drift.psi() if self._drift else {}).items():
+            drift.add_metric(list(labels), value)
+        yield drift
+
+    def _request_families(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "tensorgate_requests_total", "Inference requests answered, by serving version, role and HTTP status",
+            labels=["model", "version", "role", "code"],
+        )  # fmt: skip
+        duration = HistogramMetricFamily(
+            "tensorgate_request_duration_seconds", "End-to-end inference request latency in the gateway",
+            labels=["model", "version", "role"],
+        )  # fmt: skip
+        for key, series in list(self._requests.series.items()):
+            for code, count in sorted(series.codes.items()):
+                requests.add_metric([*key, str(code)], count)
+            buckets, total = series.latency.cumulative()
+            duration.add_metric(list(key), buckets, total)
+        yield requests
+        yield duration
+        inflight = GaugeMetricFamily("tensorgate_inflight_requests", "Inference requests in progress")
+        inflight.add_metric([], self._lifecycle.inflight)
+        yield inflight
+        draining = GaugeMetricFamily("tensorgate_draining", "1 once a graceful drain has begun")
+        draining.add_metric([], 1 if self._lifecycle.draining else 0)
+        yield draining
+
+    def _version_families(self) -> Iterator[Metric]:
+        version_labels = ["model", "version"]
+        queue = HistogramMetricFamily(
+            "tensorgate_queue_duration_seconds", "Time requests waited in the batch queue", labels=version_labels
+        )
+        compute = HistogramMetricFamily(
+            "tensorgate_compute_duration_seconds", "Time of runtime calls", labels=version_labels
+        )
+        batch = HistogramMetricFamily("tensorgate_batch_size", "Rows per runtime call", labels=version_labels)
+        depth = GaugeMetricFamily(
+            "tensorgate_queue_depth", "Requests waiting in the batch queue", labels=version_labels
+        )
+        state = GaugeMetricFamily(
+            "tensorgate_model_state", "1 for the state a loaded version is in", labels=["model", "version", "state"]
+        )
+        weight = GaugeMetricFamily("tensorgate_route_weight", "Percent of routed traffic", labels=version_labels)
+        failures = CounterMetricFamily(
+            "tensorgate_model_load_failures_total", "Version loads that failed", labels=["model", "reason"]
+        )
+        manager = self._manager
+        if manager is not None:
+            for model in manager.models():
+                for number, mv in sorted(model.versions.items()):
+                    labels = [model.name, str(number)]
+                    for each in VersionState:
+                        state.add_metric([*labels, each.value], 1 if mv.state is each else 0)
+                    stats = mv.stats
+                    direct = stats.direct_count
+                    buckets, total = stats.queue_seconds.cumulative((0.0, direct))
+                    queue.add_metric(labels, buckets, total)
+                    buckets, total = stats.compute_seconds.cumulative()
+                    compute.add_metric(labels, buckets, total)
+                    buckets, total = stats.batch_rows.cumulative((1, direct))
+                    batch.add_metric(labels, buckets, total)
+                    depth.add_metric(labels, mv.batcher.queued if mv.batcher is not None else 0)
+                if model.route is not None:
+                    for number, percent in sorted(model.route.weights.items()):
+                        weight.add_metric([model.name, str(number)], percent)
+            for (name, reason), count in sorted(manager.load_failures.items()):
+                failures.add_metric([name, reason], count)
+        yield from (queue, compute, batch, depth, state, weight, failures)
+
+    def _shadow_families(self) -> Iterator[Metric]:
+        labels = ["model", "version"]
+        agreement = GaugeMetricFamily(
+            "tensorgate_shadow_agreement_ratio", "Fraction of compared rows where the shadow agrees with the primary",
+            labels=labels,
+        )  # fmt: skip
+        dropped = CounterMetricFamily(
+            "tensorgate_shadow_dropped_total", "Shadow copies dropped because too many were in flight", labels=labels
+        )
+        outcomes = CounterMetricFamily(
+            "tensorgate_shadow_requests_total", "Shadow copies by outcome", labels=[*labels, "outcome"]
+        )
+        if self._shadows is not None:
+            for (model, version), stats in sorted(self._shadows.stats.items()):
+                view = stats.to_json()
+                key = [model, str(version)]
+                if view["agreement"] is not None:
+                    agreement.add_metric(key, view["agreement"])
+                dropped.add_metric(key, stats.dropped)
+                for outcome in ("completed", "failed", "timed_out", "dropped"):
+                    outcomes.add_metric([*key, outcome], view[outcome])
+        yield from (agreement, dropped, outcomes)
+
+    def _predlog_families(self) -> Iterator[Metric]:
+        records = CounterMetricFamily(
+            "tensorgate_predlog_records_total", "Prediction-log records written", labels=["model"]
+        )
+        dropped = CounterMetricFamily(
+            "tensorgate_predlog_dropped_total", "Prediction-log records dropped", labels=["model", "reason"]
+        )
+        depth = GaugeMetricFamily("tensorgate_predlog_queue_depth", "Prediction-log records waiting to be written")
+        log = self._predlog
+        if log is not None:
+            for model, count in sorted(log.records().items()):
+                records.add_metric([model], count)
+            for (model, reason), count in sorted(log.dropped().items()):
+                dropped.add_metric([model, reason], count)
+        depth.add_metric([], log.queue_depth() if log is not None else 0)
+        yield from (records, dropped, depth)
