@@ -7,7 +7,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from gateway.registry.base import Artifact
+from gateway.registry.config import ModelConfig
 from runtimes.base import InferenceFailedError, Runtime, TensorSpec
+from runtimes.devices import Devices
+from runtimes.onnxrt import OnnxRuntime
 
 
 class GatedRuntime:
@@ -67,3 +71,17 @@ class GatedRuntime:
     def rows_per_call(self) -> list[int]:
         """The batch size of every call so far."""
         return [int(next(iter(call.values())).shape[0]) for call in self.calls]
+
+
+class Runtimes:
+    """Builds every runtime gated, and keeps them by model name."""
+
+    def __init__(self) -> None:
+        self.by_model: dict[str, GatedRuntime] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, artifact: Artifact, config: ModelConfig) -> GatedRuntime:
+        runtime = GatedRuntime(OnnxRuntime.load(artifact.model_file, config.onnx, Devices(0, False)))
+        with self.lock:
+            self.by_model[artifact.model] = runtime
+        return runtime

@@ -95,3 +95,30 @@ def write_model(root: Path, name: str, version: int, model: onnx.ModelProto, con
     if config is not None:
         (root / name / "config.toml").write_text(config)
     return target
+
+
+def slow_matmul(size: int = 1536, repeats: int = 8) -> onnx.ModelProto:
+    """INPUT0 [batch, 4] -> OUTPUT0 = INPUT0, after ``repeats`` products of a size x size matrix.
+
+    Serve it with ``graph_optimization = "disable"`` so the products are not folded at load:
+    each call then takes tens to hundreds of milliseconds, long enough to be caught in flight.
+    """
+    rng = np.random.default_rng(0)
+    weights = numpy_helper.from_array((rng.random((size, size), dtype=np.float32) / size), "W")
+    zero = numpy_helper.from_array(np.zeros((1,), dtype=np.float32), "zero")
+    nodes = [helper.make_node("MatMul", ["W", "W"], ["p0"])]
+    for i in range(1, repeats):
+        nodes.append(helper.make_node("MatMul", [f"p{i - 1}", "W"], [f"p{i}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"p{repeats - 1}"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["INPUT0", "nothing"], ["OUTPUT0"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow_matmul",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[weights, zero],
+    )
+    return _model(graph)

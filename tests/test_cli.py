@@ -7,10 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
 
+from gateway.settings import setting_types
+from tests.onnx_models import slow_matmul, write_model
 from tests.rawhttp import request
 from tests.server import wait_for
 
@@ -74,3 +78,103 @@ def test_configuration_errors_exit_2() -> None:
     )
     assert done.returncode == 2
     assert "configuration error: port: must be 0-65535" in done.stderr
+
+
+SLOW = """
+max_batch_size = 8
+instance_count = 1
+[batching]
+max_queue_delay_ms = 1
+[onnx]
+graph_optimization = "disable"
+intra_op_threads = 1
+"""
+
+
+def start_slow_server(tmp_path: Path, *flags: str) -> tuple[subprocess.Popen[str], int]:
+    """``tensorgate serve`` over one model that takes ~0.25 s a call, batching on, one instance."""
+    write_model(tmp_path / "models", "slow", 1, slow_matmul(), config=SLOW)
+    port = free_port()
+    command = [sys.executable, "-m", "gateway", "serve", "--repository", str(tmp_path / "models")]
+    command += ["--port", str(port), "--state-dir", str(tmp_path / "state"), "--log-dir", str(tmp_path / "log")]
+    process = subprocess.Popen(
+        [*command, *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/v2/health/ready", timeout_s=60)
+    except TimeoutError:
+        process.kill()
+        raise
+    return process, port
+
+
+def slow_infer(port: int, value: float) -> tuple[int, object]:
+    body = orjson.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [value] * 4}]})
+    reply = request(port, "POST", "/v2/models/slow/infer", body, {"Content-Type": "application/json"}, timeout_s=30)
+    return reply.status, reply.json()
+
+
+def test_sigterm_answers_every_request_in_flight_and_queued_then_exits_0(tmp_path: Path) -> None:
+    process, port = start_slow_server(tmp_path, "--graceful-timeout-s", "20")
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            pending = [pool.submit(slow_infer, port, float(i)) for i in range(6)]
+            time.sleep(0.15)  # one batch runs, the rest wait for the instance
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            results = [f.result() for f in pending]
+        output, _ = process.communicate(timeout=30)
+        drain_s = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert [status for status, _ in results] == [200] * 6
+    for i, (_, doc) in enumerate(results):
+        assert doc["outputs"][0]["data"] == [float(i)] * 4  # type: ignore[index]
+    assert process.returncode == 0 and drain_s < 20
+    assert "draining" in output and "Traceback" not in output
+    records = [orjson.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert records and all({"ts", "level", "logger", "message"} <= set(r) for r in records)  # JSON logs
+
+
+def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
+    process, port = start_slow_server(tmp_path, "--graceful-timeout-s", "60")
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            for i in range(8):
+                pool.submit(slow_infer, port, float(i))  # a couple of seconds of work queued
+            time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=10)
+            assert time.monotonic() - started < 2.0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 1 and "during the drain: exiting at once" in output
+
+
+def test_every_setting_is_a_flag_and_bad_values_are_named() -> None:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    for name in setting_types():
+        assert "--" + name.replace("_", "-") in help_text, name
+    bad = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--max-concurrent-requests", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2 and "max_concurrent_requests: must be at least 1" in bad.stderr
+    env = {**os.environ, "TENSORGATE_ACCESS_LOG": "maybe"}
+    bad = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve"], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
+        check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "TENSORGATE_ACCESS_LOG: access_log: expected bool" in bad.stderr

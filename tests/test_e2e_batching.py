@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +15,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from gateway.models import ModelManager
-from gateway.registry.base import Artifact
-from gateway.registry.config import ModelConfig
-from runtimes.devices import Devices
-from runtimes.onnxrt import OnnxRuntime
-from tests.gated import GatedRuntime
+from tests.gated import GatedRuntime, Runtimes
 from tests.onnx_models import identity, write_model
 from tests.rawhttp import request
 from tests.server import RunningServer, serve
@@ -33,20 +28,6 @@ max_queue_delay_ms = 20
 max_queue_size = 4
 priority_levels = 2
 """
-
-
-class Runtimes:
-    """Builds every runtime gated, and keeps them by model name."""
-
-    def __init__(self) -> None:
-        self.by_model: dict[str, GatedRuntime] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, artifact: Artifact, config: ModelConfig) -> GatedRuntime:
-        runtime = GatedRuntime(OnnxRuntime.load(artifact.model_file, config.onnx, Devices(0, False)))
-        with self.lock:
-            self.by_model[artifact.model] = runtime
-        return runtime
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self._phase = _IDLE
         self._deadline = 0.0  # loop time; 0: none
-        self._raw_bytes = 0  # bytes received in the header phase: an upper bound of their size
+        self._raw_bytes = 0  # bytes received since the last request ended: bounds the headers' size
 
     @classmethod
     def with_limits(cls, limits: TransportLimits) -> type[GuardedHttpToolsProtocol]:
@@ -92,8 +92,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         """uvicorn's, with a 431 for headers over the limits instead of a generic 400."""
         self._unset_keepalive_if_required()
-        if self._phase == _HEADERS:
-            self._raw_bytes += len(data)
+        self._raw_bytes += len(data)  # since the last request ended: bounds the next one's headers
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -144,6 +143,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._phase = _IDLE
         self._deadline = 0.0
+        self._raw_bytes = 0
 
     # -- limits --------------------------------------------------------------------------------
 
@@ -151,7 +151,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._phase != _HEADERS:
             self._phase = _HEADERS
             self._deadline = self.loop.time() + self.limits.header_timeout_s
-        self._raw_bytes = 0
 
     def check_deadline(self, now: float) -> None:
         """Called by the server's sweep: answer 408 and close a request past its deadline."""
