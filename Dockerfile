@@ -1,4 +1,4 @@
-# tensorgate: CPU or GPU (CUDA 12 / cuDNN 9 as pip wheels; the host provides the driver).
+# tensorgate: CPU or GPU (CUDA 13 / cuDNN 9 as pip wheels; the host provides the driver).
 #   docker build -t tensorgate .
 #   docker run --rm --gpus all -p 8000:8000 -v "$PWD/models:/models:ro" tensorgate
 FROM python:3.11-slim-bookworm AS build
