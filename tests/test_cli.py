@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.settings import setting_types
+from gateway.settings import load_settings, setting_types
 from tests.onnx_models import slow_matmul, write_model
 from tests.rawhttp import request
 from tests.server import wait_for
@@ -178,3 +178,13 @@ def test_every_setting_is_a_flag_and_bad_values_are_named() -> None:
         check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "TENSORGATE_ACCESS_LOG: access_log: expected bool" in bad.stderr
+
+
+def test_the_example_config_and_the_docs_name_every_setting() -> None:
+    settings = load_settings(ROOT / "examples" / "tensorgate.toml", environ={})
+    assert settings.repository == ROOT / "examples" / "models" and settings.port == 8000
+    example = (ROOT / "examples" / "tensorgate.toml").read_text()
+    docs = (ROOT / "docs" / "configuration.md").read_text()
+    for name in setting_types():
+        assert f"\n{name} = " in example or f"# {name} = " in example, name
+        assert f"| `{name}` | `--{name.replace('_', '-')}`, `TENSORGATE_{name.upper()}` |" in docs, name
