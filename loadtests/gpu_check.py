@@ -142,7 +142,8 @@ def free_port() -> int:
 def gateway_check(model: onnx.ModelProto, work: Path, seconds: float, processes: int) -> dict[str, object]:
     configs = {
         "unbatched": "max_batch_size = 0\ninline_threshold_us = 0\n",
-        "batched": 'max_batch_size = 256\ninline_threshold_us = 0\ninstance_count = 2\n[batching]\nmax_queue_delay_ms = "auto"\n',
+        "batched": "max_batch_size = 256\ninline_threshold_us = 0\ninstance_count = 2\n"
+        '[batching]\nmax_queue_delay_ms = "auto"\n',
     }
     repo = work / "models"
     for name, config in configs.items():
