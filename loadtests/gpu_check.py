@@ -133,6 +133,12 @@ def drive(port: int, path: str, body: bytes, concurrency: int, seconds: float, p
     }
 
 
+def _cpu_seconds(pid: int, ticks: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -144,6 +150,10 @@ def gateway_check(model: onnx.ModelProto, work: Path, seconds: float, processes:
         "unbatched": "max_batch_size = 0\ninline_threshold_us = 0\n",
         "batched": "max_batch_size = 256\ninline_threshold_us = 0\ninstance_count = 2\n"
         '[batching]\nmax_queue_delay_ms = "auto"\n',
+        "batched-fixed-2ms": "max_batch_size = 256\ninline_threshold_us = 0\ninstance_count = 2\n"
+        "[batching]\nmax_queue_delay_ms = 2\n",
+        "batched-on-cpu": "max_batch_size = 256\ninline_threshold_us = 0\ninstance_count = 2\n"
+        '[onnx]\ndevice = "cpu"\n[batching]\nmax_queue_delay_ms = "auto"\n',
     }
     repo = work / "models"
     for name, config in configs.items():
@@ -170,8 +180,11 @@ def gateway_check(model: onnx.ModelProto, work: Path, seconds: float, processes:
             {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, LAYERS[0]], "data": [0.01] * LAYERS[0]}]}
         ).encode()
         results: dict[str, object] = {}
+        ticks = os.sysconf("SC_CLK_TCK")
         for name in configs:
+            before = _cpu_seconds(server.pid, ticks)
             results[name] = drive(port, f"/v2/models/mlp-{name}/infer", body, 64, seconds, processes)
+            results[name]["server_cpu_percent"] = round(100 * (_cpu_seconds(server.pid, ticks) - before) / seconds)  # type: ignore[index]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             metrics = response.read().decode()
         for name in configs:
