@@ -34,15 +34,22 @@ def provision_token(environ: Mapping[str, str], token_file: Path | None, state_d
         except OSError as exc:
             raise TokenError(f"cannot read the admin token file {token_file}: {exc.strerror}") from None
     generated = state_dir / TOKEN_FILE
-    if generated.is_file():
-        return _checked(generated.read_text("utf-8").strip(), str(generated))
-    state_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(generated, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    token, created = secret_file(generated)
+    if created:
+        log.warning("no admin token configured: generated one into %s (mode 0600)", generated)
+    return _checked(token, str(generated))
+
+
+def secret_file(path: Path) -> tuple[str, bool]:
+    """The secret kept in ``path``, generated (mode 0600) if the file does not exist; and whether it was."""
+    if path.is_file():
+        return path.read_text("utf-8").strip(), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as stream:
-        stream.write(token + "\n")
-    log.warning("no admin token configured: generated one into %s (mode 0600)", generated)
-    return token
+        stream.write(secret + "\n")
+    return secret, True
 
 
 def _checked(token: str, source: str) -> str:

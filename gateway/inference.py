@@ -93,7 +93,7 @@ class InferenceService:
         version = None if version_text is None else parse_version(version_text)
         mv, role, route = self._manager.serving(model_name, version, None if client is None else client.header)
         if exchange is not None:
-            exchange.model, exchange.version, exchange.role = model_name, mv.label, role
+            exchange.model, exchange.version, exchange.role, exchange.served = model_name, mv.label, role, mv
             exchange.route_seq = route.seq if route is not None else 0
         request = decode_request(
             body,
@@ -104,6 +104,10 @@ class InferenceService:
             max_batch_size=mv.config.max_batch_size,
         )
         names = [name for name, _ in request.outputs]
+        if exchange is not None:
+            exchange.inputs = request.inputs
+            if request.id is not None:
+                exchange.request_id = request.id  # the body's id names the request in logs
         batcher = mv.batcher
         if batcher is not None:
             rows = batch_rows(request.inputs)
@@ -133,9 +137,12 @@ class InferenceService:
                 log.error("model %r version %d failed a request: %s", model_name, mv.version, exc)
                 raise InternalError("inference failed") from None
             raise
+        if exchange is not None:
+            exchange.outputs = list(zip(names, arrays, strict=True))
         after = None
         if version is None and route is not None and route.shadow and self._shadows is not None:
-            after = self._mirror(model_name, mv, route.shadow, request, body, header_length, names, arrays)
+            origin = (exchange.request_id if exchange is not None else request.id or request_id or "", route.seq)
+            after = self._mirror(model_name, mv, route.shadow, request, body, header_length, names, arrays, origin)
         outputs = [
             (mv.outputs[name], array, binary) for (name, binary), array in zip(request.outputs, arrays, strict=True)
         ]
@@ -153,6 +160,7 @@ class InferenceService:
         header_length: str | None,
         names: list[str],
         arrays: list[np.ndarray],
+        origin: tuple[str, int],
     ) -> Callable[[], None] | None:
         """The shadow copies this request owes (each drawn with its fraction), to run after the response."""
         shadows = self._shadows
@@ -169,5 +177,5 @@ class InferenceService:
 
         return partial(
             shadows.run_all, admitted, primary, request.inputs, (body, header_length, model_name),
-            outputs=names, answers=arrays,
+            outputs=names, answers=arrays, origin=origin,
         )  # fmt: skip

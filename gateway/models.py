@@ -66,6 +66,9 @@ class ModelVersion:
     outputs: dict[str, TensorSpec] = field(default_factory=dict)
     #: The input specs as one interned tuple: versions with the same inputs share the object.
     signature: tuple[TensorSpec, ...] = ()
+    #: Name -> V2 datatype, for the prediction log.
+    input_types: dict[str, str] = field(default_factory=dict)
+    output_types: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -269,6 +272,8 @@ class ModelManager:
         mv.inputs = {s.name: s for s in runtime.inputs}
         mv.signature = self._signatures.setdefault(runtime.inputs, runtime.inputs)
         mv.outputs = {s.name: s for s in runtime.outputs}
+        mv.input_types = {s.name: s.datatype for s in runtime.inputs}
+        mv.output_types = {s.name: s.datatype for s in runtime.outputs}
         mv.executor = Executor(
             runtime,
             concurrency=mv.config.instance_count,

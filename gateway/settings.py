@@ -40,6 +40,13 @@ class Settings:
     shadow_timeout_s: float = 5.0
     shadow_max_inflight: int = 1024
     admin_token_file: Path | None = None
+    predlog: bool = True
+    predlog_policy: str = "drop"
+    predlog_queue_size: int = 65536
+    predlog_rotate_bytes: int = 64 * 1024 * 1024
+    predlog_rotate_s: float = 3600.0
+    predlog_compress: bool = False
+    predlog_flush_interval_s: float = 0.05
 
 
 #: One line per setting: the flag's help, and docs/configuration.md's description.
@@ -65,6 +72,13 @@ _HELP = {
     "shadow_timeout_s": "a shadow copy taking longer is abandoned and counted",
     "shadow_max_inflight": "shadow copies in flight at once (all models); more are dropped",
     "admin_token_file": "a file holding the admin bearer token",
+    "predlog": "log every prediction with its input under log_dir (docs/prediction-log.md)",
+    "predlog_policy": "when the log cannot keep up or its disk fails: drop (count and go on) or block",
+    "predlog_queue_size": "records waiting to be written, at most",
+    "predlog_rotate_bytes": "start a new log file past this size",
+    "predlog_rotate_s": "start a new log file after this many seconds",
+    "predlog_compress": "gzip log files once rotated",
+    "predlog_flush_interval_s": "how often the writer wakes to write what is queued",
 }
 
 
@@ -134,6 +148,12 @@ def _validate(settings: Settings) -> Settings:
     for name in ("max_concurrent_requests", "max_connections", "max_headers"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name}: must be at least 1")
+    if settings.predlog_policy not in ("drop", "block"):
+        raise ConfigError("predlog_policy: must be drop or block")
+    if settings.predlog_queue_size < 1 or settings.predlog_rotate_bytes < 1024:
+        raise ConfigError("predlog_queue_size must be >= 1 and predlog_rotate_bytes >= 1024")
+    if not settings.predlog_rotate_s > 0 or not 0 < settings.predlog_flush_interval_s <= 10:
+        raise ConfigError("predlog_rotate_s must be > 0 and predlog_flush_interval_s in (0, 10]")
     if settings.max_header_bytes < 1024:
         raise ConfigError(f"max_header_bytes: must be at least 1024, got {settings.max_header_bytes}")
     return settings

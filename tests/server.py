@@ -69,9 +69,10 @@ def serve(
     ``state_dir`` is given; the admin token is ``ADMIN_TOKEN`` unless ``environ`` says otherwise.
     """
     scratch = None
-    if "state_dir" not in settings:
+    if "state_dir" not in settings or "log_dir" not in settings:
         scratch = tempfile.TemporaryDirectory(prefix="tensorgate-state-")
-        settings["state_dir"] = Path(scratch.name)
+        settings.setdefault("state_dir", Path(scratch.name) / "state")
+        settings.setdefault("log_dir", Path(scratch.name) / "predictions")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

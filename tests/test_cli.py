@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -114,12 +115,24 @@ def slow_infer(port: int, value: float) -> tuple[int, object]:
     return reply.status, reply.json()
 
 
+def wait_inflight(port: int, count: int, timeout_s: float = 20.0) -> None:
+    """Wait until the server reports ``count`` inference requests in flight."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = request(port, "GET", "/metrics").body.decode()
+        found = re.search(r"^tensorgate_inflight_requests (\S+)$", text, re.MULTILINE)
+        if found and float(found.group(1)) >= count:
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"never {count} requests in flight")
+
+
 def test_sigterm_answers_every_request_in_flight_and_queued_then_exits_0(tmp_path: Path) -> None:
     process, port = start_slow_server(tmp_path, "--graceful-timeout-s", "20")
     try:
         with ThreadPoolExecutor(6) as pool:
             pending = [pool.submit(slow_infer, port, float(i)) for i in range(6)]
-            time.sleep(0.15)  # one batch runs, the rest wait for the instance
+            wait_inflight(port, 6)  # one batch runs, the rest wait for the instance
             started = time.monotonic()
             process.send_signal(signal.SIGTERM)
             results = [f.result() for f in pending]
@@ -143,7 +156,7 @@ def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
         with ThreadPoolExecutor(8) as pool:
             for i in range(8):
                 pool.submit(slow_infer, port, float(i))  # a couple of seconds of work queued
-            time.sleep(0.2)
+            wait_inflight(port, 8)
             process.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             started = time.monotonic()

@@ -21,12 +21,13 @@ from gateway.api.admin import AdminEndpoints, admin_mounts
 from gateway.api.dispatch import InferenceDispatcher
 from gateway.api.endpoints import Endpoints
 from gateway.api.responses import gateway_error, http_error, internal_error
-from gateway.auth import BearerAuth, provision_token
+from gateway.auth import BearerAuth, provision_token, secret_file
 from gateway.errors import GatewayError
 from gateway.exchange import RequestIds
 from gateway.inference import InferenceService
 from gateway.lifecycle import Lifecycle
 from gateway.models import ModelManager, RuntimeLoader
+from gateway.predlog.writer import PredictionLog
 from gateway.registry.base import Artifact, Registry
 from gateway.registry.config import ModelConfig
 from gateway.registry.local import LocalRegistry
@@ -43,6 +44,8 @@ from runtimes.onnxrt import OnnxRuntime
 
 log = logging.getLogger(__name__)
 
+#: The key that ``[logging] hash_inputs`` hashes with, kept (mode 0600) in the state directory.
+PREDLOG_KEY_FILE = "predlog-hash-key"
 #: Allocations between young-generation collections once serving (Python's default: 700).
 GC_THRESHOLD = 10_000
 
@@ -66,6 +69,25 @@ async def _freeze_after_startup(manager: ModelManager) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+
+
+async def _prediction_log(settings: Settings, rng: random.Random) -> PredictionLog:
+    """The prediction log the settings ask for, started; its hash key lives in the state dir."""
+    key, _ = await asyncio.to_thread(secret_file, settings.state_dir / PREDLOG_KEY_FILE)
+    predlog = PredictionLog(
+        settings.log_dir,
+        hash_key=key.encode(),
+        queue_size=settings.predlog_queue_size,
+        policy=settings.predlog_policy,
+        rotate_bytes=settings.predlog_rotate_bytes,
+        rotate_s=settings.predlog_rotate_s,
+        compress=settings.predlog_compress,
+        flush_interval_s=settings.predlog_flush_interval_s,
+        rng=random.Random(rng.random()),
+    )
+    predlog.start()
+    log.info("prediction log: %s (policy %s)", settings.log_dir, settings.predlog_policy)
+    return predlog
 
 
 def create_app(
@@ -112,9 +134,13 @@ def create_app(
             rng=random_source,
             saved_routes={name: record.route for name, record in records.items()},
         )
-        shadows = ShadowRunner(timeout_s=settings.shadow_timeout_s, max_inflight=settings.shadow_max_inflight)
+        predlog = await _prediction_log(settings, random_source) if settings.predlog else None
+        shadows = ShadowRunner(
+            timeout_s=settings.shadow_timeout_s, max_inflight=settings.shadow_max_inflight, predlog=predlog
+        )
         endpoints.attach(manager, InferenceService(manager, rng=random_source, shadows=shadows))
-        collector.attach(manager, shadows)
+        dispatcher.predlog = predlog
+        collector.attach(manager, shadows, predlog)
         admin.attach(ReleaseController(manager, store, records, shadows=shadows))
         auth.set_token(token)
         manager.start()
@@ -126,6 +152,9 @@ def create_app(
         finally:
             settle.cancel()
             await shadows.close()
+            if predlog is not None:
+                # Requests have drained by now (the server waits for them before the lifespan).
+                await predlog.close(timeout_s=settings.graceful_timeout_s)
             await manager.close()
 
     e = endpoints
@@ -155,7 +184,7 @@ def create_app(
             Exception: internal_error,
         },
     )
-    return InferenceDispatcher(
+    dispatcher = InferenceDispatcher(
         app,
         e.infer,
         lifecycle=lifecycle,
@@ -163,3 +192,4 @@ def create_app(
         ids=request_ids or RequestIds(),
         access_log=AccessLog() if settings.access_log else None,
     )
+    return dispatcher

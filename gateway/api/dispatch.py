@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from time import perf_counter
+from time import perf_counter, time
 
 import orjson
 from starlette.requests import ClientDisconnect
@@ -25,6 +25,7 @@ from gateway.api.body import BodyHeaders
 from gateway.errors import ClientDisconnected, GatewayError
 from gateway.exchange import Exchange, RequestIds
 from gateway.lifecycle import Lifecycle
+from gateway.predlog.writer import PredictionLog
 from gateway.telemetry.logs import AccessLog
 from gateway.telemetry.requests import RequestMetrics
 
@@ -85,6 +86,8 @@ class InferenceDispatcher:
         self._metrics = metrics
         self._ids = ids
         self._access_log = access_log
+        #: Set by the lifespan when the prediction log is on.
+        self.predlog: PredictionLog | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one ASGI connection."""
@@ -114,6 +117,9 @@ class InferenceDispatcher:
             exchange.status = 503
             await self._error(send, exchange, 503, "too many requests in flight; retry later", {"Retry-After": "1"})
         else:
+            predlog = self.predlog
+            if predlog is not None and predlog.blocking:
+                await predlog.reserve()  # audit-grade: no room in the log, no inference
             life.inflight += 1
             try:
                 await self.handler(scope, receive, send, headers, exchange)
@@ -129,10 +135,26 @@ class InferenceDispatcher:
                 await self._error(send, exchange, 500, "internal error")
             finally:
                 life.inflight -= 1
+            if predlog is not None:
+                self._log(predlog, exchange, perf_counter() - started)
         elapsed = perf_counter() - started
         self._metrics.record(exchange, elapsed)
         if self._access_log is not None:
             self._access_log.record(scope, exchange, elapsed)
+
+    @staticmethod
+    def _log(predlog: PredictionLog, exchange: Exchange, seconds: float) -> None:
+        """Hand the request to the prediction log (once a version was chosen; else nothing to log)."""
+        mv = exchange.served
+        if mv is None:
+            if predlog.blocking:
+                predlog.release()
+            return
+        predlog.offer(
+            (time(), exchange.request_id, exchange.model, exchange.version, exchange.role, exchange.route_seq,
+             exchange.inputs, mv.input_types, exchange.outputs, mv.output_types, exchange.status, seconds,
+             mv.config.logging)
+        )  # fmt: skip
 
     @staticmethod
     async def _error(

@@ -41,6 +41,36 @@ class TritonConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """The ``[logging]`` table: what the prediction log keeps of this model's requests."""
+
+    #: Fraction of requests logged (1.0: all); the others are counted as dropped ("sampled").
+    sample: float = 1.0
+    #: Inputs left out of every record (PII).
+    exclude_inputs: tuple[str, ...] = ()
+    #: Inputs whose elements are replaced by a keyed hash (joinable, not readable).
+    hash_inputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DriftConfig:
+    """The ``[drift]`` table: online drift against a reference data set (docs/drift.md)."""
+
+    #: A JSONL (prediction-log format), CSV or .npy file, relative to the model's directory.
+    reference: str = ""
+    #: The input whose features are watched (default: the model's first input).
+    input: str = ""
+    window: int = 5000
+    interval_s: float = 60.0
+    psi_threshold: float = 0.2
+    #: Consecutive checks over the threshold before the webhook is called.
+    sustain: int = 3
+    webhook: str = ""
+    cooldown_s: float = 3600.0
+    bins: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """Everything ``config.toml`` may set for one model; defaults when the file is absent."""
 
@@ -54,6 +84,8 @@ class ModelConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     onnx: OnnxOptions = field(default_factory=OnnxOptions)
     triton: TritonConfig = field(default_factory=TritonConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
 
 class _Table:
@@ -155,6 +187,46 @@ def _triton(t: _Table) -> TritonConfig:
     return TritonConfig(config.url, config.model, str(config.version))
 
 
+def _names(t: _Table, key: str) -> tuple[str, ...]:
+    names = t.get(key, (list,), [])
+    if not all(isinstance(n, str) and n for n in names):
+        raise t.fail(key, "must be a list of input names")
+    return tuple(names)
+
+
+def _logging(t: _Table) -> LoggingConfig:
+    sample = t.number("sample", 1.0)
+    if sample > 1.0:
+        raise t.fail("sample", f"must be between 0 and 1, got {sample}")
+    config = LoggingConfig(
+        sample=sample, exclude_inputs=_names(t, "exclude_inputs"), hash_inputs=_names(t, "hash_inputs")
+    )
+    t.check_unknown()
+    return config
+
+
+_WEBHOOK = re.compile(r"https?://[^\s]+")
+
+
+def _drift(t: _Table) -> DriftConfig:
+    reference = t.get("reference", (str,), "")
+    if reference.startswith("/") or ".." in Path(reference).parts or "\\" in reference:
+        raise t.fail("reference", "must be a relative path inside the model's directory")
+    config = DriftConfig(
+        reference=reference,
+        input=t.get("input", (str,), ""),
+        window=t.integer("window", 5000, 10, 10_000_000),
+        interval_s=t.number("interval_s", 60.0, 0.1),
+        psi_threshold=t.number("psi_threshold", 0.2),
+        sustain=t.integer("sustain", 3, 1, 1000),
+        webhook=t.choice("webhook", "", _WEBHOOK) if "webhook" in t.data else "",
+        cooldown_s=t.number("cooldown_s", 3600.0),
+        bins=t.integer("bins", 10, 2, 100),
+    )
+    t.check_unknown()
+    return config
+
+
 def _version_policy(t: _Table) -> Literal["latest", "all"] | tuple[int, ...]:
     value = t.get("version_policy", (str, list), "latest")
     if value == "latest":
@@ -183,6 +255,8 @@ def parse_model_config(data: dict[str, Any], source: str) -> ModelConfig:
         batching=_batching(top.table("batching")),
         onnx=_onnx(top.table("onnx")),
         triton=_triton(top.table("triton")),
+        logging=_logging(top.table("logging")),
+        drift=_drift(top.table("drift")),
     )
     top.check_unknown()
     if config.runtime == "triton" and not config.triton.url:

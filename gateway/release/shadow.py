@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from gateway.models import ModelVersion, VersionState
+from gateway.predlog.writer import PredictionLog
 from gateway.protocol.codec import decode_request
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,8 @@ def compare(stats: ShadowStats, primary: np.ndarray, shadow: np.ndarray) -> None
 class ShadowRunner:
     """Runs shadow copies after the primary has answered, bounded and with a timeout."""
 
-    def __init__(self, *, timeout_s: float, max_inflight: int) -> None:
+    def __init__(self, *, timeout_s: float, max_inflight: int, predlog: PredictionLog | None = None) -> None:
+        self.predlog = predlog
         self._timeout_s = timeout_s
         self._max_inflight = max_inflight
         self._inflight = 0
@@ -131,6 +134,7 @@ class ShadowRunner:
         *,
         outputs: Sequence[str],
         answers: Sequence[np.ndarray],
+        origin: tuple[str, int] = ("", 0),
     ) -> None:
         """Queue the admitted copies; they run, coalesced, on the event loop's next turn.
 
@@ -163,6 +167,7 @@ class ShadowRunner:
                 asyncio.get_running_loop().call_soon(self._flush, key)
             pending.inputs.append(feed)
             pending.answers.append(answers)
+            pending.origins.append(origin)
 
     def _flush(self, key: tuple[Any, ...]) -> None:
         pending = self._pending.pop(key)
@@ -175,6 +180,7 @@ class ShadowRunner:
 
     async def _compute(self, pending: _Pending) -> None:
         mv, stats, copies = pending.mv, pending.stats, len(pending.inputs)
+        started = time.perf_counter()
         try:
             first = pending.inputs[0]
             feed = first if copies == 1 else {n: np.concatenate([i[n] for i in pending.inputs]) for n in first}
@@ -189,20 +195,42 @@ class ShadowRunner:
                     results = await executor.run(feed, wanted, sum(a.size for a in feed.values()))
         except TimeoutError:
             stats.timed_out += copies
+            self._log(pending, None, 504, time.perf_counter() - started)
             return
         except Exception as exc:  # a shadow's failure is counted and logged, never raised
             stats.failed += copies
             log.debug("shadow %s/%d failed: %r", mv.model, mv.version, exc)
+            self._log(pending, None, 500, time.perf_counter() - started)
             return
         finally:
             self._inflight -= copies
         stats.completed += copies
+        self._log(pending, list(zip(wanted, results, strict=True)), 200, time.perf_counter() - started)
         by_name = dict(zip(wanted, results, strict=True))
         for index, name in enumerate(pending.outputs):
             theirs = by_name.get(name)
             if theirs is not None:
                 mine = [answers[index] for answers in pending.answers]
                 stats.add_pair(mine[0] if copies == 1 else np.concatenate(mine), theirs)
+
+    def _log(
+        self, pending: _Pending, results: list[tuple[str, np.ndarray]] | None, status: int, seconds: float
+    ) -> None:
+        """One prediction-log record per copy, role ``shadow``, its rows cut from the shared call."""
+        predlog = self.predlog
+        if predlog is None:
+            return
+        mv, now, offset = pending.mv, time.time(), 0
+        for feed, (request_id, seq) in zip(pending.inputs, pending.origins, strict=True):
+            rows = next(iter(feed.values())).shape[0] if feed and len(pending.inputs) > 1 else 0
+            outputs = None
+            if results is not None:
+                outputs = results if len(pending.inputs) == 1 else [(n, a[offset : offset + rows]) for n, a in results]
+            offset += rows
+            predlog.offer(
+                (now, request_id, mv.model, mv.label, "shadow", seq, feed, mv.input_types, outputs, mv.output_types,
+                 status, seconds, mv.config.logging)
+            )  # fmt: skip
 
     async def close(self) -> None:
         """Cancel the shadow calls still running and wait for them."""
@@ -220,10 +248,12 @@ class _Pending:
     outputs: list[str]
     inputs: list[dict[str, np.ndarray]] = field(default_factory=list)
     answers: list[Sequence[np.ndarray]] = field(default_factory=list)
+    #: (request id, route seq) of each copy's primary request, for the prediction log.
+    origins: list[tuple[str, int]] = field(default_factory=list)
 
     def split(self) -> list[_Pending]:
         """One group per copy (for models without a batch dimension)."""
         return [
-            _Pending(self.mv, self.stats, self.outputs, [inputs], [answers])
-            for inputs, answers in zip(self.inputs, self.answers, strict=True)
+            _Pending(self.mv, self.stats, self.outputs, [inputs], [answers], [origin])
+            for inputs, answers, origin in zip(self.inputs, self.answers, self.origins, strict=True)
         ]

@@ -1,0 +1,260 @@
+"""The prediction log's writer: a bounded queue on the event loop, a thread that writes batches.
+
+The request path appends an entry to a deque (no serialization, no I/O); a writer thread
+wakes every ``flush_interval_s``, encodes what is queued and writes it, one ``write`` per file
+per batch. When the queue is full or the sink fails, the policy decides:
+
+- ``drop`` (default): the record is dropped and counted by reason (``queue_full``,
+  ``disk_full``, ``read_only``, ``io_error``, ``encode_error``; ``sampled`` for the records a
+  model's ``[logging] sample`` leaves out; ``shutdown`` for what a drain could not write). An
+  error is logged at most once per ``error_interval_s`` per reason; writing resumes by itself
+  once the sink recovers.
+- ``block``: a request reserves its record's place in the queue before it runs, waiting while
+  the queue is full; the writer retries a failed write until it succeeds (or the drain's time
+  is up). Nothing is dropped for lack of room; the sink's speed becomes the server's.
+
+Accounting is exact: for each model, records written + records dropped = records offered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gateway.predlog.files import LogFile
+from gateway.predlog.records import Entry, RecordEncoder
+
+log = logging.getLogger(__name__)
+
+_BATCH = 8192
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+#: Called by the writer thread with each entry it takes (the online drift monitor).
+Observer = Callable[[Entry], None]
+
+
+def failure_reason(exc: OSError) -> str:
+    """The drop reason for a sink failure."""
+    if exc.errno in _FULL:
+        return "disk_full"
+    if exc.errno in _READ_ONLY:
+        return "read_only"
+    return "io_error"
+
+
+class PredictionLog:
+    """Owns the queue, the writer thread, the files and the counters of the prediction log."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        hash_key: bytes,
+        queue_size: int = 65536,
+        policy: str = "drop",
+        rotate_bytes: int = 64 * 1024 * 1024,
+        rotate_s: float = 3600.0,
+        compress: bool = False,
+        flush_interval_s: float = 0.05,
+        error_interval_s: float = 60.0,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+        observers: Sequence[Observer] = (),
+    ) -> None:
+        self.directory = directory
+        self.blocking = policy == "block"
+        self._capacity = queue_size
+        self._rotate = (rotate_bytes, rotate_s, compress)
+        self._flush_interval_s = flush_interval_s
+        self._error_interval_s = error_interval_s
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._observers = list(observers)
+        self._encoder = RecordEncoder(hash_key)
+        self._queue: deque[Entry] = deque()
+        self._reserved = 0
+        self._written: dict[str, int] = {}
+        self._dropped: dict[tuple[str, str], int] = {}
+        self._files: dict[tuple[str, str], LogFile] = {}
+        self._reported: dict[str, float] = {}
+        self._unreported: dict[str, int] = {}
+        self._wake = threading.Event()
+        self._stopping = False
+        self._abort = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._room: asyncio.Event | None = None
+        self._waiting = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer thread (call on the event loop that will offer records)."""
+        self._loop = asyncio.get_running_loop()
+        self._room = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="predlog-writer", daemon=True)
+        self._thread.start()
+
+    def add_observer(self, observer: Observer) -> None:
+        """Have ``observer`` see every entry the writer takes (before it is written)."""
+        self._observers.append(observer)
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Write everything queued (at most ``timeout_s``), sync and close the files."""
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is None:
+            return
+        await asyncio.to_thread(thread.join, timeout_s)
+        if thread.is_alive():  # a stalled or failing sink: give up on what is left
+            self._abort = True
+            await asyncio.to_thread(thread.join, 5.0)
+        left = len(self._queue)
+        while self._queue:
+            self._drop(self._queue.popleft(), "shutdown")
+        if left:
+            log.error("prediction log: %d records could not be written before shutdown", left)
+
+    # -- the request path --------------------------------------------------------------------
+
+    def offer(self, entry: Entry) -> None:
+        """Queue one record (sampling and the drop policy applied); never blocks, never raises."""
+        if self.blocking and self._reserved > 0:
+            self._reserved -= 1
+        sample = entry[12].sample
+        if sample < 1.0 and self._rng.random() >= sample:
+            self._drop(entry, "sampled")
+            return
+        if not self.blocking and len(self._queue) >= self._capacity:
+            self._drop(entry, "queue_full")
+            self._report("queue_full", "the queue is full (the sink is slower than the traffic)")
+            return
+        self._queue.append(entry)
+
+    async def reserve(self) -> None:
+        """``block`` policy: wait until the queue has room for one more record, and hold it."""
+        assert self._room is not None
+        while len(self._queue) + self._reserved >= self._capacity:
+            self._room.clear()
+            self._waiting += 1
+            try:
+                await self._room.wait()
+            finally:
+                self._waiting -= 1
+        self._reserved += 1
+
+    def release(self) -> None:
+        """``block`` policy: give back a reservation that will not be used."""
+        if self._reserved > 0:
+            self._reserved -= 1
+            self._notify_room()
+
+    # -- what the collector reads ------------------------------------------------------------
+
+    def records(self) -> dict[str, int]:
+        """Records written, per model."""
+        return dict(self._written)
+
+    def dropped(self) -> dict[tuple[str, str], int]:
+        """Records dropped, per (model, reason)."""
+        return dict(self._dropped)
+
+    def queue_depth(self) -> int:
+        """Records waiting to be written."""
+        return len(self._queue)
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    if self._stopping:
+                        break
+                    self._wake.wait(self._flush_interval_s)
+                    self._wake.clear()
+                    continue
+                if self._abort:
+                    break
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), _BATCH))]
+                self._write(batch)
+                self._notify_room()
+        finally:
+            for file in self._files.values():
+                try:
+                    file.close()
+                except OSError as exc:
+                    log.error("prediction log: closing %s failed: %s", file.directory, exc)
+
+    def _write(self, batch: list[Entry]) -> None:
+        groups: dict[tuple[str, str], tuple[list[bytes], list[Entry]]] = {}
+        for entry in batch:
+            for observer in self._observers:
+                try:
+                    observer(entry)
+                except Exception:
+                    log.exception("prediction log observer failed")
+            try:
+                line = self._encoder.encode(entry)
+            except Exception as exc:
+                self._drop(entry, "encode_error")
+                self._report("encode_error", repr(exc))
+                continue
+            lines, entries = groups.setdefault((entry[2], entry[3]), ([], []))
+            lines.append(line)
+            entries.append(entry)
+        for key, (lines, entries) in groups.items():
+            file = self._files.get(key)
+            if file is None:
+                rotate_bytes, rotate_s, compress = self._rotate
+                file = self._files[key] = LogFile(
+                    self.directory / key[0] / key[1], rotate_bytes=rotate_bytes, rotate_s=rotate_s,
+                    compress=compress, clock=self._clock,
+                )  # fmt: skip
+            self._write_group(file, key[0], b"".join(lines), entries)
+
+    def _write_group(self, file: LogFile, model: str, data: bytes, entries: list[Entry]) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                file.write(data)
+            except OSError as exc:
+                reason = failure_reason(exc)
+                self._report(reason, f"{exc.strerror or exc} under {self.directory}")
+                if self.blocking and not self._abort:
+                    time.sleep(backoff)  # the queue fills behind us: requests wait, none is lost
+                    backoff = min(1.0, backoff * 2)
+                    continue
+                for entry in entries:
+                    self._drop(entry, reason if not self._abort else "shutdown")
+                return
+            self._written[model] = self._written.get(model, 0) + len(entries)
+            return
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _drop(self, entry: Entry, reason: str) -> None:
+        key = (entry[2], reason)
+        self._dropped[key] = self._dropped.get(key, 0) + 1
+
+    def _report(self, reason: str, detail: str) -> None:
+        """Log a sink problem at most once per interval per reason, with the count since the last."""
+        self._unreported[reason] = self._unreported.get(reason, 0) + 1
+        now = self._clock()
+        if now - self._reported.get(reason, -1e18) >= self._error_interval_s:
+            count = self._unreported.pop(reason)
+            self._reported[reason] = now
+            log.error("prediction log: %s (%d occurrence(s) since the last report)", detail, count)
+
+    def _notify_room(self) -> None:
+        if self._waiting and self._loop is not None and self._room is not None:
+            self._loop.call_soon_threadsafe(self._room.set)
