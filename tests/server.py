@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import tempfile
 import threading
@@ -61,6 +62,7 @@ def serve(
     loader: RuntimeLoader | None = None,
     on_ready: Callable[[ModelManager], None] | None = None,
     environ: dict[str, str] | None = None,
+    rng: random.Random | None = None,
     **settings: Any,
 ) -> Iterator[RunningServer]:
     """Serve ``repository`` with the real stack (uvloop, httptools) until the block ends.
@@ -87,6 +89,7 @@ def serve(
         on_ready=on_ready,
         environ={"TENSORGATE_ADMIN_TOKEN": ADMIN_TOKEN} if environ is None else environ,
         lifecycle=lifecycle,
+        rng=rng,
     )
     server = build_server(config, app, lifecycle)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

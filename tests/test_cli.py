@@ -148,6 +148,12 @@ def test_sigterm_answers_every_request_in_flight_and_queued_then_exits_0(tmp_pat
     assert "draining" in output and "Traceback" not in output
     records = [orjson.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert records and all({"ts", "level", "logger", "message"} <= set(r) for r in records)  # JSON logs
+    # The prediction log was flushed before the exit: one record per request.
+    logged = [
+        orjson.loads(line) for path in (tmp_path / "log").rglob("*.jsonl") for line in path.read_bytes().splitlines()
+    ]
+    assert sorted(r["inputs"]["INPUT0"]["data"][0] for r in logged) == [float(i) for i in range(6)]
+    assert all(r["status"] == 200 and r["model"] == "slow" and r["version"] == "1" for r in logged)
 
 
 def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:

@@ -1,0 +1,306 @@
+"""The prediction log: complete, exact under faults (a full or read-only disk), rotated, redacted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import random
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from gateway.predlog.records import Entry, RecordEncoder
+from gateway.predlog.writer import PredictionLog
+from gateway.registry.config import LoggingConfig
+from tests.onnx_models import add_sub, write_model
+from tests.rawhttp import Reply, request
+from tests.server import ADMIN_TOKEN, RunningServer, serve
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+
+
+def read_log(directory: Path) -> list[dict[str, Any]]:
+    """Every record under ``directory`` (plain and gzip files); a torn last line is skipped."""
+    records = []
+    for path in sorted(directory.rglob("*.jsonl*")):
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        for line in data.splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):  # a torn last line
+                records.append(orjson.loads(line))
+    return records
+
+
+def body(values: list[float], rid: str | None = None) -> bytes:
+    doc: dict[str, Any] = {
+        "inputs": [
+            {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": [int(v) for v in values]},
+            {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16},
+        ]
+    }
+    if rid is not None:
+        doc["id"] = rid
+    return orjson.dumps(doc)
+
+
+def infer(server: RunningServer, payload: bytes, path: str = "/v2/models/simple/infer") -> Reply:
+    return request(server.port, "POST", path, payload, {"Content-Type": "application/json"})
+
+
+def metric(server: RunningServer, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in request(server.port, "GET", "/metrics").body.decode().splitlines():
+        ours = line.startswith((name + "{", name + " "))
+        if ours and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_written(server: RunningServer, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while metric(server, "tensorgate_predlog_queue_depth") > 0:
+        assert time.monotonic() < deadline, "the prediction log never drained"
+        time.sleep(0.02)
+    time.sleep(0.1)  # the batch taken last is being written
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    for version in (1, 2, 3):
+        write_model(root, "simple", version, add_sub(100 * (version - 1)), config=None)
+    return root
+
+
+# -- end to end --------------------------------------------------------------------------------
+
+
+def test_every_request_is_logged_once_with_input_output_version_and_role(repository: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "predictions"
+    with serve(repository, log_dir=logs) as server:
+        for version in (1, 2):
+            assert (
+                request(server.port, "POST", f"/admin/models/simple/versions/{version}/load", b"{}", AUTH).status == 200
+            )
+        route = {"weights": {"2": 60, "3": 40}, "shadow": {"1": 1.0}}
+        assert request(server.port, "PUT", "/admin/models/simple/route", orjson.dumps(route), AUTH).status == 200
+        replies: dict[str, Any] = {}
+        with ThreadPoolExecutor(8) as pool:
+            sent = {f"r{i}": [float(i + j) for j in range(16)] for i in range(60)}
+            for rid, reply in zip(sent, pool.map(lambda r: infer(server, body(sent[r], r)), sent), strict=True):
+                assert reply.status == 200
+                replies[rid] = reply.json()
+        pinned = infer(server, body([7.0] * 16, "pinned-1"), "/v2/models/simple/versions/2/infer")
+        assert pinned.status == 200
+        bad = infer(server, b'{"inputs": []}')
+        assert bad.status == 400
+        time.sleep(0.3)
+        wait_written(server)
+        written = metric(server, "tensorgate_predlog_records_total", model="simple")
+    records = read_log(logs)
+    assert written == len(records)
+    primary = [r for r in records if r["role"] in ("primary", "canary") and r["status"] == 200]
+    shadows = [r for r in records if r["role"] == "shadow"]
+    assert sorted(r["request_id"] for r in primary) == sorted(sent)
+    assert sorted(r["request_id"] for r in shadows) == sorted(sent)  # each copy names its request
+    for record in primary:
+        rid = record["request_id"]
+        assert record["model"] == "simple" and record["status"] == 200 and record["latency_ms"] > 0
+        assert record["version"] == replies[rid]["model_version"]
+        assert record["role"] == {"2": "primary", "3": "canary"}[record["version"]]  # 60% is the primary
+        assert record["route_seq"] >= 1
+        assert record["inputs"]["INPUT0"] == {
+            "datatype": "INT32",
+            "shape": [1, 16],
+            "data": [int(v) for v in sent[rid]],
+        }
+        answer = {o["name"]: o["data"] for o in replies[rid]["outputs"]}
+        assert record["outputs"]["OUTPUT0"]["data"] == answer["OUTPUT0"]
+        assert record["ts"].endswith("Z") and "T" in record["ts"]
+    for record in shadows:
+        assert record["version"] == "1" and record["status"] == 200
+        assert record["outputs"]["OUTPUT0"]["data"] == [int(v) + 1 for v in sent[record["request_id"]]]
+    (pin,) = [r for r in records if r["role"] == "pinned"]
+    assert pin["request_id"] == "pinned-1" and pin["version"] == "2"
+    (failed,) = [r for r in records if r["status"] == 400]
+    assert failed["inputs"] is None and failed["outputs"] is None and failed["version"] in ("2", "3")
+    assert {p.parent.name for p in logs.rglob("*.jsonl")} == {"1", "2", "3"}  # <log_dir>/<model>/<version>/
+
+
+def test_redaction_and_sampling_from_config_toml(tmp_path: Path) -> None:
+    config = '[logging]\nexclude_inputs = ["INPUT1"]\nhash_inputs = ["INPUT0"]\n'
+    write_model(tmp_path / "models", "simple", 1, add_sub(), config=config)
+    write_model(tmp_path / "models", "sampled", 1, add_sub(), config="[logging]\nsample = 0.25\n")
+    with serve(tmp_path / "models", log_dir=tmp_path / "logs", rng=random.Random(7)) as server:
+        assert infer(server, body([5.0] * 16, "a")).status == 200
+        assert infer(server, body([5.0] * 16, "b")).status == 200
+        for i in range(200):
+            assert infer(server, body([1.0] * 16, f"s{i}"), "/v2/models/sampled/infer").status == 200
+        wait_written(server)
+        sampled_out = metric(server, "tensorgate_predlog_dropped_total", model="sampled", reason="sampled")
+        kept = metric(server, "tensorgate_predlog_records_total", model="sampled")
+    records = {r["request_id"]: r for r in read_log(tmp_path / "logs" / "simple")}
+    assert set(records["a"]["inputs"]) == {"INPUT0"}  # INPUT1 left out
+    hashed = records["a"]["inputs"]["INPUT0"]
+    assert hashed["hashed"] is True and len(hashed["data"]) == 16 and hashed["data"][0] != 5
+    assert hashed["data"] == records["b"]["inputs"]["INPUT0"]["data"]  # keyed, stable: joinable
+    assert kept + sampled_out == 200 and 20 < kept < 80
+    assert len(read_log(tmp_path / "logs" / "sampled")) == kept
+
+
+# -- faults: a full disk, a read-only disk, the block policy ------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, so the disk really fills (needs root, as CI has)."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)], check=False)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk tests need a real small disk")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def remount(mountpoint: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True)
+
+
+def test_a_full_disk_never_fails_a_request_and_every_drop_is_counted(repository: Path, tiny_disk: Path) -> None:
+    with serve(repository, log_dir=tiny_disk, predlog_flush_interval_s=0.01) as server:
+        served = 0
+        for i in range(400):  # ~400 bytes a record: 64 KiB fills after ~150
+            assert infer(server, body([float(i)] * 16, f"f{i}")).status == 200
+            served += 1
+        wait_written(server)
+        written = metric(server, "tensorgate_predlog_records_total", model="simple")
+        full = metric(server, "tensorgate_predlog_dropped_total", model="simple", reason="disk_full")
+        assert full > 0 and written > 0
+        assert written + metric(server, "tensorgate_predlog_dropped_total", model="simple") == served
+        assert len(read_log(tiny_disk)) >= written - 1  # the last write may have been cut short
+        # Space comes back: logging resumes by itself.
+        for path in tiny_disk.rglob("*.jsonl"):
+            path.unlink()
+        for i in range(20):
+            assert infer(server, body([1.0] * 16, f"after{i}")).status == 200
+        wait_written(server)
+        ids = {r["request_id"] for r in read_log(tiny_disk)}
+        assert {f"after{i}" for i in range(20)} <= ids
+        total = metric(server, "tensorgate_predlog_records_total", model="simple")
+        dropped = metric(server, "tensorgate_predlog_dropped_total", model="simple")
+        assert total + dropped == served + 20
+
+
+def test_a_read_only_disk_drops_with_its_reason_then_recovers(repository: Path, tiny_disk: Path) -> None:
+    # Remounting needs no file open for writing: the disk goes read-only before the first record.
+    with serve(repository, log_dir=tiny_disk, predlog_flush_interval_s=0.01) as server:
+        remount(tiny_disk, "ro")
+        try:
+            for i in range(30):
+                assert infer(server, body([1.0] * 16, f"ro{i}")).status == 200
+            wait_written(server)
+            assert metric(server, "tensorgate_predlog_dropped_total", model="simple", reason="read_only") == 30
+        finally:
+            remount(tiny_disk, "rw")
+        for i in range(5):
+            assert infer(server, body([1.0] * 16, f"rw{i}")).status == 200
+        wait_written(server)
+        assert metric(server, "tensorgate_predlog_records_total", model="simple") == 5
+    ids = {r["request_id"] for r in read_log(tiny_disk)}
+    assert ids == {f"rw{i}" for i in range(5)}
+
+
+def test_the_block_policy_holds_requests_until_the_sink_recovers_and_loses_nothing(
+    repository: Path, tiny_disk: Path
+) -> None:
+    settings = {"predlog_policy": "block", "predlog_queue_size": 4, "predlog_flush_interval_s": 0.01}
+    with serve(repository, log_dir=tiny_disk, **settings) as server:  # type: ignore[arg-type]
+        remount(tiny_disk, "ro")
+        try:
+            with ThreadPoolExecutor(12) as pool:
+                futures = [pool.submit(infer, server, body([1.0] * 16, f"b{i}")) for i in range(12)]
+                time.sleep(1.0)
+                done = sum(f.done() for f in futures)
+                assert done <= 5, "requests ran although the log had no room"
+                remount(tiny_disk, "rw")
+                assert all(f.result(timeout=30).status == 200 for f in futures)
+        finally:
+            remount(tiny_disk, "rw")
+        wait_written(server)
+        assert metric(server, "tensorgate_predlog_dropped_total") == 0
+    assert {r["request_id"] for r in read_log(tiny_disk)} == {f"b{i}" for i in range(12)}
+
+
+# -- the writer itself: rotation, compression, encoding -------------------------------------------
+
+
+def entry(i: int, model: str = "m", ts: float = 1_764_237_600.5) -> Entry:
+    x = np.full((1, 4), i, np.float32)
+    return (ts, f"id{i}", model, "1", "primary", 1, {"x": x}, {"x": "FP32"}, [("y", x * 2)], {"y": "FP32"},
+            200, 0.001, LoggingConfig())  # fmt: skip
+
+
+def test_rotation_by_size_and_time_with_compression(tmp_path: Path) -> None:
+    now = [1_000.0]
+
+    async def run() -> PredictionLog:
+        log = PredictionLog(
+            tmp_path, hash_key=b"k" * 16, rotate_bytes=2048, rotate_s=60, compress=True,
+            flush_interval_s=0.005, clock=lambda: now[0],
+        )  # fmt: skip
+        log.start()
+        for i in range(100):
+            log.offer(entry(i))
+            if i % 10 == 9:
+                await asyncio.sleep(0.02)
+        now[0] += 120  # an hour passes: the next write starts a new file
+        log.offer(entry(100))
+        await asyncio.sleep(0.05)
+        await log.close()
+        return log
+
+    log = asyncio.run(run())
+    files = sorted((tmp_path / "m" / "1").iterdir())
+    assert sum(p.suffix == ".gz" for p in files) >= 4 and files[-1].suffix == ".jsonl"
+    records = read_log(tmp_path)
+    assert [r["request_id"] for r in sorted(records, key=lambda r: int(r["request_id"][2:]))] == [
+        f"id{i}" for i in range(101)
+    ]
+    assert log.records() == {"m": 101} and log.dropped() == {}
+
+
+def test_bytes_cannot_break_or_forge_a_line_and_nan_is_null() -> None:
+    encoder = RecordEncoder(b"k" * 16)
+    forged = b'x"}\n{"request_id": "forged'
+    text = np.array([[forged, b"ok"]], dtype=object)
+    binary = np.array([b"\xff\xfe\n"], dtype=object)
+    line = encoder.encode(
+        (0.0, "r\n1", "m", "1", "primary", 0, {"t": text, "b": binary}, {"t": "BYTES", "b": "BYTES"},
+         [("y", np.array([np.nan, np.inf, 1.5], np.float32))], {"y": "FP32"}, 200, 0.0, LoggingConfig())
+    )  # fmt: skip
+    assert line.count(b"\n") == 1 and line.endswith(b"\n")
+    record = orjson.loads(line)
+    assert record["request_id"] == "r\n1"
+    assert record["inputs"]["t"]["data"] == [forged.decode(), "ok"] and "encoding" not in record["inputs"]["t"]
+    assert record["inputs"]["b"] == {"datatype": "BYTES", "shape": [1], "data": ["//4K"], "encoding": "base64"}
+    assert record["outputs"]["y"]["data"] == [None, None, 1.5]
+
+
+def test_a_torn_last_line_is_skipped_by_readers(tmp_path: Path) -> None:
+    directory = tmp_path / "m" / "1"
+    directory.mkdir(parents=True)
+    encoder = RecordEncoder(b"k" * 16)
+    whole = encoder.encode(entry(1)) + encoder.encode(entry(2))
+    (directory / "a.jsonl").write_bytes(whole + encoder.encode(entry(3))[:40])
+    assert [r["request_id"] for r in read_log(tmp_path)] == ["id1", "id2"]
