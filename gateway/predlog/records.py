@@ -5,15 +5,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
 from gateway.registry.config import LoggingConfig
-
-_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 
 #: What the request path hands over: everything needed to build the record later.
 #: (ts, request_id, model, version, role, route_seq, inputs, input datatypes, outputs,
@@ -40,15 +38,15 @@ class Timestamps:
 
     def __init__(self) -> None:
         self._second = -1
-        self._prefix = ""
+        self._prefix = b""
 
-    def format(self, ts: float) -> str:
+    def format(self, ts: float) -> bytes:
         """``2026-11-27T10:00:00.123456Z``."""
         second = int(ts)
         if second != self._second:
             self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((ts - second) * 1e6):06d}Z"
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        return b"%s.%06dZ" % (self._prefix, int((ts - second) * 1e6))
 
 
 def _default(value: Any) -> Any:
@@ -89,39 +87,71 @@ def hashed(datatype: str, array: np.ndarray, key: bytes) -> dict[str, Any]:
 
 
 class RecordEncoder:
-    """Turns entries into JSON lines (with the model's redaction applied)."""
+    """Turns entries into JSON lines (with the model's redaction applied).
+
+    The writer encodes every record the gateway serves, so this is written for speed: the
+    fields that repeat (model, version, role, route, datatypes, names) are cached as bytes, and
+    orjson serializes only the arrays and strings that change; the result is the same JSON as
+    ``orjson.dumps`` of the record would give.
+    """
 
     def __init__(self, hash_key: bytes) -> None:
         self._hash_key = hash_key
         self._ts = Timestamps()
+        self._heads: dict[tuple[str, str, str, int], bytes] = {}
+        self._tensor_heads: dict[tuple[str, tuple[int, ...], np.dtype[Any]], bytes] = {}
 
     def encode(self, entry: Entry) -> bytes:
         """One complete line, newline included."""
         ts, request_id, model, version, role, seq, inputs, in_types, outputs, out_types, status, latency, cfg = entry
-        logged_inputs = None
-        if inputs is not None:
-            logged_inputs = {}
-            for name, array in inputs.items():
-                if name in cfg.exclude_inputs:
+        head = self._heads.get((model, version, role, seq))
+        if head is None:
+            fields = {"model": model, "version": version, "role": role, "route_seq": seq}
+            head = self._heads[(model, version, role, seq)] = orjson.dumps(fields)[1:-1]
+        if inputs is None:
+            logged_inputs = b"null"
+        elif cfg.exclude_inputs or cfg.hash_inputs:
+            logged_inputs = self._redacted(inputs, in_types, cfg)
+        else:
+            logged_inputs = self._tensors(inputs.items(), in_types)
+        logged_outputs = b"null" if outputs is None else self._tensors(outputs, out_types)
+        return b'{"ts":"%s","request_id":%s,%s,"inputs":%s,"outputs":%s,"status":%d,"latency_ms":%.3f}\n' % (
+            self._ts.format(ts),
+            orjson.dumps(request_id),
+            head,
+            logged_inputs,
+            logged_outputs,
+            status,
+            latency * 1e3,
+        )
+
+    def _tensors(self, named: Iterable[tuple[str, np.ndarray]], types: Mapping[str, str]) -> bytes:
+        parts = []
+        for name, array in named:
+            key = (name, array.shape, array.dtype)
+            prefix = self._tensor_heads.get(key)
+            if prefix is None:
+                datatype = types.get(name, "FP32")
+                if datatype == "BYTES" or array.dtype == np.float16:
+                    parts.append(orjson.dumps(name) + b":" + orjson.dumps(tensor(datatype, array), default=_default))
                     continue
-                datatype = in_types.get(name, "FP32")
-                if name in cfg.hash_inputs:
-                    logged_inputs[name] = hashed(datatype, array, self._hash_key)
-                else:
-                    logged_inputs[name] = tensor(datatype, array)
-        logged_outputs = None
-        if outputs is not None:
-            logged_outputs = {name: tensor(out_types.get(name, "FP32"), array) for name, array in outputs}
-        record = {
-            "ts": self._ts.format(ts),
-            "request_id": request_id,
-            "model": model,
-            "version": version,
-            "role": role,
-            "route_seq": seq,
-            "inputs": logged_inputs,
-            "outputs": logged_outputs,
-            "status": status,
-            "latency_ms": round(latency * 1e3, 3),
-        }
-        return orjson.dumps(record, default=_default, option=_DUMPS_OPTIONS)
+                prefix = b'%s:{"datatype":%s,"shape":%s,"data":' % (
+                    orjson.dumps(name),
+                    orjson.dumps(datatype),
+                    orjson.dumps(array.shape),
+                )
+                if len(self._tensor_heads) < 4096:  # shapes vary with the batch: keep the cache bounded
+                    self._tensor_heads[key] = prefix
+            parts.append(
+                prefix + orjson.dumps(array.ravel(), option=orjson.OPT_SERIALIZE_NUMPY, default=_default) + b"}"
+            )
+        return b"{%s}" % parts[0] if len(parts) == 1 else b"{" + b",".join(parts) + b"}"
+
+    def _redacted(self, inputs: Mapping[str, np.ndarray], types: Mapping[str, str], cfg: LoggingConfig) -> bytes:
+        kept: dict[str, Any] = {}
+        for name, array in inputs.items():
+            if name in cfg.exclude_inputs:
+                continue
+            datatype = types.get(name, "FP32")
+            kept[name] = hashed(datatype, array, self._hash_key) if name in cfg.hash_inputs else tensor(datatype, array)
+        return orjson.dumps(kept, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -33,7 +33,7 @@ from gateway.predlog.records import Entry, RecordEncoder
 
 log = logging.getLogger(__name__)
 
-_BATCH = 8192
+_BATCH = 1024  # records per write; the thread gives the GIL back between batches
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -176,18 +176,19 @@ class PredictionLog:
 
     def _run(self) -> None:
         try:
-            while True:
-                if not self._queue:
-                    if self._stopping:
-                        break
+            while not (self._stopping and not self._queue) and not self._abort:
+                # Sleep between rounds even under load: a round then writes hundreds of records
+                # with one system call per file, where chasing each arrival would cost one each.
+                if not self._stopping:
                     self._wake.wait(self._flush_interval_s)
                     self._wake.clear()
-                    continue
-                if self._abort:
-                    break
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), _BATCH))]
-                self._write(batch)
-                self._notify_room()
+                pending = len(self._queue)  # this round's share; later arrivals wait for the next
+                while pending > 0 and not self._abort:
+                    take = min(pending, _BATCH)
+                    pending -= take
+                    self._write([self._queue.popleft() for _ in range(take)])
+                    self._notify_room()
+                    time.sleep(0)  # let the event loop run: encoding holds the GIL
         finally:
             for file in self._files.values():
                 try:
