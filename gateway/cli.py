@@ -12,6 +12,8 @@ from types import FrameType
 
 from gateway import __version__
 from gateway.admin_cli import add_commands, run
+from gateway.drift.cli import add_command as add_drift
+from gateway.drift.cli import run as run_drift
 from gateway.lifecycle import Lifecycle
 from gateway.registry.config import ConfigError
 from gateway.settings import load_settings, setting_help, setting_types
@@ -40,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
             )
             serve.add_argument(flag, dest=name, metavar=metavar, help=text)
     add_commands(commands)
+    add_drift(commands)
     return parser
 
 
@@ -79,4 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "drift":
+        return run_drift(args)
     return run(args)

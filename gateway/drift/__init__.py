@@ -1,0 +1,1 @@
+"""Drift: a window of the prediction log against a reference data set."""

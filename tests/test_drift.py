@@ -1,0 +1,220 @@
+"""``tensorgate drift``: shifted features are flagged (exit 1), others not; reports in JSON and HTML."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from gateway.drift.data import progress_printer, read_log
+from gateway.drift.stats import compare, psi
+from gateway.predlog.records import RecordEncoder
+from gateway.registry.config import LoggingConfig
+from tests.onnx_models import identity, write_model
+from tests.rawhttp import request
+from tests.server import serve
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def drift(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "drift", *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+
+
+def write_log(directory: Path, rows: np.ndarray, *, ts: float = 1_764_237_600.0, step: float = 1.0) -> None:
+    """A prediction log of ``rows`` (one request each) in the gateway's own format."""
+    target = directory / "m" / "1"
+    target.mkdir(parents=True, exist_ok=True)
+    encoder = RecordEncoder(b"k" * 16)
+    with (target / f"{int(ts)}-1-0001.jsonl").open("ab") as sink:
+        for i, row in enumerate(rows):
+            x = row.reshape(1, -1).astype(np.float32)
+            entry = (ts + i * step, f"r{i}", "m", "1", "primary", 1, {"x": x}, {"x": "FP32"},
+                     [("y", x[:, :1] * 2)], {"y": "FP32"}, 200, 0.001, LoggingConfig())  # fmt: skip
+            sink.write(encoder.encode(entry))
+
+
+def reference_jsonl(path: Path, rows: np.ndarray) -> None:
+    with path.open("wb") as sink:
+        for row in rows:
+            x = row.astype(np.float32).tolist()
+            doc = {"inputs": {"x": {"datatype": "FP32", "shape": [1, len(x)], "data": x}},
+                   "outputs": {"y": {"datatype": "FP32", "shape": [1, 1], "data": [x[0] * 2]}}}  # fmt: skip
+            sink.write(orjson.dumps(doc) + b"\n")
+
+
+@pytest.fixture
+def shifted(tmp_path: Path) -> tuple[Path, Path]:
+    """A log whose feature 2 moved by one standard deviation, and its reference."""
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(4000, 4))
+    current = rng.normal(size=(3000, 4))
+    current[:, 2] += 1.0
+    write_log(tmp_path / "log", current)
+    reference_jsonl(tmp_path / "reference.jsonl", reference)
+    return tmp_path / "log", tmp_path / "reference.jsonl"
+
+
+def test_a_shifted_feature_is_flagged_and_the_others_are_not(shifted: tuple[Path, Path], tmp_path: Path) -> None:
+    log, reference = shifted
+    done = drift(
+        "--log-dir", str(log), "--model", "m", "--reference", str(reference), "--json", str(tmp_path / "r.json")
+    )
+    assert done.returncode == 1, done.stderr
+    report = orjson.loads((tmp_path / "r.json").read_bytes())
+    assert report["drifted"] == ["x[2]"] and report["current_records"] == 3000
+    by_name = {f["feature"]: f for f in report["inputs"]}
+    assert set(by_name) == {"x[0]", "x[1]", "x[2]", "x[3]"}
+    assert by_name["x[2]"]["psi"] > 0.2 and by_name["x[2]"]["ks_pvalue"] < 1e-6
+    assert by_name["x[2]"]["mean_shift_std"] == pytest.approx(1.0, abs=0.15)
+    for name in ("x[0]", "x[1]", "x[3]"):
+        assert by_name[name]["psi"] < 0.05 and not by_name[name]["drifted"]
+    (output,) = report["outputs"]
+    assert output["feature"] == "y[0]" and not output["drifted"]  # the prediction follows x[0]
+    assert "x[2]" in done.stdout and "DRIFT" in done.stdout
+
+
+def test_selected_features_only_and_exit_0_without_drift(shifted: tuple[Path, Path]) -> None:
+    log, reference = shifted
+    done = drift("--log-dir", str(log), "--model", "m", "--reference", str(reference), "--features", "0,1,3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "x[2]" not in done.stdout and "no feature over PSI 0.2" in done.stdout
+
+
+def test_csv_and_npy_references(shifted: tuple[Path, Path], tmp_path: Path) -> None:
+    log, _ = shifted
+    rows = np.random.default_rng(2).normal(size=(2000, 4))
+    np.save(tmp_path / "reference.npy", rows)
+    (tmp_path / "reference.csv").write_text("a,b,c,d\n" + "\n".join(",".join(f"{v:.5f}" for v in r) for r in rows))
+    for name in ("reference.npy", "reference.csv"):
+        done = drift("--log-dir", str(log), "--model", "m", "--reference", str(tmp_path / name), "--json",
+                     str(tmp_path / "r.json"))  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        report = orjson.loads((tmp_path / "r.json").read_bytes())
+        assert report["drifted"] == ["x[2]"] and report["outputs"] == []
+        assert "reference carries no outputs" in report["notes"][0]
+
+
+def test_the_window_selects_records_by_time(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    calm, shifted = rng.normal(size=(1000, 2)), np.add(rng.normal(size=(1000, 2)), [0, 3])
+    ten = datetime(2026, 11, 27, 10, tzinfo=UTC).timestamp()
+    write_log(tmp_path / "log", np.concatenate([calm, shifted]), ts=ten, step=1.0)  # one a second from 10:00:00
+    reference_jsonl(tmp_path / "ref.jsonl", rng.normal(size=(2000, 2)))
+    common = ["--log-dir", str(tmp_path / "log"), "--model", "m", "--reference", str(tmp_path / "ref.jsonl")]
+    # Records 0-999 are 10:00:00 to 10:16:39; the shift starts at 10:16:40.
+    before = drift(*common, "--until", "2026-11-27T10:16:40Z")
+    after = drift(*common, "--since", "2026-11-27T10:16:40+00:00")
+    assert before.returncode == 0 and "1,000 requests" in before.stdout
+    assert after.returncode == 1 and "x[1]" in after.stdout.split("feature(s) over")[1]
+    assert drift(*common, "--since", "yesterday").returncode == 2
+
+
+def test_the_html_report_has_a_histogram_per_feature(shifted: tuple[Path, Path], tmp_path: Path) -> None:
+    log, reference = shifted
+    page = tmp_path / "report.html"
+    done = drift("--log-dir", str(log), "--model", "m", "--reference", str(reference), "--html", str(page))
+    assert done.returncode == 1
+
+    class Page(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[str] = []
+            self.text: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            self.tags.append(tag)
+
+        def handle_data(self, data: str) -> None:
+            self.text.append(data)
+
+    parsed = Page()
+    parsed.feed(page.read_text())
+    assert parsed.tags.count("svg") == 5 and parsed.tags.count("figure") == 5  # x[0..3] and y[0]
+    assert parsed.tags.count("rect") > 5 * 20
+    assert "script" not in parsed.tags and "link" not in parsed.tags  # self-contained
+    text = " ".join(parsed.text)
+    assert "1 feature(s) over PSI 0.2: x[2]" in text
+
+
+def test_the_gateways_own_log_reads_back(tmp_path: Path) -> None:
+    write_model(tmp_path / "models", "m", 1, identity("FP32"))
+    rng = np.random.default_rng(4)
+    with serve(tmp_path / "models", log_dir=tmp_path / "log") as server:
+        for row in np.add(rng.normal(size=(300, 4)), [0, 0, 0, 2]):
+            doc = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": row.tolist()}]}
+            assert request(server.port, "POST", "/v2/models/m/infer", orjson.dumps(doc)).status == 200
+        time.sleep(0.3)
+    reference = tmp_path / "reference.npy"
+    np.save(reference, rng.normal(size=(1000, 4)))
+    done = drift("--log-dir", str(tmp_path / "log"), "--model", "m", "--version", "1", "--reference", str(reference))
+    assert done.returncode == 1 and "300 requests" in done.stdout
+    assert "INPUT0[3]" in done.stdout.split("feature(s) over")[1]
+
+
+def test_errors_exit_2_with_a_clear_message(shifted: tuple[Path, Path], tmp_path: Path) -> None:
+    log, reference = shifted
+    assert "no prediction log for model 'nope'" in drift("--log-dir", str(log), "--model", "nope", "--reference",
+                                                          str(reference)).stderr  # fmt: skip
+    done = drift("--log-dir", str(log), "--model", "m", "--reference", str(reference), "--features", "9")
+    assert done.returncode == 2 and "out of range" in done.stderr
+    (tmp_path / "bad.npy").write_bytes(b"nonsense")
+    done = drift("--log-dir", str(log), "--model", "m", "--reference", str(tmp_path / "bad.npy"))
+    assert done.returncode == 2 and "cannot read the reference" in done.stderr
+
+
+# -- the statistics and the reader ---------------------------------------------------------------
+
+
+def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=20_000)
+    assert psi(base, rng.normal(size=20_000)) < 0.01
+    assert 0.2 < psi(base, rng.normal(size=20_000) + 0.5) < psi(base, rng.normal(size=20_000) + 1.0)
+    assert psi(np.zeros(100), np.zeros(50)) == 0.0 and psi(np.zeros(100), np.ones(50)) > 1  # constant features
+    result = compare("f", base, base + 1, bins=10, threshold=0.2)
+    assert result.drifted and result.ks_statistic > 0.3 and result.mean_shift == pytest.approx(1.0, abs=0.01)
+
+
+def test_a_torn_last_line_and_other_roles_are_skipped(tmp_path: Path) -> None:
+    write_log(tmp_path, np.ones((5, 2)))
+    path = next((tmp_path / "m" / "1").iterdir())
+    data = path.read_bytes()
+    shadow = data.splitlines()[0].replace(b'"role":"primary"', b'"role":"shadow"')
+    path.write_bytes(data + shadow + b"\n" + data.splitlines()[1][:30])
+    columns = read_log([path])
+    assert columns.records == 5 and columns.inputs["x"].shape == (5, 2)
+
+
+def test_progress_is_shown_on_long_logs() -> None:
+    stream = io.StringIO()
+    show = progress_printer(stream, minimum_bytes=100)
+    for done in range(0, 1001, 50):
+        show(done, 1000, done * 10)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "reading the log: 0% (0 records)" and lines[-1] == "reading the log: 100% (10,000 records)"
+    assert len(lines) == 11
+    quiet = io.StringIO()
+    progress_printer(quiet, minimum_bytes=10_000)(50, 1000, 1)
+    assert quiet.getvalue() == ""
+
+
+def test_json_report_fields(shifted: tuple[Path, Path], tmp_path: Path) -> None:
+    log, reference = shifted
+    drift("--log-dir", str(log), "--model", "m", "--reference", str(reference), "--json", str(tmp_path / "r.json"))
+    report: dict[str, Any] = orjson.loads((tmp_path / "r.json").read_bytes())
+    fields = set(report["inputs"][0])
+    assert {"feature", "psi", "ks_statistic", "ks_pvalue", "reference_mean", "current_mean", "reference_std",
+            "current_std", "mean_shift_std", "drifted"} <= fields  # fmt: skip
