@@ -22,6 +22,7 @@ from gateway.api.dispatch import InferenceDispatcher
 from gateway.api.endpoints import Endpoints
 from gateway.api.responses import gateway_error, http_error, internal_error
 from gateway.auth import BearerAuth, provision_token, secret_file
+from gateway.drift.online import DriftMonitor
 from gateway.errors import GatewayError
 from gateway.exchange import RequestIds
 from gateway.inference import InferenceService
@@ -140,7 +141,12 @@ def create_app(
         )
         endpoints.attach(manager, InferenceService(manager, rng=random_source, shadows=shadows))
         dispatcher.predlog = predlog
-        collector.attach(manager, shadows, predlog)
+        drift = None
+        if predlog is not None:  # online drift reads the prediction log's stream
+            drift = DriftMonitor(manager)
+            predlog.add_observer(drift.observe)
+            drift.start()
+        collector.attach(manager, shadows, predlog, drift)
         admin.attach(ReleaseController(manager, store, records, shadows=shadows))
         auth.set_token(token)
         manager.start()
@@ -151,6 +157,8 @@ def create_app(
             yield
         finally:
             settle.cancel()
+            if drift is not None:
+                await drift.close()
             await shadows.close()
             if predlog is not None:
                 # Requests have drained by now (the server waits for them before the lifespan).

@@ -38,3 +38,7 @@ class Registry(Protocol):
     def fetch(self, model: str, version: int) -> Artifact:
         """Make the version available locally and verify it (blocking)."""
         ...
+
+    def model_file(self, model: str, relative: str) -> Path:
+        """A file beside the model's versions (a drift reference), checked to stay inside; RegistryError."""
+        ...

@@ -103,3 +103,13 @@ class LocalRegistry:
         except OSError as exc:
             raise RegistryError(f"cannot read {model}/{version}/{MODEL_FILE}: {exc.strerror}") from exc
         return Artifact(model, version, resolved_dir, resolved_file, digest)
+
+    def model_file(self, model: str, relative: str) -> Path:
+        """``<root>/<model>/<relative>``, resolved; it must exist and stay inside the model's directory."""
+        model_dir = self._inside(self.root / model)
+        path = (model_dir / relative).resolve()
+        if not path.is_relative_to(model_dir):
+            raise RegistryError(f"{model}/{relative} resolves outside the model's directory")
+        if not path.is_file():
+            raise RegistryError(f"{model}/{relative} does not exist")
+        return path

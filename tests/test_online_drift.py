@@ -1,0 +1,146 @@
+"""Online drift: a shifted feature shows in tensorgate_drift_psi, and the webhook fires once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from gateway.drift.online import Window
+from tests.onnx_models import identity, write_model
+from tests.rawhttp import request
+from tests.server import RunningServer, serve
+
+
+class Hooks:
+    """A webhook receiver on a loopback port: the events it got."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        received = self.events
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received.append(orjson.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/retrain"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hooks() -> Iterator[Hooks]:
+    receiver = Hooks()
+    yield receiver
+    receiver.close()
+
+
+def psi_gauges(server: RunningServer) -> dict[str, float]:
+    found = {}
+    for line in request(server.port, "GET", "/metrics").body.decode().splitlines():
+        if line.startswith("tensorgate_drift_psi{"):
+            feature = line.split('feature="')[1].split('"')[0]
+            found[feature] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def send(server: RunningServer, rows: np.ndarray) -> None:
+    for row in rows:
+        doc = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": row.tolist()}]}
+        assert request(server.port, "POST", "/v2/models/m/infer", orjson.dumps(doc)).status == 200
+
+
+def test_sustained_drift_sets_the_gauge_and_calls_the_webhook_once(tmp_path: Path, hooks: Hooks) -> None:
+    rng = np.random.default_rng(0)
+    config = (
+        f'[drift]\nreference = "reference.npy"\nwindow = 200\ninterval_s = 0.2\nsustain = 2\n'
+        f'cooldown_s = 3600\nwebhook = "{hooks.url}"\n'
+    )
+    write_model(tmp_path / "models", "m", 1, identity("FP32"), config=config)
+    np.save(tmp_path / "models" / "m" / "reference.npy", rng.normal(size=(2000, 4)).astype(np.float32))
+    with serve(tmp_path / "models", log_dir=tmp_path / "log", predlog_flush_interval_s=0.01) as server:
+        calm: dict[str, float] = {}
+        deadline = time.monotonic() + 10
+        while len(calm) < 4 and time.monotonic() < deadline:  # the monitor starts watching once the model loads
+            send(server, rng.normal(size=(100, 4)))  # like the reference: no drift
+            time.sleep(0.3)
+            calm = psi_gauges(server)
+        assert set(calm) == {f"INPUT0[{i}]" for i in range(4)} and max(calm.values()) < 0.2
+        assert hooks.events == []
+        send(server, np.add(rng.normal(size=(200, 4)), [0, 0, 0, 2]))  # feature 3 moves
+        deadline = time.monotonic() + 10
+        while not hooks.events and time.monotonic() < deadline:
+            time.sleep(0.05)
+        send(server, np.add(rng.normal(size=(100, 4)), [0, 0, 0, 2]))  # it stays: no second call
+        time.sleep(1.0)
+        shifted = psi_gauges(server)
+    assert len(hooks.events) == 1
+    (event,) = hooks.events
+    assert event["event"] == "drift" and event["model"] == "m" and event["version"] == "1"
+    assert event["drifted"] == ["INPUT0[3]"] and event["checks_over"] >= 2 and event["window_rows"] == 200
+    assert shifted["INPUT0[3]"] > 1.0 and max(v for k, v in shifted.items() if k != "INPUT0[3]") < 0.2
+
+
+def test_a_short_blip_does_not_call_the_webhook(tmp_path: Path, hooks: Hooks) -> None:
+    rng = np.random.default_rng(1)
+    config = f'[drift]\nreference = "ref.npy"\nwindow = 100\ninterval_s = 0.3\nsustain = 100\nwebhook = "{hooks.url}"\n'
+    write_model(tmp_path / "models", "m", 1, identity("FP32"), config=config)
+    np.save(tmp_path / "models" / "m" / "ref.npy", rng.normal(size=(1000, 4)).astype(np.float32))
+    with serve(tmp_path / "models", log_dir=tmp_path / "log", predlog_flush_interval_s=0.01) as server:
+        deadline = time.monotonic() + 10
+        while psi_gauges(server).get("INPUT0[0]", 0) < 1.0 and time.monotonic() < deadline:
+            send(server, np.add(rng.normal(size=(50, 4)), [3, 0, 0, 0]))
+            time.sleep(0.3)
+        assert psi_gauges(server)["INPUT0[0]"] > 1.0
+    assert hooks.events == []  # over the threshold, but not for 100 checks in a row
+
+
+def test_a_reference_outside_the_model_directory_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_model(tmp_path / "models", "m", 1, identity("FP32"), config='[drift]\nreference = "a/../../x.npy"\n')
+    with serve(tmp_path / "models", log_dir=tmp_path / "log", strict_readiness=False, ready=False) as server:
+        time.sleep(0.5)
+        reply = request(server.port, "GET", "/v2/models/m")
+    assert reply.status == 503 and b"drift.reference: must be a relative path inside" in reply.body
+
+
+def test_the_window_keeps_the_last_rows() -> None:
+    window = Window(5, 2)
+    window.add(np.arange(6).reshape(3, 2))
+    assert window.snapshot().tolist() == [[0, 1], [2, 3], [4, 5]]
+    window.add(np.arange(6, 14).reshape(4, 2))
+    assert sorted(window.snapshot()[:, 0].tolist()) == [4, 6, 8, 10, 12]
+    window.add(np.arange(100, 120).reshape(10, 2))
+    assert sorted(window.snapshot()[:, 0].tolist()) == [110, 112, 114, 116, 118]
+
+
+def test_a_reference_symlinked_out_of_the_model_directory_is_refused(tmp_path: Path) -> None:
+    from gateway.registry.local import LocalRegistry, RegistryError
+
+    write_model(tmp_path / "models", "m", 1, identity("FP32"))
+    secret = tmp_path / "secret.npy"
+    np.save(secret, np.zeros((2, 2)))
+    (tmp_path / "models" / "m" / "ref.npy").symlink_to(secret)
+    np.save(tmp_path / "models" / "m" / "good.npy", np.zeros((2, 2)))
+    registry = LocalRegistry(tmp_path / "models")
+    assert registry.model_file("m", "good.npy").name == "good.npy"
+    with pytest.raises(RegistryError, match="outside the model's directory"):
+        registry.model_file("m", "ref.npy")
+    with pytest.raises(RegistryError, match="does not exist"):
+        registry.model_file("m", "missing.npy")
