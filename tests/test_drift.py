@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import sys
 import time
@@ -218,3 +219,21 @@ def test_json_report_fields(shifted: tuple[Path, Path], tmp_path: Path) -> None:
     fields = set(report["inputs"][0])
     assert {"feature", "psi", "ks_statistic", "ks_pvalue", "reference_mean", "current_mean", "reference_std",
             "current_std", "mean_shift_std", "drifted"} <= fields  # fmt: skip
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="headless Chromium not installed (apt-get install chromium)"
+)
+def test_the_html_report_renders_in_headless_chromium(shifted: tuple[Path, Path], tmp_path: Path) -> None:
+    log, reference = shifted
+    page = tmp_path / "report.html"
+    drift("--log-dir", str(log), "--model", "m", "--reference", str(reference), "--html", str(page))
+    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(
+        [*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert dom.stdout.count("<svg") == 5 and "x[2] <b>drift</b>" in dom.stdout
+    shot = tmp_path / "report.png"
+    subprocess.run([*browser, f"--screenshot={shot}", "--window-size=1200,1100", page.as_uri()],
+                   capture_output=True, timeout=60, check=True)  # fmt: skip
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
