@@ -147,8 +147,8 @@ class InferenceService:
             (mv.outputs[name], array, binary) for (name, binary), array in zip(request.outputs, arrays, strict=True)
         ]
         response_id = request.id if request.id is not None else request_id
-        body_out, json_length = encode_response(model_name, str(mv.version), response_id, outputs)
-        return InferResult(body_out, json_length, str(mv.version), role, response_id, after)
+        body_out, json_length = encode_response(model_name, mv.label, response_id, outputs)
+        return InferResult(body_out, json_length, mv.label, role, response_id, after)
 
     def _mirror(  # noqa: PLR0917 - the request's parts, passed on as they are
         self,

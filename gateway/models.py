@@ -66,14 +66,14 @@ class ModelVersion:
     outputs: dict[str, TensorSpec] = field(default_factory=dict)
     #: The input specs as one interned tuple: versions with the same inputs share the object.
     signature: tuple[TensorSpec, ...] = ()
+    #: The version number as text, as metrics, logs and responses show it (made once).
+    label: str = field(init=False)
     #: Name -> V2 datatype, for the prediction log.
     input_types: dict[str, str] = field(default_factory=dict)
     output_types: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def label(self) -> str:
-        """The version number as text, as metrics and logs show it."""
-        return str(self.version)
+    def __post_init__(self) -> None:
+        self.label = str(self.version)
 
     @property
     def provider(self) -> str | None:

@@ -7,6 +7,9 @@ machine is shared and noisy: only ratios from one run mean anything.
 
     python loadtests/baseline.py --duration 5 --rounds 3
 
+The gateway runs with the prediction log off (``--predlog`` turns it on): the bare endpoint
+logs nothing, and loadtests/predlog.py measures the log's own cost.
+
 Needs ``wrk`` (Debian: ``apt-get install wrk``). Prints a Markdown table.
 """
 
@@ -36,6 +39,11 @@ def main() -> None:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--save", type=Path, help="also write the raw samples here")
+    parser.add_argument(
+        "--predlog",
+        action="store_true",
+        help="keep the prediction log on (off by default: the bare endpoint logs nothing)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -73,6 +81,7 @@ def main() -> None:
                     str(workdir / "state"),
                     "--log-dir",
                     str(workdir / "log"),
+                    "--predlog" if args.predlog else "--no-predlog",
                 ]
             ),
             f"http://127.0.0.1:{gateway_port}",
