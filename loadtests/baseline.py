@@ -15,8 +15,6 @@ Needs ``wrk`` (Debian: ``apt-get install wrk``). Prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import signal
 import subprocess
@@ -25,34 +23,33 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, Sample, free_port, median, run_wrk, save_samples, wait_ready
+from common import (
+    ROOT,
+    Sample,
+    free_port,
+    median,
+    require_wrk,
+    run_wrk,
+    save_samples,
+    scorer_body,
+    wait_ready,
+    wrk_parser,
+)
 
 MODELS = ROOT / "examples" / "models"
-FEATURES = [round(0.1 * i, 3) for i in range(1, 17)]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per concurrency")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
-    parser.add_argument("--server-cpu", type=int, default=0)
-    parser.add_argument("--client-cpu", type=int, default=1)
-    parser.add_argument("--save", type=Path, help="also write the raw samples here")
+    parser = wrk_parser(__doc__, [1, 8, 64])
     parser.add_argument(
         "--predlog",
         action="store_true",
         help="keep the prediction log on (off by default: the bare endpoint logs nothing)",
     )
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
-
+    require_wrk()
     workdir = Path(tempfile.mkdtemp(prefix="tensorgate-bench-"))
-    body_file = workdir / "body.json"
-    body_file.write_text(
-        json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 16], "data": FEATURES}]})
-    )
+    body_file = scorer_body(workdir)
     model = MODELS / "fraud" / "2" / "model.onnx"
     bare_port, gateway_port = free_port(), free_port()
     pin = ["taskset", "-c", str(args.server_cpu)]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -110,3 +112,31 @@ def print_ratio_table(samples: dict[str, dict[int, list[Sample]]], reference: st
                 f"| {name} | {connections} | {rps:,.0f} | {rps / base:.2f} | {median(runs, 'p50_ms'):.3f} | "
                 f"{median(runs, 'p99_ms'):.3f} | {sum(s.non2xx for s in runs)} |"
             )
+
+
+def wrk_parser(description: str | None, concurrency: list[int]) -> argparse.ArgumentParser:
+    """The options every wrk benchmark takes: duration, rounds, concurrency, cores, --save."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per concurrency")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=concurrency)
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument("--save", type=Path, help="also write the raw samples here")
+    return parser
+
+
+def require_wrk() -> None:
+    """Stop with a clear message when wrk is missing."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+
+
+def scorer_body(workdir: Path) -> Path:
+    """A V2 JSON request for the example scorer (16 features), written into ``workdir``."""
+    body = workdir / "body.json"
+    features = [round(0.1 * i, 3) for i in range(1, 17)]
+    body.write_text(
+        json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 16], "data": features}]})
+    )
+    return body

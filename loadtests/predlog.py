@@ -13,7 +13,6 @@ Then ``--drift-rows N`` writes a log of N rows (the example's 16 features) and t
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -25,10 +24,21 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import ROOT, Sample, free_port, median, print_ratio_table, run_wrk, save_samples, wait_ready
+from common import (
+    ROOT,
+    Sample,
+    free_port,
+    median,
+    print_ratio_table,
+    require_wrk,
+    run_wrk,
+    save_samples,
+    scorer_body,
+    wait_ready,
+    wrk_parser,
+)  # fmt: skip
 
 MODELS = ROOT / "examples" / "models"
-FEATURES = [round(0.1 * i, 3) for i in range(1, 17)]
 
 
 def serve(port: int, workdir: Path, cpu: int, logging: bool) -> subprocess.Popen[bytes]:
@@ -84,22 +94,12 @@ def drift_benchmark(rows: int, workdir: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[64])
-    parser.add_argument("--server-cpu", type=int, default=0)
-    parser.add_argument("--client-cpu", type=int, default=1)
-    parser.add_argument("--save", type=Path)
+    parser = wrk_parser(__doc__, [64])
     parser.add_argument("--drift-rows", type=int, default=0, help="also time `tensorgate drift` over this many rows")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+    require_wrk()
     workdir = Path(tempfile.mkdtemp(prefix="tensorgate-predlog-"))
-    body_file = workdir / "body.json"
-    body_file.write_text(
-        json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 16], "data": FEATURES}]})
-    )
+    body_file = scorer_body(workdir)
     ports = {"log off": free_port(), "log on": free_port()}
     processes = {
         name: serve(port, workdir / name.replace(" ", "-"), args.server_cpu, name == "log on")

@@ -10,7 +10,6 @@ two routes set through the admin API: ``{"2": 100}``, and ``{"1": 90, "2": 10}``
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import signal
@@ -20,7 +19,18 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from common import ROOT, Sample, free_port, print_ratio_table, run_wrk, save_samples, wait_ready
+from common import (
+    ROOT,
+    Sample,
+    free_port,
+    print_ratio_table,
+    require_wrk,
+    run_wrk,
+    save_samples,
+    scorer_body,
+    wait_ready,
+    wrk_parser,
+)  # fmt: skip
 
 TOKEN = "routing-benchmark-token-0123456789"
 ROUTES = {
@@ -39,16 +49,8 @@ def put_route(base: str, route: dict[str, object]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[64])
-    parser.add_argument("--server-cpu", type=int, default=0)
-    parser.add_argument("--client-cpu", type=int, default=1)
-    parser.add_argument("--save", type=Path)
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+    args = wrk_parser(__doc__, [64]).parse_args()
+    require_wrk()
 
     workdir = Path(tempfile.mkdtemp(prefix="tensorgate-routing-"))
     repo = workdir / "models" / "fraud"
@@ -57,11 +59,7 @@ def main() -> None:
         (repo / version).mkdir(parents=True)
         shutil.copy(examples / source / "model.onnx", repo / version / "model.onnx")
     (repo / "config.toml").write_text('version_policy = "all"\n')
-    body = workdir / "body.json"
-    features = [round(0.1 * i, 3) for i in range(1, 17)]
-    body.write_text(
-        json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 16], "data": features}]})
-    )
+    body = scorer_body(workdir)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(

@@ -13,14 +13,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from gateway.api.app import create_app
 from gateway.api.server import GatewayServer, build_server
 from gateway.lifecycle import Lifecycle
 from gateway.models import ModelManager, RuntimeLoader
 from gateway.registry.base import Registry
 from gateway.settings import Settings
+from tests.rawhttp import Reply, request
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
 
 
 class RunningServer:
@@ -106,3 +110,11 @@ def serve(
         sock.close()
         if scratch is not None:
             scratch.cleanup()
+
+
+def admin(
+    server: RunningServer, method: str, path: str, doc: Any = None, headers: dict[str, str] | None = None
+) -> Reply:
+    """One admin API call with the test token (or ``headers``), ``doc`` as its JSON body."""
+    body = b"" if doc is None else orjson.dumps(doc)
+    return request(server.port, method, path, body, AUTH if headers is None else headers)

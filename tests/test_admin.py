@@ -18,9 +18,8 @@ from gateway.api.app import create_app
 from gateway.settings import Settings
 from tests.onnx_models import add_sub, write_model
 from tests.rawhttp import Reply, request
-from tests.server import ADMIN_TOKEN, RunningServer, serve
+from tests.server import ADMIN_TOKEN, AUTH, RunningServer, admin, serve
 
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
 INPUTS = orjson.dumps(
     {"inputs": [{"name": n, "datatype": "INT32", "shape": [1, 16], "data": [1] * 16} for n in ("INPUT0", "INPUT1")]}
 )
@@ -48,13 +47,6 @@ def repository(tmp_path: Path) -> Path:
 def server(repository: Path, tmp_path: Path) -> Iterator[RunningServer]:
     with serve(repository, state_dir=tmp_path / "state", strict_readiness=False) as running:
         yield running
-
-
-def admin(
-    server: RunningServer, method: str, path: str, doc: Any = None, headers: dict[str, str] | None = None
-) -> Reply:
-    body = b"" if doc is None else orjson.dumps(doc)
-    return request(server.port, method, path, body, AUTH if headers is None else headers)
 
 
 def served_by(reply: Reply) -> int:

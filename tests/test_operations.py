@@ -21,9 +21,8 @@ from prometheus_client.samples import Sample
 from tests.gated import Runtimes
 from tests.onnx_models import identity, write_model
 from tests.rawhttp import Reply, read_reply, request
-from tests.server import ADMIN_TOKEN, RunningServer, serve
+from tests.server import RunningServer, admin, serve
 
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
 BATCHED = "max_batch_size = 8\n[batching]\nmax_queue_delay_ms = 5\n"
 GOOD = orjson.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
 CONTRACT_FAMILIES = {
@@ -89,11 +88,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_metrics_after_traffic_have_every_contract_family_and_label(repository: Path) -> None:
     with serve(repository, strict_readiness=False) as server:
         for version in (1, 2):
-            assert (
-                request(server.port, "POST", f"/admin/models/plain/versions/{version}/load", b"{}", AUTH).status == 200
-            )
+            assert admin(server, "POST", f"/admin/models/plain/versions/{version}/load", {}).status == 200
         route = {"weights": {"1": 50, "2": 50}, "shadow": {"3": 1.0}}
-        assert request(server.port, "PUT", "/admin/models/plain/route", orjson.dumps(route), AUTH).status == 200
+        assert admin(server, "PUT", "/admin/models/plain/route", route).status == 200
         served = [infer(server).headers["x-model-version"] for _ in range(40)]
         assert infer(server, "/v2/models/plain/versions/2/infer").status == 200
         assert infer(server, body=b"{not json").status == 400
@@ -159,8 +156,8 @@ def test_strict_readiness_waits_for_every_routed_version(repository: Path) -> No
         reply = request(server.port, "GET", "/v2/health/ready")
         assert reply.status == 503 and "routed version" in reply.json()["error"]  # type: ignore[index]
         # Routing "broken" to its good version makes the server ready.
-        assert request(server.port, "POST", "/admin/models/broken/versions/1/load", b"{}", AUTH).status == 200
-        swap = request(server.port, "POST", "/admin/models/broken/swap", b'{"version": "1"}', AUTH)
+        assert admin(server, "POST", "/admin/models/broken/versions/1/load", {}).status == 200
+        swap = admin(server, "POST", "/admin/models/broken/swap", {"version": "1"})
         assert swap.status == 200, swap.body
         assert request(server.port, "GET", "/v2/health/ready").status == 200
 

@@ -22,9 +22,7 @@ from gateway.predlog.writer import PredictionLog
 from gateway.registry.config import LoggingConfig
 from tests.onnx_models import add_sub, write_model
 from tests.rawhttp import Reply, request
-from tests.server import ADMIN_TOKEN, RunningServer, serve
-
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+from tests.server import RunningServer, admin, serve
 
 
 def read_log(directory: Path) -> list[dict[str, Any]]:
@@ -87,11 +85,9 @@ def test_every_request_is_logged_once_with_input_output_version_and_role(reposit
     logs = tmp_path / "predictions"
     with serve(repository, log_dir=logs) as server:
         for version in (1, 2):
-            assert (
-                request(server.port, "POST", f"/admin/models/simple/versions/{version}/load", b"{}", AUTH).status == 200
-            )
+            assert admin(server, "POST", f"/admin/models/simple/versions/{version}/load", {}).status == 200
         route = {"weights": {"2": 60, "3": 40}, "shadow": {"1": 1.0}}
-        assert request(server.port, "PUT", "/admin/models/simple/route", orjson.dumps(route), AUTH).status == 200
+        assert admin(server, "PUT", "/admin/models/simple/route", route).status == 200
         replies: dict[str, Any] = {}
         with ThreadPoolExecutor(8) as pool:
             sent = {f"r{i}": [float(i + j) for j in range(16)] for i in range(60)}
