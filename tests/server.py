@@ -30,9 +30,10 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/j
 class RunningServer:
     """Where a test server listens."""
 
-    def __init__(self, port: int, server: GatewayServer) -> None:
+    def __init__(self, port: int, server: GatewayServer, settings: Settings) -> None:
         self.port = port
         self.server = server
+        self.settings = settings
         self.host = f"127.0.0.1:{port}"
         self.url = f"http://127.0.0.1:{port}"
 
@@ -98,7 +99,7 @@ def serve(
     server = build_server(config, app, lifecycle)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    running = RunningServer(port, server)
+    running = RunningServer(port, server, config)
     try:
         wait_for(running.url + "/v2/health/live")
         if ready:

@@ -154,6 +154,21 @@ def test_a_client_that_disconnects_while_queued_is_never_computed(
     assert infer(server, body(5.0))[0] == 200
     assert batcher.queued == 0
     assert all(float(call["INPUT0"].reshape(-1)[0]) != 77.0 for call in runtime.calls)
+    # It is counted, and logged as a cancelled request (499, nginx's "client closed request").
+    deadline = time.monotonic() + 10
+    while True:
+        records = [
+            orjson.loads(line)
+            for path in (server.settings.log_dir / "batched").rglob("*.jsonl")
+            for line in path.read_bytes().splitlines()
+        ]
+        gone = [r for r in records if r["status"] == 499]
+        if gone or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(gone) == 1 and gone[0]["inputs"]["INPUT0"]["data"] == [77.0] * 4 and gone[0]["outputs"] is None
+    metrics = request(server.port, "GET", "/metrics").body.decode()
+    assert 'tensorgate_requests_total{code="499",model="batched",role="primary",version="1"} 1.0' in metrics
 
 
 def test_batching_options_are_validated(server: RunningServer) -> None:
