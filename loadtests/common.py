@@ -27,6 +27,7 @@ class Sample:
     p50_ms: float
     p99_ms: float
     non2xx: int
+    socket_errors: int = 0
 
 
 def free_port() -> int:
@@ -66,11 +67,19 @@ def _find(pattern: str, text: str) -> str:
 
 
 def run_wrk(
-    url: str, connections: int, duration_s: int, cpu: int | None, body_file: Path, *, header_length: int | None = None
+    url: str,
+    connections: int,
+    duration_s: int,
+    cpu: int | None,
+    body_file: Path,
+    *,
+    header_length: int | None = None,
+    delay_ms: int | None = None,
 ) -> Sample:
     """Run wrk (one thread, pinned to ``cpu`` if given) against ``url`` with the body in ``body_file``.
 
-    ``header_length`` marks a binary body: the length of its JSON header.
+    ``header_length`` marks a binary body: the length of its JSON header. ``delay_ms`` paces
+    each connection (a wait between its requests).
     """
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(LUA), url]
     if cpu is not None:
@@ -78,12 +87,15 @@ def run_wrk(
     env = dict(os.environ, BODY_FILE=str(body_file))
     if header_length is not None:
         env["HEADER_LENGTH"] = str(header_length)
+    if delay_ms is not None:
+        env["DELAY_MS"] = str(delay_ms)
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=duration_s + 30, check=True)
     return Sample(
         rps=float(_find(r"Requests/sec:\s+([\d.]+)", done.stdout)),
         p50_ms=_ms(_find(r"^\s*50%\s+(\S+)", done.stdout)),
         p99_ms=_ms(_find(r"^\s*99%\s+(\S+)", done.stdout)),
         non2xx=int(_find(r"non2xx=(\d+)", done.stderr)),
+        socket_errors=int(_find(r"socket_errors=(\d+)", done.stderr)),
     )
 
 

@@ -13,7 +13,16 @@ else
   wrk.headers["Content-Type"] = "application/json"
 end
 
--- Count answers that are not 200: a benchmark of errors is no benchmark.
+-- With DELAY_MS set, each connection waits that long between requests: a paced load
+-- (connections x 1000 / DELAY_MS requests a second at most) for the soak.
+local delay_ms = tonumber(os.getenv("DELAY_MS") or "")
+if delay_ms then
+  delay = function() return delay_ms end
+end
+
+-- Count answers that are not 200 and socket errors: a benchmark of errors is no benchmark.
 done = function(summary, latency, requests)
-  io.stderr:write(string.format("non2xx=%d\n", summary.errors.status))
+  local e = summary.errors
+  io.stderr:write(string.format("non2xx=%d\n", e.status))
+  io.stderr:write(string.format("socket_errors=%d\n", e.connect + e.read + e.write + e.timeout))
 end

@@ -126,9 +126,14 @@ class PredictionLog:
 
     # -- the request path --------------------------------------------------------------------
 
-    def offer(self, entry: Entry) -> None:
-        """Queue one record (sampling and the drop policy applied); never blocks, never raises."""
-        if self.blocking and self._reserved > 0:
+    def offer(self, entry: Entry, *, reserved: bool = False) -> None:
+        """Queue one record (sampling and the drop policy applied); never blocks, never raises.
+
+        ``reserved``: the record fills a place taken with :meth:`reserve` (``block`` policy).
+        Records offered without one (shadow copies, bounded by their own limit) are queued
+        beyond the capacity under ``block``, and dropped past it under ``drop``.
+        """
+        if reserved and self._reserved > 0:
             self._reserved -= 1
         sample = entry[12].sample
         if sample < 1.0 and self._rng.random() >= sample:
