@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: The key that ``[logging] hash_inputs`` hashes with, kept (mode 0600) in the state directory.
 PREDLOG_KEY_FILE = "predlog-hash-key"
+#: At shutdown, how long the prediction log may take to write what is queued, at most.
+PREDLOG_CLOSE_S = 10.0
 #: Allocations between young-generation collections once serving (Python's default: 700).
 GC_THRESHOLD = 10_000
 
@@ -161,8 +163,9 @@ def create_app(
                 await drift.close()
             await shadows.close()
             if predlog is not None:
-                # Requests have drained by now (the server waits for them before the lifespan).
-                await predlog.close(timeout_s=settings.graceful_timeout_s)
+                # Requests have drained by now (the server waits for them before the lifespan);
+                # a healthy disk writes what is queued in milliseconds, a stalled one gets 10 s.
+                await predlog.close(timeout_s=min(settings.graceful_timeout_s, PREDLOG_CLOSE_S))
             await manager.close()
 
     e = endpoints
