@@ -13,7 +13,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Route
 
-from gateway.api.app import create_app
+from gateway.api.app import PREDLOG_CLOSE_S, create_app
 from gateway.settings import Settings, load_settings
 from tests.onnx_models import identity, write_model
 from tests.rawhttp import request
@@ -62,9 +62,9 @@ def test_the_deployment_probes_ports_volumes_and_drain_fit_the_server() -> None:
     assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert {"/v2/health/ready", "/v2/health/live", "/metrics"} <= paths
-    # preStop sleep, then the drain, must end before the kubelet's SIGKILL.
+    # preStop sleep, then the drain and the prediction log's flush, must end before SIGKILL.
     sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert sleep + config["graceful_timeout_s"] < pod["terminationGracePeriodSeconds"]
+    assert sleep + config["graceful_timeout_s"] + PREDLOG_CLOSE_S <= pod["terminationGracePeriodSeconds"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
