@@ -99,7 +99,7 @@ class DriftMonitor:
         self._poster = poster
         self._clock = clock
         self._watches: dict[str, _Watch] = {}
-        self._failed: set[str] = set()
+        self._failed: set[tuple[str, DriftConfig]] = set()  # retried once the configuration changes
         self._scores: dict[tuple[str, str, str], float] = {}
         self._task: asyncio.Task[None] | None = None
         self.webhook_calls = 0
@@ -154,14 +154,18 @@ class DriftMonitor:
         for model in self._manager.models():
             drift = model.config.drift
             current = self._watches.get(model.name)
-            if not drift.reference or (current is not None and current.config == drift) or model.name in self._failed:
+            if (
+                not drift.reference
+                or (current is not None and current.config == drift)
+                or (model.name, drift) in self._failed
+            ):
                 continue
             try:
                 path = await asyncio.to_thread(self._manager.registry.model_file, model.name, drift.reference)
                 columns = await asyncio.to_thread(read_reference, path)
             except (DriftDataError, OSError, ValueError) as exc:  # RegistryError is a ValueError
                 log.error("model %r: drift reference not usable: %s", model.name, exc)
-                self._failed.add(model.name)
+                self._failed.add((model.name, drift))
                 continue
             name = drift.input or next((n for n in columns.inputs if n), "")
             if not name:  # CSV / .npy: the model's first input

@@ -83,6 +83,9 @@ class PredictionLog:
         self._reserved = 0
         self._written: dict[str, int] = {}
         self._dropped: dict[tuple[str, str], int] = {}
+        # Both threads count (drops on the loop, writes and sink failures in the writer): a
+        # read-modify-write of a shared dict needs the lock to stay exact.
+        self._counts_lock = threading.Lock()
         self._files: dict[tuple[str, str], LogFile] = {}
         self._reported: dict[str, float] = {}
         self._unreported: dict[str, int] = {}
@@ -167,11 +170,13 @@ class PredictionLog:
 
     def records(self) -> dict[str, int]:
         """Records written, per model."""
-        return dict(self._written)
+        with self._counts_lock:
+            return dict(self._written)
 
     def dropped(self) -> dict[tuple[str, str], int]:
         """Records dropped, per (model, reason)."""
-        return dict(self._dropped)
+        with self._counts_lock:
+            return dict(self._dropped)
 
     def queue_depth(self) -> int:
         """Records waiting to be written."""
@@ -243,14 +248,16 @@ class PredictionLog:
                 for entry in entries:
                     self._drop(entry, reason if not self._abort else "shutdown")
                 return
-            self._written[model] = self._written.get(model, 0) + len(entries)
+            with self._counts_lock:
+                self._written[model] = self._written.get(model, 0) + len(entries)
             return
 
     # -- helpers -----------------------------------------------------------------------------
 
     def _drop(self, entry: Entry, reason: str) -> None:
         key = (entry[2], reason)
-        self._dropped[key] = self._dropped.get(key, 0) + 1
+        with self._counts_lock:
+            self._dropped[key] = self._dropped.get(key, 0) + 1
 
     def _report(self, reason: str, detail: str) -> None:
         """Log a sink problem at most once per interval per reason, with the count since the last."""
