@@ -46,7 +46,7 @@ class Settings:
     predlog_rotate_bytes: int = 64 * 1024 * 1024
     predlog_rotate_s: float = 3600.0
     predlog_compress: bool = False
-    predlog_flush_interval_s: float = 0.05
+    predlog_flush_interval_s: float = 0.01
 
 
 #: One line per setting: the flag's help, and docs/configuration.md's description.

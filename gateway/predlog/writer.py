@@ -33,7 +33,7 @@ from gateway.predlog.records import Entry, RecordEncoder
 
 log = logging.getLogger(__name__)
 
-_BATCH = 1024  # records per write; the thread gives the GIL back between batches
+_BATCH = 1024  # records per write, at most
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -63,7 +63,7 @@ class PredictionLog:
         rotate_bytes: int = 64 * 1024 * 1024,
         rotate_s: float = 3600.0,
         compress: bool = False,
-        flush_interval_s: float = 0.05,
+        flush_interval_s: float = 0.01,
         error_interval_s: float = 60.0,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
