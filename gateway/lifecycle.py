@@ -18,8 +18,6 @@ class Lifecycle:
         self.inflight = 0
         self.draining = False
 
-    def begin_drain(self) -> bool:
-        """Start draining; True the first time, False when a drain had already begun."""
-        first = not self.draining
+    def begin_drain(self) -> None:
+        """Start draining (again is harmless)."""
         self.draining = True
-        return first

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "loadtests" / "infer.lua"
@@ -37,10 +38,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(url: str, timeout_s: float = 120.0) -> None:
-    """Poll ``url`` until it answers 200."""
+def wait_ready(url: str, timeout_s: float = 120.0, process: subprocess.Popen[Any] | None = None) -> None:
+    """Poll ``url`` until it answers 200; stop at once if ``process`` (the server) exits."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise SystemExit(f"the server exited ({process.returncode}) before {url} was ready")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
@@ -49,6 +52,23 @@ def wait_ready(url: str, timeout_s: float = 120.0) -> None:
             pass
         time.sleep(0.1)
     raise SystemExit(f"server at {url} did not become ready")
+
+
+def cpu_seconds(pid: int, *, group: bool = False) -> float:
+    """User + system CPU time of a process, or of every process in its group (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    entries = Path("/proc").iterdir() if group else [Path(f"/proc/{pid}")]
+    total = 0.0
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if not group or int(fields[2]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 def _ms(text: str) -> float:

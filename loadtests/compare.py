@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from common import ROOT, Sample, free_port, require_wrk, run_wrk, wrk_parser
+from common import ROOT, Sample, cpu_seconds, free_port, require_wrk, run_wrk, wait_ready, wrk_parser
 from mlp import mlp
 
 PEERS = {
@@ -80,35 +80,6 @@ def check_answer(url: str, body: Path, expected: np.ndarray) -> None:
     got = np.array(output["data"], np.float32).reshape(expected.shape)
     if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
         raise SystemExit(f"{url} answered {got.reshape(-1)[:4]}..., ONNX Runtime {expected.reshape(-1)[:4]}...")
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited ({process.returncode}) before it was ready")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise SystemExit(f"{url} was not ready in {timeout_s} s")
-
-
-def cpu_seconds(group: int) -> float:
-    """User + system CPU time of every process in a process group."""
-    total = 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group:
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
 
 
 def launchers(models: dict[str, Path], peers_dir: Path, workdir: Path) -> dict[str, Callable[[int], list[str]]]:
@@ -209,15 +180,15 @@ def main() -> None:
                                    start_new_session=True)  # fmt: skip
         try:
             for model in bodies:  # Triton is ready before PyTriton has bound the models: ask each
-                wait_ready(f"http://127.0.0.1:{port}/v2/models/{model}/ready", process)
+                wait_ready(f"http://127.0.0.1:{port}/v2/models/{model}/ready", 180, process)
             for model, (body, expected) in bodies.items():
                 url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
                 check_answer(url, body, expected)
                 for connections in args.concurrency:
                     run_wrk(url, connections, 1, args.client_cpu, body)  # warm
-                    before = cpu_seconds(process.pid)
+                    before = cpu_seconds(process.pid, group=True)
                     sample = run_wrk(url, connections, args.duration, args.client_cpu, body)
-                    cpu = (cpu_seconds(process.pid) - before) / args.duration * 100
+                    cpu = (cpu_seconds(process.pid, group=True) - before) / args.duration * 100
                     results[(server, model, connections)] = (sample, cpu)
                     print(f"{server:18} {model:7} c{connections:<3} {sample.rps:>9,.0f} req/s  "
                           f"p50 {sample.p50_ms:7.3f} ms  p99 {sample.p99_ms:7.3f} ms  cpu {cpu:4.0f}%  "

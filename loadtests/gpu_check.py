@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "loadtests"))
 
+from common import cpu_seconds, free_port, wait_ready  # noqa: E402
 from mlp import LAYERS, mlp  # noqa: E402
 
 from runtimes.devices import probe_devices  # noqa: E402
@@ -133,18 +133,6 @@ def drive(port: int, path: str, body: bytes, concurrency: int, seconds: float, p
     }
 
 
-def _cpu_seconds(pid: int, ticks: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def gateway_check(model: onnx.ModelProto, work: Path, seconds: float, processes: int) -> dict[str, object]:
     configs = {
         "unbatched": "max_batch_size = 0\ninline_threshold_us = 0\n",
@@ -167,24 +155,15 @@ def gateway_check(model: onnx.ModelProto, work: Path, seconds: float, processes:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the gateway did not become ready") from None
-                time.sleep(0.2)
+        wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", 120, server)
         body = json.dumps(
             {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, LAYERS[0]], "data": [0.01] * LAYERS[0]}]}
         ).encode()
         results: dict[str, object] = {}
-        ticks = os.sysconf("SC_CLK_TCK")
         for name in configs:
-            before = _cpu_seconds(server.pid, ticks)
+            before = cpu_seconds(server.pid)
             results[name] = drive(port, f"/v2/models/mlp-{name}/infer", body, 64, seconds, processes)
-            results[name]["server_cpu_percent"] = round(100 * (_cpu_seconds(server.pid, ticks) - before) / seconds)  # type: ignore[index]
+            results[name]["server_cpu_percent"] = round(100 * (cpu_seconds(server.pid) - before) / seconds)  # type: ignore[index]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             metrics = response.read().decode()
         for name in configs:

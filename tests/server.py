@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import random
 import socket
 import tempfile
@@ -119,3 +121,14 @@ def admin(
     """One admin API call with the test token (or ``headers``), ``doc`` as its JSON body."""
     body = b"" if doc is None else orjson.dumps(doc)
     return request(server.port, method, path, body, AUTH if headers is None else headers)
+
+
+def prediction_log(directory: Path) -> list[dict[str, Any]]:
+    """Every record under ``directory`` (plain and gzip files); a torn last line is skipped."""
+    records = []
+    for path in sorted(directory.rglob("*.jsonl*")):
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        for line in data.splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):  # a torn last line
+                records.append(orjson.loads(line))
+    return records

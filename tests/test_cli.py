@@ -17,7 +17,7 @@ import orjson
 from gateway.settings import load_settings, setting_types
 from tests.onnx_models import slow_matmul, write_model
 from tests.rawhttp import request
-from tests.server import wait_for
+from tests.server import prediction_log, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -149,9 +149,7 @@ def test_sigterm_answers_every_request_in_flight_and_queued_then_exits_0(tmp_pat
     records = [orjson.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert records and all({"ts", "level", "logger", "message"} <= set(r) for r in records)  # JSON logs
     # The prediction log was flushed before the exit: one record per request.
-    logged = [
-        orjson.loads(line) for path in (tmp_path / "log").rglob("*.jsonl") for line in path.read_bytes().splitlines()
-    ]
+    logged = prediction_log(tmp_path / "log")
     assert sorted(r["inputs"]["INPUT0"]["data"][0] for r in logged) == [float(i) for i in range(6)]
     assert all(r["status"] == 200 and r["model"] == "slow" and r["version"] == "1" for r in logged)
 

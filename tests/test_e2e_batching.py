@@ -18,7 +18,7 @@ from gateway.models import ModelManager
 from tests.gated import GatedRuntime, Runtimes
 from tests.onnx_models import identity, write_model
 from tests.rawhttp import request
-from tests.server import RunningServer, serve
+from tests.server import RunningServer, prediction_log, serve
 
 BATCHED = """
 max_batch_size = 8
@@ -157,11 +157,7 @@ def test_a_client_that_disconnects_while_queued_is_never_computed(
     # It is counted, and logged as a cancelled request (499, nginx's "client closed request").
     deadline = time.monotonic() + 10
     while True:
-        records = [
-            orjson.loads(line)
-            for path in (server.settings.log_dir / "batched").rglob("*.jsonl")
-            for line in path.read_bytes().splitlines()
-        ]
+        records = prediction_log(server.settings.log_dir / "batched")
         gone = [r for r in records if r["status"] == 499]
         if gone or time.monotonic() > deadline:
             break

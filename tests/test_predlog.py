@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gzip
 import random
 import subprocess
 import time
@@ -22,18 +20,7 @@ from gateway.predlog.writer import PredictionLog
 from gateway.registry.config import LoggingConfig
 from tests.onnx_models import add_sub, write_model
 from tests.rawhttp import Reply, request
-from tests.server import RunningServer, admin, serve
-
-
-def read_log(directory: Path) -> list[dict[str, Any]]:
-    """Every record under ``directory`` (plain and gzip files); a torn last line is skipped."""
-    records = []
-    for path in sorted(directory.rglob("*.jsonl*")):
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        for line in data.splitlines():
-            with contextlib.suppress(orjson.JSONDecodeError):  # a torn last line
-                records.append(orjson.loads(line))
-    return records
+from tests.server import RunningServer, admin, prediction_log, serve
 
 
 def body(values: list[float], rid: str | None = None) -> bytes:
@@ -101,7 +88,7 @@ def test_every_request_is_logged_once_with_input_output_version_and_role(reposit
         time.sleep(0.3)
         wait_written(server)
         written = metric(server, "tensorgate_predlog_records_total", model="simple")
-    records = read_log(logs)
+    records = prediction_log(logs)
     assert written == len(records)
     primary = [r for r in records if r["role"] in ("primary", "canary") and r["status"] == 200]
     shadows = [r for r in records if r["role"] == "shadow"]
@@ -143,13 +130,13 @@ def test_redaction_and_sampling_from_config_toml(tmp_path: Path) -> None:
         wait_written(server)
         sampled_out = metric(server, "tensorgate_predlog_dropped_total", model="sampled", reason="sampled")
         kept = metric(server, "tensorgate_predlog_records_total", model="sampled")
-    records = {r["request_id"]: r for r in read_log(tmp_path / "logs" / "simple")}
+    records = {r["request_id"]: r for r in prediction_log(tmp_path / "logs" / "simple")}
     assert set(records["a"]["inputs"]) == {"INPUT0"}  # INPUT1 left out
     hashed = records["a"]["inputs"]["INPUT0"]
     assert hashed["hashed"] is True and len(hashed["data"]) == 16 and hashed["data"][0] != 5
     assert hashed["data"] == records["b"]["inputs"]["INPUT0"]["data"]  # keyed, stable: joinable
     assert kept + sampled_out == 200 and 20 < kept < 80
-    assert len(read_log(tmp_path / "logs" / "sampled")) == kept
+    assert len(prediction_log(tmp_path / "logs" / "sampled")) == kept
 
 
 # -- faults: a full disk, a read-only disk, the block policy ------------------------------------
@@ -184,14 +171,14 @@ def test_a_full_disk_never_fails_a_request_and_every_drop_is_counted(repository:
         full = metric(server, "tensorgate_predlog_dropped_total", model="simple", reason="disk_full")
         assert full > 0 and written > 0
         assert written + metric(server, "tensorgate_predlog_dropped_total", model="simple") == served
-        assert len(read_log(tiny_disk)) >= written - 1  # the last write may have been cut short
+        assert len(prediction_log(tiny_disk)) >= written - 1  # the last write may have been cut short
         # Space comes back: logging resumes by itself.
         for path in tiny_disk.rglob("*.jsonl"):
             path.unlink()
         for i in range(20):
             assert infer(server, body([1.0] * 16, f"after{i}")).status == 200
         wait_written(server)
-        ids = {r["request_id"] for r in read_log(tiny_disk)}
+        ids = {r["request_id"] for r in prediction_log(tiny_disk)}
         assert {f"after{i}" for i in range(20)} <= ids
         total = metric(server, "tensorgate_predlog_records_total", model="simple")
         dropped = metric(server, "tensorgate_predlog_dropped_total", model="simple")
@@ -213,7 +200,7 @@ def test_a_read_only_disk_drops_with_its_reason_then_recovers(repository: Path, 
             assert infer(server, body([1.0] * 16, f"rw{i}")).status == 200
         wait_written(server)
         assert metric(server, "tensorgate_predlog_records_total", model="simple") == 5
-    ids = {r["request_id"] for r in read_log(tiny_disk)}
+    ids = {r["request_id"] for r in prediction_log(tiny_disk)}
     assert ids == {f"rw{i}" for i in range(5)}
 
 
@@ -235,7 +222,7 @@ def test_the_block_policy_holds_requests_until_the_sink_recovers_and_loses_nothi
             remount(tiny_disk, "rw")
         wait_written(server)
         assert metric(server, "tensorgate_predlog_dropped_total") == 0
-    assert {r["request_id"] for r in read_log(tiny_disk)} == {f"b{i}" for i in range(12)}
+    assert {r["request_id"] for r in prediction_log(tiny_disk)} == {f"b{i}" for i in range(12)}
 
 
 # -- the writer itself: rotation, compression, encoding -------------------------------------------
@@ -269,7 +256,7 @@ def test_rotation_by_size_and_time_with_compression(tmp_path: Path) -> None:
     log = asyncio.run(run())
     files = sorted((tmp_path / "m" / "1").iterdir())
     assert sum(p.suffix == ".gz" for p in files) >= 4 and files[-1].suffix == ".jsonl"
-    records = read_log(tmp_path)
+    records = prediction_log(tmp_path)
     assert [r["request_id"] for r in sorted(records, key=lambda r: int(r["request_id"][2:]))] == [
         f"id{i}" for i in range(101)
     ]
@@ -299,4 +286,4 @@ def test_a_torn_last_line_is_skipped_by_readers(tmp_path: Path) -> None:
     encoder = RecordEncoder(b"k" * 16)
     whole = encoder.encode(entry(1)) + encoder.encode(entry(2))
     (directory / "a.jsonl").write_bytes(whole + encoder.encode(entry(3))[:40])
-    assert [r["request_id"] for r in read_log(tmp_path)] == ["id1", "id2"]
+    assert [r["request_id"] for r in prediction_log(tmp_path)] == ["id1", "id2"]

@@ -102,7 +102,6 @@ class DriftMonitor:
         self._failed: set[tuple[str, DriftConfig]] = set()  # retried once the configuration changes
         self._scores: dict[tuple[str, str, str], float] = {}
         self._task: asyncio.Task[None] | None = None
-        self.webhook_calls = 0
 
     def start(self) -> None:
         """Start the periodic checks."""
@@ -211,6 +210,5 @@ class DriftMonitor:
         }  # fmt: skip
         try:
             await asyncio.to_thread(self._poster, config.webhook, orjson.dumps(event))
-            self.webhook_calls += 1
         except OSError as exc:
             log.error("model %r: the drift webhook failed: %s", model, exc)

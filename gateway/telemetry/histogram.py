@@ -36,11 +36,6 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
-    def observe_many(self, value: float, count: int) -> None:
-        """Count ``count`` observations of the same value."""
-        self.counts[bisect_left(self.bounds, value)] += count
-        self.sum += value * count
-
     def cumulative(self, extra: tuple[float, int] | None = None) -> tuple[list[tuple[str, float]], float]:
         """Prometheus buckets ``[(le, cumulative count), ..., ("+Inf", total)]`` and the sum.
 
