@@ -92,9 +92,9 @@ intra_op_threads = 1
 """
 
 
-def start_slow_server(tmp_path: Path, *flags: str) -> tuple[subprocess.Popen[str], int]:
-    """``tensorgate serve`` over one model that takes ~0.25 s a call, batching on, one instance."""
-    write_model(tmp_path / "models", "slow", 1, slow_matmul(), config=SLOW)
+def start_slow_server(tmp_path: Path, *flags: str, config: str = SLOW) -> tuple[subprocess.Popen[str], int]:
+    """``tensorgate serve`` over one model that takes ~0.25 s a call (here), one instance."""
+    write_model(tmp_path / "models", "slow", 1, slow_matmul(), config=config)
     port = free_port()
     command = [sys.executable, "-m", "gateway", "serve", "--repository", str(tmp_path / "models")]
     command += ["--port", str(port), "--state-dir", str(tmp_path / "state"), "--log-dir", str(tmp_path / "log")]
@@ -155,11 +155,17 @@ def test_sigterm_answers_every_request_in_flight_and_queued_then_exits_0(tmp_pat
 
 
 def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
-    process, port = start_slow_server(tmp_path, "--graceful-timeout-s", "60")
+    # No batching: the 8 requests run one after another, seconds of work that the drain would
+    # wait for (with batching they ran in two calls, and a fast machine finished the drain, and
+    # exited, before the second signal came).
+    unbatched = SLOW.replace("max_batch_size = 8", "max_batch_size = 0").replace(
+        "[batching]\nmax_queue_delay_ms = 1\n", ""
+    )
+    process, port = start_slow_server(tmp_path, "--graceful-timeout-s", "60", config=unbatched)
     try:
         with ThreadPoolExecutor(8) as pool:
             for i in range(8):
-                pool.submit(slow_infer, port, float(i))  # a couple of seconds of work queued
+                pool.submit(slow_infer, port, float(i))
             wait_inflight(port, 8)
             process.send_signal(signal.SIGTERM)
             time.sleep(0.3)
