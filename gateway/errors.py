@@ -55,6 +55,12 @@ class InternalError(GatewayError):
     status = 500
 
 
+class BadGateway(GatewayError):
+    """502: a remote server that serves a model refused, dropped the connection or failed."""
+
+    status = 502
+
+
 class Unavailable(GatewayError):
     """503: not ready, loading or overloaded; always with ``Retry-After``."""
 

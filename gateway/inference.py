@@ -13,13 +13,19 @@ from typing import Any, Protocol
 import numpy as np
 
 from gateway.batching.queue import ClientWatch
-from gateway.errors import BadRequest, GatewayError, InternalError
+from gateway.errors import BadGateway, BadRequest, DeadlineExceeded, GatewayError, InternalError, Unavailable
 from gateway.exchange import Exchange
 from gateway.models import ModelManager, ModelVersion
 from gateway.protocol.codec import InferRequest, decode_request, encode_response
 from gateway.registry.names import parse_version
 from gateway.release.shadow import ShadowRunner
-from runtimes.base import InferenceFailedError, InvalidInputError
+from runtimes.base import (
+    InferenceFailedError,
+    InvalidInputError,
+    RemoteFailedError,
+    RemoteTimeoutError,
+    RemoteUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +66,24 @@ def request_options(parameters: dict[str, Any], levels: int) -> tuple[int, float
     priority = parameters.get("priority", 0)
     if type(priority) is not int or not 0 <= priority <= levels:
         raise BadRequest(f"parameter 'priority' must be an integer from 0 to {levels}")
+    return priority, request_timeout(parameters)
+
+
+def request_timeout(parameters: dict[str, Any]) -> float:
+    """``parameters.timeout`` (µs) in seconds; 0 when absent."""
     timeout = parameters.get("timeout", 0)
     if type(timeout) is not int or timeout < 0:
         raise BadRequest("parameter 'timeout' must be a non-negative integer (microseconds)")
-    return priority, timeout / 1e6
+    return timeout / 1e6
+
+
+def _remote_error(exc: InferenceFailedError) -> GatewayError:
+    """The client's answer to a remote runtime's failure: 503 (circuit open), 504 or 502."""
+    if isinstance(exc, RemoteUnavailableError):
+        return Unavailable(str(exc), max(1, round(exc.retry_after_s)))
+    if isinstance(exc, RemoteTimeoutError):
+        return DeadlineExceeded(str(exc))
+    return BadGateway(str(exc))
 
 
 class InferenceService:
@@ -112,12 +132,14 @@ class InferenceService:
         if batcher is not None:
             rows = batch_rows(request.inputs)
             priority, timeout_s = request_options(request.parameters, batcher.priority_levels)
+        else:
+            timeout_s = request_timeout(request.parameters) if request.parameters else 0.0  # for a remote
         started = perf_counter_ns()
         try:
             if batcher is None:
                 executor = mv.executor
                 assert executor is not None  # READY versions always have one
-                arrays = await executor.run(request.inputs, names, request.elements)
+                arrays = await executor.run(request.inputs, names, request.elements, timeout_s or None)
                 mv.stats.unbatched(started, perf_counter_ns())
             else:
                 arrays = await batcher.submit(
@@ -133,6 +155,8 @@ class InferenceService:
             mv.stats.request_done(False, 0, started, perf_counter_ns())
             if isinstance(exc, InvalidInputError):
                 raise BadRequest(str(exc)) from None
+            if isinstance(exc, (RemoteFailedError, RemoteTimeoutError, RemoteUnavailableError)):
+                raise _remote_error(exc) from None
             if isinstance(exc, InferenceFailedError):
                 log.error("model %r version %d failed a request: %s", model_name, mv.version, exc)
                 raise InternalError("inference failed") from None

@@ -28,8 +28,12 @@ def version_status(mv: ModelVersion) -> dict[str, Any]:
     status: dict[str, Any] = {"state": mv.state.value}
     if mv.provider is not None:
         status["provider"] = mv.provider
-    if mv.artifact is not None:
+    if mv.artifact is not None and mv.artifact.sha256 is not None:
         status["sha256"] = mv.artifact.sha256
+    remote = mv.remote
+    if remote is not None:
+        status["remote_ready"] = remote.ready
+        status["circuit"] = remote.circuit
     if mv.error is not None:
         status["error"] = mv.error
     return status
@@ -56,12 +60,12 @@ def _config_tensor(spec: TensorSpec, batched: bool) -> dict[str, Any]:
 
 def model_config(model: Model, mv: ModelVersion) -> dict[str, Any]:
     """``GET /v2/models/{m}[/versions/{v}]/config`` in Triton's model-configuration shape."""
-    batched = model.config.max_batch_size > 0
+    batched = mv.config.max_batch_size > 0
     return {
         "name": model.name,
         "platform": mv.platform,
-        "backend": "onnxruntime",
-        "max_batch_size": model.config.max_batch_size,
+        "backend": "onnxruntime" if mv.config.runtime == "onnx" else "triton",
+        "max_batch_size": mv.config.max_batch_size,
         "input": [_config_tensor(s, batched) for s in mv.inputs.values()],
         "output": [_config_tensor(s, batched) for s in mv.outputs.values()],
     }

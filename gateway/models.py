@@ -7,7 +7,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.batching.batcher import Batcher
@@ -19,17 +19,22 @@ from gateway.registry.local import RegistryError
 from gateway.registry.names import check_model_name
 from gateway.stats import VersionStats
 from routing.route import Route, sticky_bucket
-from runtimes.base import Runtime, RuntimeLoadError, TensorSpec
-from runtimes.executor import Executor
+from runtimes.base import ModelInfo, RemoteRuntime, Runtime, RuntimeLoadError, TensorSpec
+from runtimes.executor import AnyExecutor, Executor, RemoteExecutor
 from runtimes.warmup import CostModel, warm_up
 
 log = logging.getLogger(__name__)
 
 #: Builds a runtime for a fetched version (blocking); injected so tests can count or fail loads.
 RuntimeLoader = Callable[[Artifact, ModelConfig], Runtime]
+#: Connects to a remote runtime for a version (``runtime = "triton"``), on the event loop.
+RemoteLoader = Callable[[Artifact, ModelConfig], Awaitable[RemoteRuntime]]
+
+#: A remote call's cost before any is observed: never inline, and batching learns the real one.
+_REMOTE_COST = CostModel(base_s=1e-3, per_element_s=0.0, base_elements=1)
 
 
-def _check_batchable(runtime: Runtime) -> None:
+def _check_batchable(runtime: ModelInfo) -> None:
     """Batching concatenates along the first dimension: every input must leave it dynamic."""
     fixed = [spec.name for spec in runtime.inputs if not spec.shape or spec.shape[0] >= 0]
     if fixed:
@@ -37,6 +42,13 @@ def _check_batchable(runtime: Runtime) -> None:
             f"max_batch_size > 0 needs a dynamic first (batch) dimension, but {', '.join(fixed)} has none",
             reason="config",
         )
+
+
+def _failure_reason(exc: Exception) -> str:
+    """The ``reason`` label of a failed load."""
+    if isinstance(exc, RuntimeLoadError):
+        return exc.reason
+    return "config" if isinstance(exc, ConfigError) else "registry"
 
 
 class VersionState(enum.StrEnum):
@@ -57,7 +69,7 @@ class ModelVersion:
     config: ModelConfig
     state: VersionState = VersionState.LOADING
     artifact: Artifact | None = None
-    executor: Executor | None = None
+    executor: AnyExecutor | None = None
     #: Set when the model batches (``max_batch_size > 0``).
     batcher: Batcher | None = None
     stats: VersionStats = field(default_factory=VersionStats)
@@ -85,6 +97,18 @@ class ModelVersion:
         """The Triton platform string."""
         return self.executor.runtime.platform if self.executor else "onnxruntime_onnx"
 
+    @property
+    def remote(self) -> RemoteRuntime | None:
+        """The remote runtime that serves this version, if one does."""
+        executor = self.executor
+        return executor.runtime if isinstance(executor, RemoteExecutor) else None
+
+    @property
+    def ready(self) -> bool:
+        """READY, and for a remote runtime, its model ready and its circuit not open."""
+        remote = self.remote
+        return self.state is VersionState.READY and (remote is None or remote.ready)
+
 
 @dataclass(eq=False)
 class Model:
@@ -108,9 +132,11 @@ class ModelManager:
         *,
         rng: random.Random,
         saved_routes: Mapping[str, Route] | None = None,
+        remote_loader: RemoteLoader | None = None,
     ) -> None:
         self.registry = registry
         self._loader = loader
+        self._remote_loader = remote_loader
         self._rng = rng
         self._saved_routes = dict(saved_routes or {})
         self._signatures: dict[tuple[TensorSpec, ...], tuple[TensorSpec, ...]] = {}
@@ -256,51 +282,80 @@ class ModelManager:
 
     async def _load(self, mv: ModelVersion) -> ModelVersion:
         started = time.perf_counter()
+        executor: AnyExecutor
         try:
-            artifact, runtime, cost = await asyncio.to_thread(self._load_blocking, mv)
-        except (RegistryError, RuntimeLoadError) as exc:
+            # A version's own config.toml may say how it runs (a canary on another runtime).
+            mv.config = await asyncio.to_thread(self.registry.version_config, mv.model, mv.version)
+            if mv.config.runtime == "triton":
+                artifact, executor = await self._load_remote(mv)
+            else:
+                artifact, runtime, cost = await asyncio.to_thread(self._load_blocking, mv)
+                executor = Executor(
+                    runtime,
+                    concurrency=mv.config.instance_count,
+                    inline_threshold_s=mv.config.inline_threshold_us / 1e6,
+                    cost=cost,
+                    name=f"{mv.model}-{mv.version}",
+                )
+        except (RegistryError, RuntimeLoadError, ConfigError) as exc:
             mv.state, mv.error = VersionState.FAILED, str(exc)
             log.error("model %r version %d failed to load: %s", mv.model, mv.version, exc)
-            self._load_failed(mv, exc.reason if isinstance(exc, RuntimeLoadError) else "registry")
+            reason = (
+                exc.reason
+                if isinstance(exc, RuntimeLoadError)
+                else "config"
+                if isinstance(exc, ConfigError)
+                else "registry"
+            )
+            self._load_failed(mv, reason)
             return mv
         except Exception:  # a runtime bug must not kill the manager: the version fails
             mv.state, mv.error = VersionState.FAILED, "internal error while loading"
             log.exception("model %r version %d failed to load", mv.model, mv.version)
             self._load_failed(mv, "internal")
             return mv
+        info = executor.runtime
         mv.artifact = artifact
-        mv.inputs = {s.name: s for s in runtime.inputs}
-        mv.signature = self._signatures.setdefault(runtime.inputs, runtime.inputs)
-        mv.outputs = {s.name: s for s in runtime.outputs}
-        mv.input_types = {s.name: s.datatype for s in runtime.inputs}
-        mv.output_types = {s.name: s.datatype for s in runtime.outputs}
-        mv.executor = Executor(
-            runtime,
-            concurrency=mv.config.instance_count,
-            inline_threshold_s=mv.config.inline_threshold_us / 1e6,
-            cost=cost,
-            name=f"{mv.model}-{mv.version}",
-        )
+        mv.inputs = {s.name: s for s in info.inputs}
+        mv.signature = self._signatures.setdefault(info.inputs, info.inputs)
+        mv.outputs = {s.name: s for s in info.outputs}
+        mv.input_types = {s.name: s.datatype for s in info.inputs}
+        mv.output_types = {s.name: s.datatype for s in info.outputs}
+        mv.executor = executor
         if mv.config.max_batch_size > 0:
-            mv.batcher = self._batcher(mv, mv.executor, cost)
+            mv.batcher = self._batcher(mv, executor, executor.cost)
             mv.batcher.start()
         mv.state = VersionState.READY
+        if isinstance(executor, RemoteExecutor):
+            detail = f"remote platform {info.platform}"
+        else:
+            digest = (artifact.sha256 or "")[:12]
+            detail = f"sha256 {digest}, {executor.cost.base_s * 1e6:.1f} us per call at batch 1"
+        elapsed_ms = (time.perf_counter() - started) * 1e3
         log.info(
-            "model %r version %d READY on %s in %.0f ms (sha256 %s, %.1f us per call at batch 1)",
-            mv.model,
-            mv.version,
-            runtime.provider,
-            (time.perf_counter() - started) * 1e3,
-            artifact.sha256[:12],
-            cost.base_s * 1e6,
+            "model %r version %d READY on %s in %.0f ms (%s)", mv.model, mv.version, info.provider, elapsed_ms, detail
         )
         return mv
+
+    async def _load_remote(self, mv: ModelVersion) -> tuple[Artifact, RemoteExecutor]:
+        """Fetch the version's entry (no model file) and connect to the remote server that runs it."""
+        if self._remote_loader is None:
+            raise RuntimeLoadError("this server has no remote runtime configured", "config")
+        artifact = await asyncio.to_thread(self.registry.fetch, mv.model, mv.version, True)
+        runtime = await self._remote_loader(artifact, mv.config)
+        if mv.config.max_batch_size > 0:
+            try:
+                _check_batchable(runtime)
+            except RuntimeLoadError:
+                await runtime.close()
+                raise
+        return artifact, RemoteExecutor(runtime, _REMOTE_COST)
 
     def _load_failed(self, mv: ModelVersion, reason: str) -> None:
         key = (mv.model, reason)
         self.load_failures[key] = self.load_failures.get(key, 0) + 1
 
-    def _batcher(self, mv: ModelVersion, executor: Executor, cost: CostModel) -> Batcher:
+    def _batcher(self, mv: ModelVersion, executor: AnyExecutor, cost: CostModel) -> Batcher:
         config = mv.config
         batching = config.batching
         elements_per_row = max(1, cost.base_elements)

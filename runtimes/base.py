@@ -1,4 +1,4 @@
-"""What every runtime offers the gateway: tensor specs, a blocking ``run`` and ``close``."""
+"""What every runtime offers the gateway: tensor specs, and a blocking ``run`` or an async ``infer``."""
 
 from __future__ import annotations
 
@@ -34,8 +34,32 @@ class InferenceFailedError(Exception):
     """The runtime failed while computing (the server's fault: a 500 with a generic message)."""
 
 
-class Runtime(Protocol):
-    """A loaded model version that computes outputs from inputs; ``run`` blocks."""
+class RemoteFailedError(InferenceFailedError):
+    """A remote server refused the connection, dropped it or answered 5xx (a 502).
+
+    The message is shown to clients: it never names the remote host. ``retryable``: the call
+    may be tried again (the remote refused it or said it could not take it).
+    """
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class RemoteTimeoutError(InferenceFailedError):
+    """A remote server did not answer within the request's deadline (a 504)."""
+
+
+class RemoteUnavailableError(InferenceFailedError):
+    """The circuit to a remote server is open: refused without trying (a 503)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ModelInfo(Protocol):
+    """What the gateway knows of a loaded model version, whichever runtime runs it."""
 
     @property
     def platform(self) -> str:
@@ -57,10 +81,38 @@ class Runtime(Protocol):
         """The model's outputs."""
         ...
 
+
+class Runtime(ModelInfo, Protocol):
+    """A model version computed in this process; ``run`` blocks."""
+
     def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
         """Compute the named outputs; BYTES tensors are object arrays of ``bytes`` both ways."""
         ...
 
     def close(self) -> None:
         """Release the model's memory; ``run`` must not be called afterwards."""
+        ...
+
+
+class RemoteRuntime(ModelInfo, Protocol):
+    """A model version computed by a remote server; ``infer`` awaits its answer."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether the remote model is ready, as last seen (and the circuit to it is not open)."""
+        ...
+
+    @property
+    def circuit(self) -> str:
+        """The circuit breaker's state: ``closed``, ``open`` or ``half_open``."""
+        ...
+
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], timeout_s: float | None = None
+    ) -> list[np.ndarray]:
+        """Compute the named outputs remotely, within ``timeout_s`` (None: the configured default)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop background checks and close the connections."""
         ...

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from runtimes.base import Runtime
+from runtimes.base import RemoteRuntime, Runtime
 from runtimes.warmup import CostModel
 
 
@@ -49,8 +49,14 @@ class Executor:
         """Calls running (or waiting) in the thread pool."""
         return self._inflight
 
-    async def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], elements: int) -> list[np.ndarray]:
-        """Compute ``outputs``; raises what the runtime raises."""
+    async def run(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], elements: int, timeout_s: float | None = None
+    ) -> list[np.ndarray]:
+        """Compute ``outputs``; raises what the runtime raises.
+
+        ``timeout_s`` is for remote runtimes: a computation in this process is not interrupted
+        (the batcher enforces deadlines while requests wait, which is where time goes here).
+        """
         if self.cost.predict(elements) < self._inline_threshold_s:
             return self.runtime.run(inputs, outputs)
         return await self._run_in_thread(inputs, outputs)
@@ -76,3 +82,50 @@ class Executor:
         await self.drain()
         await asyncio.to_thread(self._pool.shutdown, True)
         self.runtime.close()
+
+
+class RemoteExecutor:
+    """Calls of a remote runtime: coroutines on the event loop, counted so that a drain can wait."""
+
+    def __init__(self, runtime: RemoteRuntime, cost: CostModel) -> None:
+        self.runtime = runtime
+        #: A guess that the batcher's compute estimate refines with every observed call.
+        self.cost = cost
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def runs_inline(self, elements: int) -> bool:
+        """Never: a remote call always awaits the network."""
+        return False
+
+    @property
+    def inflight(self) -> int:
+        """Calls awaiting the remote."""
+        return self._inflight
+
+    async def run(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], elements: int, timeout_s: float | None = None
+    ) -> list[np.ndarray]:
+        """Compute ``outputs`` remotely within ``timeout_s``; raises what the runtime raises."""
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            return await self.runtime.infer(inputs, outputs, timeout_s)
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+
+    async def drain(self) -> None:
+        """Wait until no call is in flight."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        """Wait for in-flight calls, then close the runtime's connections."""
+        await self.drain()
+        await self.runtime.close()
+
+
+#: Either executor: the batcher, the inference path and the shadows use them alike.
+AnyExecutor = Executor | RemoteExecutor

@@ -48,9 +48,13 @@ class RecordingRegistry(LocalRegistry):
         self._note(f"config {model}")
         return super().config(model)
 
-    def fetch(self, model: str, version: int) -> Artifact:
+    def version_config(self, model: str, version: int) -> ModelConfig:
+        self._note(f"version_config {model} {version}")
+        return super().version_config(model, version)
+
+    def fetch(self, model: str, version: int, remote: bool = False) -> Artifact:
         self._note(f"fetch {model} {version}")
-        return super().fetch(model, version)
+        return super().fetch(model, version, remote)
 
 
 @pytest.fixture(scope="module")

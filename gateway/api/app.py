@@ -39,9 +39,10 @@ from gateway.settings import Settings
 from gateway.telemetry.collector import GatewayCollector
 from gateway.telemetry.logs import AccessLog
 from gateway.telemetry.requests import RequestMetrics
-from runtimes.base import Runtime, RuntimeLoadError
+from runtimes.base import RemoteRuntime, Runtime, RuntimeLoadError
 from runtimes.devices import Devices, probe_devices
 from runtimes.onnxrt import OnnxRuntime
+from runtimes.triton import TritonRuntime
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,14 @@ GC_THRESHOLD = 10_000
 
 def load_runtime(devices: Devices, artifact: Artifact, config: ModelConfig) -> Runtime:
     """The runtime a model's configuration asks for (blocking)."""
-    if config.runtime == "onnx":
+    if config.runtime == "onnx" and artifact.model_file is not None:
         return OnnxRuntime.load(artifact.model_file, config.onnx, devices)
     raise RuntimeLoadError(f"runtime {config.runtime!r} is not available in this build", reason="runtime")
+
+
+async def connect_remote(artifact: Artifact, config: ModelConfig) -> RemoteRuntime:
+    """The remote runtime (``runtime = "triton"``) that serves a version, connected and checked."""
+    return await TritonRuntime.connect(config.triton, artifact.model, artifact.version)
 
 
 async def _freeze_after_startup(manager: ModelManager) -> None:
@@ -136,6 +142,7 @@ def create_app(
             loader or partial(load_runtime, devices),
             rng=random_source,
             saved_routes={name: record.route for name, record in records.items()},
+            remote_loader=connect_remote,
         )
         predlog = await _prediction_log(settings, random_source) if settings.predlog else None
         shadows = ShadowRunner(

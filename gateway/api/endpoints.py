@@ -100,11 +100,11 @@ class Endpoints:
     async def model_ready(self, request: Request) -> Response:
         """``GET /v2/models/{m}[/versions/{v}]/ready``: 200 when it can serve, else 503."""
         model, mv = self._target(request)
-        if mv.state is VersionState.READY:
+        if mv.ready:
             return json_response({"name": model.name, "version": str(mv.version), "ready": True})
-        return error_response(
-            503, f"version {mv.version} of model {model.name!r} is {mv.state.value.lower()}", {"Retry-After": "1"}
-        )
+        # READY here but not ready: a remote runtime whose model is down or whose circuit is open.
+        state = "not ready on its remote server" if mv.state is VersionState.READY else mv.state.value.lower()
+        return error_response(503, f"version {mv.version} of model {model.name!r} is {state}", {"Retry-After": "1"})
 
     async def model_stats(self, request: Request) -> Response:
         """``GET /v2/models[/{m}[/versions/{v}]]/stats``: Triton's statistics extension."""

@@ -28,7 +28,7 @@ from gateway.batching.queue import ClientWatch, PendingRequest, RequestQueue
 from gateway.errors import ClientDisconnected, DeadlineExceeded, InternalError, Unavailable
 from gateway.stats import VersionStats
 from runtimes.base import InferenceFailedError, InvalidInputError
-from runtimes.executor import Executor
+from runtimes.executor import AnyExecutor
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Batcher:
 
     def __init__(
         self,
-        executor: Executor,
+        executor: AnyExecutor,
         policy: DelayPolicy,
         stats: VersionStats,
         *,
@@ -135,12 +135,12 @@ class Batcher:
             raise Unavailable(f"{self._name} is not available: {self._stopped}")
         if self._queue.size >= self._max_queue_size and not self.withdraw_gone():
             raise Unavailable(f"{self._name}: the queue is full ({self._max_queue_size} requests waiting)")
-        if self._policy.adaptive and not self._queue.size and not self._slots.locked():
-            return await self._run_now(inputs, outputs, rows)
-        loop = asyncio.get_running_loop()
-        now = self._clock()
         timeouts = [t for t in (timeout_s, self._default_timeout_s) if t > 0]
         timeout = min(timeouts) if timeouts else 0.0
+        if self._policy.adaptive and not self._queue.size and not self._slots.locked():
+            return await self._run_now(inputs, outputs, rows, timeout)
+        loop = asyncio.get_running_loop()
+        now = self._clock()
         # Datatypes are the model's (validated): only the non-batch dims can differ.
         key = tuple(inputs[name].shape[1:] for name in self._input_order)
         request = PendingRequest(
@@ -173,7 +173,9 @@ class Batcher:
             if self._queue.discard(request) or not request.future.done():
                 request.abandoned = True
 
-    async def _run_now(self, inputs: dict[str, np.ndarray], outputs: Sequence[str], rows: int) -> list[np.ndarray]:
+    async def _run_now(
+        self, inputs: dict[str, np.ndarray], outputs: Sequence[str], rows: int, timeout_s: float
+    ) -> list[np.ndarray]:
         """An instance is idle and nobody waits: with "auto", this request is the batch, at once.
 
         It runs in the caller's task, skipping the queue and the hand-offs to and from the
@@ -183,7 +185,8 @@ class Batcher:
         self._active += 1
         try:
             start = self._clock()
-            results = await self._executor.run(inputs, outputs, sum(a.size for a in inputs.values()))
+            elements = sum(a.size for a in inputs.values())
+            results = await self._executor.run(inputs, outputs, elements, timeout_s or None)
             computed = self._clock()
         finally:
             self._active -= 1
@@ -289,7 +292,10 @@ class Batcher:
             outputs = self._union_outputs(batch)
             elements = sum(a.size for a in feed.values())
             computing = self._clock()
-            results = await self._executor.run(feed, outputs, elements)
+            # A remote runtime gets the batch's tightest deadline (a local one runs to the end).
+            deadlines = [r.deadline for r in batch if r.deadline is not None]
+            remaining = max(1e-3, min(deadlines) - computing) if deadlines else None
+            results = await self._executor.run(feed, outputs, elements, remaining)
             computed = self._clock()
             index = {name: i for i, name in enumerate(outputs)}
             for name, array in zip(outputs, results, strict=True):

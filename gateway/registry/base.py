@@ -16,8 +16,9 @@ class Artifact:
     model: str
     version: int
     directory: Path
-    model_file: Path
-    sha256: str
+    #: None for a version that a remote server runs (nothing to fetch but its entry).
+    model_file: Path | None
+    sha256: str | None
 
 
 class Registry(Protocol):
@@ -35,8 +36,12 @@ class Registry(Protocol):
         """The model's configuration; raises ConfigError when it is invalid."""
         ...
 
-    def fetch(self, model: str, version: int) -> Artifact:
-        """Make the version available locally and verify it (blocking)."""
+    def version_config(self, model: str, version: int) -> ModelConfig:
+        """The configuration that applies to one version; raises ConfigError when it is invalid."""
+        ...
+
+    def fetch(self, model: str, version: int, remote: bool = False) -> Artifact:
+        """Make the version available locally and verify it (blocking); ``remote``: no model file needed."""
         ...
 
     def model_file(self, model: str, relative: str) -> Path:

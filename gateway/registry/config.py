@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.registry.names import is_model_name
 from runtimes.onnxrt import GRAPH_OPTIMIZATION, OnnxOptions
+from runtimes.triton import TritonOptions
 
 CONFIG_FILE = "config.toml"
 _CUDA_DEVICE = re.compile(r"cuda:[0-9]{1,2}")
@@ -29,15 +31,6 @@ class BatchingConfig:
     timeout_ms: int = 0
     priority_levels: int = 1
     target_p99_ms: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class TritonConfig:
-    """The ``[triton]`` table: where a remote Triton serves this model."""
-
-    url: str = ""
-    model: str = ""
-    version: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +76,7 @@ class ModelConfig:
     inline_threshold_us: float = 50.0
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     onnx: OnnxOptions = field(default_factory=OnnxOptions)
-    triton: TritonConfig = field(default_factory=TritonConfig)
+    triton: TritonOptions = field(default_factory=TritonOptions)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
 
@@ -177,14 +170,28 @@ def _onnx(t: _Table) -> OnnxOptions:
     return options
 
 
-def _triton(t: _Table) -> TritonConfig:
-    config = TritonConfig(
+def _triton(t: _Table) -> TritonOptions:
+    version = t.get("version", (str, int), "")
+    if str(version) and not (str(version).isascii() and str(version).isdigit()):
+        raise t.fail("version", f"must be a version number, got {version!r}")
+    model = t.get("model", (str,), "")
+    if model and not is_model_name(model):
+        raise t.fail("model", f"invalid model name {model!r}")
+    config = TritonOptions(
         url=t.choice("url", "", _TRITON_URL) if "url" in t.data else "",
-        model=t.get("model", (str,), ""),
-        version=t.get("version", (str, int), ""),
+        model=model,
+        version=str(version),
+        timeout_s=t.number("timeout_s", 30.0, 0.001),
+        retries=t.integer("retries", 1, 0, 10),
+        breaker_failures=t.integer("breaker_failures", 5, 0, 1_000_000),
+        breaker_reset_s=t.number("breaker_reset_s", 5.0),
+        max_connections=t.integer("max_connections", 64, 1, 10_000),
+        health_interval_s=t.number("health_interval_s", 5.0),
+        load_remote=t.get("load_remote", (bool,), False),
+        unload_remote=t.get("unload_remote", (bool,), False),
     )
     t.check_unknown()
-    return TritonConfig(config.url, config.model, str(config.version))
+    return config
 
 
 def _names(t: _Table, key: str) -> tuple[str, ...]:
@@ -264,18 +271,43 @@ def parse_model_config(data: dict[str, Any], source: str) -> ModelConfig:
     return config
 
 
-def load_model_config(model_dir: Path, display_name: str) -> ModelConfig:
-    """Read ``<model_dir>/config.toml`` (defaults if absent); errors name ``display_name``."""
-    path = model_dir / CONFIG_FILE
-    source = f"{display_name}/{CONFIG_FILE}"
+#: Keys a version's own ``config.toml`` may set: how that version runs. The others (version
+#: policy, logging, drift) are the model's, whatever version serves.
+VERSION_KEYS = frozenset(
+    {"runtime", "max_batch_size", "instance_count", "inline_threshold_us", "batching", "onnx", "triton"}
+)
+
+
+def read_config_data(path: Path, source: str) -> dict[str, Any] | None:
+    """The parsed TOML of ``path``, None when there is no such file; ConfigError names ``source``."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return ModelConfig()
+        return None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot be read ({exc.strerror})") from exc
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{source}: not valid TOML ({exc})") from exc
-    return parse_model_config(data, source)
+
+
+def merge_version_data(model_data: dict[str, Any], version_data: dict[str, Any], source: str) -> dict[str, Any]:
+    """The model's settings with a version's on top, table by table; ConfigError for model-wide keys."""
+    for key in version_data:
+        if key not in VERSION_KEYS:
+            raise ConfigError(f"{source}: {key}: set it in the model's config.toml (it applies to every version)")
+    merged = dict(model_data)
+    for key, value in version_data.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_model_config(model_dir: Path, display_name: str) -> ModelConfig:
+    """Read ``<model_dir>/config.toml`` (defaults if absent); errors name ``display_name``."""
+    source = f"{display_name}/{CONFIG_FILE}"
+    data = read_config_data(model_dir / CONFIG_FILE, source)
+    return ModelConfig() if data is None else parse_model_config(data, source)

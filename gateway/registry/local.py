@@ -2,6 +2,10 @@
 
     models/<name>/config.toml        optional
     models/<name>/<version>/model.onnx
+    models/<name>/<version>/config.toml   optional: how this version runs (docs/configuration.md)
+
+A version is complete once its ``model.onnx`` exists, or, for a version served by a remote
+Triton server (``runtime = "triton"`` in either file), once its directory exists.
 
 Names and versions are validated before they are joined to the root, and every resolved path
 must stay inside the root (symbolic links included).
@@ -14,7 +18,15 @@ import logging
 from pathlib import Path
 
 from gateway.registry.base import Artifact
-from gateway.registry.config import ModelConfig, load_model_config
+from gateway.registry.config import (
+    CONFIG_FILE,
+    ConfigError,
+    ModelConfig,
+    load_model_config,
+    merge_version_data,
+    parse_model_config,
+    read_config_data,
+)
 from gateway.registry.names import MAX_VERSION, is_model_name
 
 log = logging.getLogger(__name__)
@@ -79,21 +91,50 @@ class LocalRegistry:
             entries = list(model_dir.iterdir())
         except OSError:
             return []
+        model_runtime = self._runtime(model_dir / CONFIG_FILE)
         found = []
         for entry in entries:
             number = _version_number(entry.name)
-            if number is not None and (entry / MODEL_FILE).is_file():
+            if number is None or not entry.is_dir():
+                continue
+            if (entry / MODEL_FILE).is_file() or self._runtime(entry / CONFIG_FILE, model_runtime) == "triton":
                 found.append(number)
         return sorted(found)
+
+    @staticmethod
+    def _runtime(path: Path, default: str = "onnx") -> str:
+        """The ``runtime`` a config file names (``default`` if none); unreadable files count as none."""
+        try:
+            data = read_config_data(path, path.name)
+        except ConfigError:
+            return default  # reported when the version loads
+        value = (data or {}).get("runtime", default)
+        return value if isinstance(value, str) else default
 
     def config(self, model: str) -> ModelConfig:
         """The model's ``config.toml`` (defaults when there is none)."""
         return load_model_config(self.root / model, model)
 
-    def fetch(self, model: str, version: int) -> Artifact:
-        """Resolve and hash the version's model file; it is already local."""
+    def version_config(self, model: str, version: int) -> ModelConfig:
+        """The model's configuration with the version's own ``config.toml`` on top, if it has one."""
+        source = f"{model}/{version}/{CONFIG_FILE}"
+        version_data = read_config_data(self.root / model / str(version) / CONFIG_FILE, source)
+        if version_data is None:
+            return self.config(model)
+        model_data = read_config_data(self.root / model / CONFIG_FILE, f"{model}/{CONFIG_FILE}") or {}
+        return parse_model_config(merge_version_data(model_data, version_data, source), source)
+
+    def fetch(self, model: str, version: int, remote: bool = False) -> Artifact:
+        """Resolve and hash the version's model file; it is already local.
+
+        ``remote``: the version runs on a remote server, so it needs its directory, not a file.
+        """
         directory = self.root / model / str(version)
         model_file = directory / MODEL_FILE
+        if remote and not model_file.is_file():
+            if not directory.is_dir():
+                raise RegistryError(f"version {version} of model {model!r} is not in the repository")
+            return Artifact(model, version, self._inside(directory), None, None)
         if not model_file.is_file():
             raise RegistryError(f"version {version} of model {model!r} is not in the repository")
         resolved_dir = self._inside(directory)
