@@ -74,6 +74,8 @@ class ModelVersion:
     batcher: Batcher | None = None
     stats: VersionStats = field(default_factory=VersionStats)
     error: str | None = None
+    #: Why it failed to load (the ``reason`` label of ``tensorgate_model_load_failures_total``).
+    failure: str | None = None
     inputs: dict[str, TensorSpec] = field(default_factory=dict)
     outputs: dict[str, TensorSpec] = field(default_factory=dict)
     #: The input specs as one interned tuple: versions with the same inputs share the object.
@@ -352,6 +354,7 @@ class ModelManager:
         return artifact, RemoteExecutor(runtime, _REMOTE_COST)
 
     def _load_failed(self, mv: ModelVersion, reason: str) -> None:
+        mv.failure = reason
         key = (mv.model, reason)
         self.load_failures[key] = self.load_failures.get(key, 0) + 1
 

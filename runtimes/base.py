@@ -107,6 +107,16 @@ class RemoteRuntime(ModelInfo, Protocol):
         """The circuit breaker's state: ``closed``, ``open`` or ``half_open``."""
         ...
 
+    @property
+    def retries(self) -> int:
+        """Calls tried again after a failure, since load."""
+        ...
+
+    @property
+    def circuit_opens(self) -> int:
+        """Times the circuit has opened, since load."""
+        ...
+
     async def infer(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], timeout_s: float | None = None
     ) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ names the remote host: error bodies are read by clients, the host is the operato
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -153,8 +154,8 @@ class TritonRuntime:
         self.breaker = CircuitBreaker(options.breaker_failures, options.breaker_reset_s, clock)
         self._remote_ready = True
         self._health: asyncio.Task[None] | None = None
-        #: Calls tried again after a failure (a metric, and a test's witness).
-        self.retried = 0
+        #: Calls tried again after a failure (a metric).
+        self.retries = 0
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -176,7 +177,7 @@ class TritonRuntime:
                 raise
             if isinstance(exc, TimeoutError):
                 raise RuntimeLoadError(
-                    f"the remote Triton server did not answer within {options.timeout_s:g} s", "remote"
+                    f"the remote Triton server did not answer within {options.timeout_s:g} s", "timeout"
                 ) from None
             if isinstance(exc, Exception):
                 raise RuntimeLoadError(f"the remote Triton server cannot be reached ({_kind(exc)})", "remote") from None
@@ -216,6 +217,11 @@ class TritonRuntime:
         """The circuit breaker's state."""
         return self.breaker.state.value
 
+    @property
+    def circuit_opens(self) -> int:
+        """Times the circuit has opened."""
+        return self.breaker.opened
+
     # -- inference ---------------------------------------------------------------------------
 
     async def infer(
@@ -243,7 +249,7 @@ class TritonRuntime:
                 if self._clock() + pause >= deadline:
                     raise
                 attempt += 1
-                self.retried += 1
+                self.retries += 1
                 await asyncio.sleep(pause)
 
     async def _call(
@@ -340,11 +346,14 @@ def _kind(exc: BaseException) -> str:
     status = _status(exc)
     if status is not None:
         return f"status {status}"
+    code = exc.errno if isinstance(exc, OSError) else None
     name = type(exc).__name__
-    if "Connector" in name or isinstance(exc, ConnectionRefusedError):
+    if code == errno.ECONNREFUSED:
         return "connection refused"
-    if "Disconnected" in name or isinstance(exc, ConnectionResetError):
+    if code in (errno.ECONNRESET, errno.EPIPE) or "Disconnected" in name:
         return "connection closed by the server"
+    if "Connector" in name:
+        return "cannot connect"
     return name
 
 

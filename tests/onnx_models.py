@@ -122,3 +122,24 @@ def slow_matmul(size: int = 1536, repeats: int = 8) -> onnx.ModelProto:
         initializer=[weights, zero],
     )
     return _model(graph)
+
+
+def sigmoid_scorer(weights: np.ndarray) -> onnx.ModelProto:
+    """``features`` [batch, 16] -> ``score`` [batch, 1] = sigmoid(features @ w + b), ``weights`` = w (16) then b.
+
+    tests/triton/pytriton_models.py serves the same function on Triton, from the same weights.
+    """
+    w = numpy_helper.from_array(weights[:16].astype(np.float32).reshape(16, 1), "w")
+    b = numpy_helper.from_array(weights[16:17].astype(np.float32), "b")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["features", "w"], ["product"]),
+            helper.make_node("Add", ["product", "b"], ["logit"]),
+            helper.make_node("Sigmoid", ["logit"], ["score"]),
+        ],
+        "sigmoid_scorer",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[w, b],
+    )
+    return _model(graph)

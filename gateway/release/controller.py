@@ -172,7 +172,10 @@ class ReleaseController:
                 raise NotFound(f"version {version} of model {model.name!r} is not in the repository")
         mv = await self._manager.load(model.name, version)
         if mv.state is not VersionState.READY:
-            raise LoadFailed(f"version {version} of model {model.name!r} failed to load: {mv.error}")
+            failed = LoadFailed(f"version {version} of model {model.name!r} failed to load: {mv.error}")
+            if mv.failure == "timeout":
+                failed.status = 504  # a slow remote or registry: the gateway's deadline passed
+            raise failed
         return mv
 
     async def unload(self, name: str, version: int, actor: str, reason: str | None) -> None:

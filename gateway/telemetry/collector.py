@@ -121,6 +121,18 @@ class GatewayCollector(Collector):
         failures = CounterMetricFamily(
             "tensorgate_model_load_failures_total", "Version loads that failed", labels=["model", "reason"]
         )
+        circuit = GaugeMetricFamily(
+            "tensorgate_remote_circuit_open", "1 while the circuit to a remote server is open", labels=version_labels
+        )
+        opens = CounterMetricFamily(
+            "tensorgate_remote_circuit_opens_total", "Times the circuit to a remote server opened", labels=version_labels
+        )
+        retries = CounterMetricFamily(
+            "tensorgate_remote_retries_total", "Calls to a remote server tried again", labels=version_labels
+        )
+        remote_ready = GaugeMetricFamily(
+            "tensorgate_remote_ready", "1 while the remote model was ready at the last check", labels=version_labels
+        )
         manager = self._manager
         if manager is not None:
             for model in manager.models():
@@ -137,12 +149,18 @@ class GatewayCollector(Collector):
                     buckets, total = stats.batch_rows.cumulative((1, direct))
                     batch.add_metric(labels, buckets, total)
                     depth.add_metric(labels, mv.batcher.queued if mv.batcher is not None else 0)
+                    remote = mv.remote
+                    if remote is not None:
+                        circuit.add_metric(labels, 1 if remote.circuit == "open" else 0)
+                        opens.add_metric(labels, remote.circuit_opens)
+                        retries.add_metric(labels, remote.retries)
+                        remote_ready.add_metric(labels, 1 if remote.ready else 0)
                 if model.route is not None:
                     for number, percent in sorted(model.route.weights.items()):
                         weight.add_metric([model.name, str(number)], percent)
             for (name, reason), count in sorted(manager.load_failures.items()):
                 failures.add_metric([name, reason], count)
-        yield from (queue, compute, batch, depth, state, weight, failures)
+        yield from (queue, compute, batch, depth, state, weight, failures, circuit, opens, retries, remote_ready)
 
     def _shadow_families(self) -> Iterator[Metric]:
         labels = ["model", "version"]
