@@ -162,6 +162,12 @@ graph_optimization = "basic"
         ("version_policy = []", "version_policy: must be"),
         ("runtime = 'triton'", "triton.url: required"),
         ("[triton]\nurl = 'ftp://x'", "triton.url: invalid value"),
+        ("[triton]\nurl = 'http://t:8000'\nversion = 'latest'", "triton.version: must be a version number"),
+        ("[triton]\nurl = 'http://t:8000'\nmodel = '../x'", "triton.model: invalid model name"),
+        ("[triton]\nurl = 'http://t:8000'\nretries = 11", "triton.retries: must be between 0 and 10"),
+        ("[triton]\nurl = 'http://t:8000'\nmax_connections = 0", "triton.max_connections: must be between"),
+        ("[triton]\nurl = 'http://t:8000'\nload_remote = 'yes'", "triton.load_remote: expected bool"),
+        ("[triton]\nurl = 'http://t:8000'\ntimeout_s = 0", "triton.timeout_s: must be a finite number"),
         ("batching = 3", "batching: expected dict"),
         ("not toml ===", "m/config.toml: not valid TOML"),
     ],
@@ -176,3 +182,35 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path, text: str, message:
 def test_triton_config() -> None:
     config = parse_model_config({"runtime": "triton", "triton": {"url": "grpc://triton:8001", "version": 3}}, "x")
     assert config.triton.url == "grpc://triton:8001" and config.triton.version == "3"
+    assert config.triton.timeout_s == 30.0 and config.triton.retries == 1 and config.triton.breaker_failures == 5
+    assert not config.triton.load_remote and not config.triton.unload_remote
+    assert config.max_batch_size == 0  # gateway-side batching is off unless asked for: Triton batches
+
+
+def test_a_version_may_run_on_triton_with_its_own_config(tmp_path: Path) -> None:
+    write_model(tmp_path, "m", 1, identity("FP32"), config="max_batch_size = 8\n[onnx]\ndevice = 'cpu'\n")
+    (tmp_path / "m" / "2").mkdir()
+    (tmp_path / "m" / "2" / "config.toml").write_text(
+        "runtime = 'triton'\nmax_batch_size = 0\n[triton]\nurl = 'http://triton:8000'\nmodel = 'remote_m'\n"
+    )
+    (tmp_path / "m" / "3").mkdir()  # no model file, no config: incomplete, ignored
+    registry = LocalRegistry(tmp_path)
+    assert registry.versions("m") == [1, 2]
+    one, two = registry.version_config("m", 1), registry.version_config("m", 2)
+    assert one.runtime == "onnx" and one.max_batch_size == 8
+    assert two.runtime == "triton" and two.max_batch_size == 0 and two.triton.model == "remote_m"
+    assert two.onnx.device == "cpu"  # the model's tables still apply where the version is silent
+    artifact = registry.fetch("m", 2, remote=True)
+    assert artifact.model_file is None and artifact.sha256 is None
+    with pytest.raises(RegistryError):
+        registry.fetch("m", 2)  # as an ONNX version it has no model file
+    (tmp_path / "m" / "2" / "config.toml").write_text("[drift]\nreference = 'r.csv'\n")
+    with pytest.raises(ConfigError, match=r"m/2/config.toml: drift: set it in the model's config.toml"):
+        registry.version_config("m", 2)
+
+
+def test_a_model_on_triton_needs_only_version_directories(tmp_path: Path) -> None:
+    (tmp_path / "r" / "1").mkdir(parents=True)
+    (tmp_path / "r" / "4").mkdir()
+    (tmp_path / "r" / "config.toml").write_text("runtime = 'triton'\n[triton]\nurl = 'grpc://triton:8001'\n")
+    assert LocalRegistry(tmp_path).versions("r") == [1, 4]
