@@ -54,10 +54,8 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM the process group, then SIGKILL whatever is left (Triton's model stubs)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
     time.sleep(1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
@@ -113,7 +111,7 @@ def main() -> None:
             raise SystemExit(f"answers differ: direct {direct}, through tensorgate {through}")
         samples: dict[str, dict[int, list[Sample]]] = {name: {} for name in urls}
         for connections in args.concurrency:
-            for name, target in urls.items():
+            for target in urls.values():
                 run_wrk(target, connections, 1, args.client_cpu, body)  # warm
             for _ in range(args.rounds):
                 for name, target in urls.items():

@@ -86,6 +86,9 @@ class _Transport:
             )
             self._retryable = _RETRYABLE_HTTP
         self.module = client_module
+        #: aiohttp asks for gzip by default, and Triton then compresses every answer: CPU on both
+        #: sides (its HTTP frontend is often the bottleneck) for a few hundred bytes on a LAN.
+        self.headers = {"Accept-Encoding": "identity"} if scheme == "http" else None
 
     async def metadata(self, model: str, version: str) -> dict[str, Any]:
         if self.scheme == "grpc":
@@ -266,6 +269,8 @@ class TritonRuntime:
                     tensors,
                     model_version=self._version,
                     outputs=wanted,
+                    # A copy: tritonclient adds Inference-Header-Content-Length to the dict it is given.
+                    headers=self._transport.headers and dict(self._transport.headers),
                     # Triton's own deadline (µs): it may drop the request instead of computing it late.
                     timeout=max(1, int(remaining * 1e6)),
                 )

@@ -27,6 +27,7 @@ import numpy as np
 from gateway.models import ModelVersion, VersionState
 from gateway.predlog.writer import PredictionLog
 from gateway.protocol.codec import decode_request
+from runtimes.base import RemoteTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +193,8 @@ class ShadowRunner:
                     rows = next(iter(feed.values())).shape[0] if feed else 1
                     results = await mv.batcher.submit(feed, wanted, rows)
                 else:
-                    results = await executor.run(feed, wanted, sum(a.size for a in feed.values()))
-        except TimeoutError:
+                    results = await executor.run(feed, wanted, sum(a.size for a in feed.values()), self._timeout_s)
+        except (TimeoutError, RemoteTimeoutError):
             stats.timed_out += copies
             self._log(pending, None, 504, time.perf_counter() - started)
             return

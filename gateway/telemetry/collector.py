@@ -125,13 +125,17 @@ class GatewayCollector(Collector):
             "tensorgate_remote_circuit_open", "1 while the circuit to a remote server is open", labels=version_labels
         )
         opens = CounterMetricFamily(
-            "tensorgate_remote_circuit_opens_total", "Times the circuit to a remote server opened", labels=version_labels
+            "tensorgate_remote_circuit_opens_total",
+            "Times the circuit to a remote server opened",
+            labels=version_labels,
         )
         retries = CounterMetricFamily(
             "tensorgate_remote_retries_total", "Calls to a remote server tried again", labels=version_labels
         )
         remote_ready = GaugeMetricFamily(
-            "tensorgate_remote_ready", "1 while the remote model was ready at the last check", labels=version_labels
+            "tensorgate_remote_ready",
+            "1 while the remote model is ready and its circuit not open",
+            labels=version_labels,
         )
         manager = self._manager
         if manager is not None:
