@@ -30,6 +30,8 @@ def version_status(mv: ModelVersion) -> dict[str, Any]:
         status["provider"] = mv.provider
     if mv.artifact is not None and mv.artifact.sha256 is not None:
         status["sha256"] = mv.artifact.sha256
+    if mv.provenance:
+        status["provenance"] = dict(mv.provenance)
     remote = mv.remote
     if remote is not None:
         status["remote_ready"] = remote.ready

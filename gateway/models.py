@@ -9,10 +9,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.batching.batcher import Batcher
 from gateway.batching.policy import ComputeTimes, DelayPolicy
 from gateway.errors import NotFound, Unavailable
+from gateway.predlog.records import RecordMeta
 from gateway.registry.base import Artifact, Registry
 from gateway.registry.config import ConfigError, ModelConfig
 from gateway.registry.local import RegistryError
@@ -46,9 +48,9 @@ def _check_batchable(runtime: ModelInfo) -> None:
 
 def _failure_reason(exc: Exception) -> str:
     """The ``reason`` label of a failed load."""
-    if isinstance(exc, RuntimeLoadError):
+    if isinstance(exc, (RuntimeLoadError, RegistryError)):
         return exc.reason
-    return "config" if isinstance(exc, ConfigError) else "registry"
+    return "config"
 
 
 class VersionState(enum.StrEnum):
@@ -85,9 +87,12 @@ class ModelVersion:
     #: Name -> V2 datatype, for the prediction log.
     input_types: dict[str, str] = field(default_factory=dict)
     output_types: dict[str, str] = field(default_factory=dict)
+    #: What the prediction log writes of this version besides the request (redaction, run id).
+    record_meta: RecordMeta = field(init=False)
 
     def __post_init__(self) -> None:
         self.label = str(self.version)
+        self.record_meta = RecordMeta(self.config.logging)
 
     @property
     def provider(self) -> str | None:
@@ -98,6 +103,11 @@ class ModelVersion:
     def platform(self) -> str:
         """The Triton platform string."""
         return self.executor.runtime.platform if self.executor else "onnxruntime_onnx"
+
+    @property
+    def provenance(self) -> Mapping[str, Any] | None:
+        """Where the loaded version came from (run id, source, ...), when the registry knows."""
+        return self.artifact.provenance if self.artifact is not None else None
 
     @property
     def remote(self) -> RemoteRuntime | None:
@@ -170,8 +180,9 @@ class ModelManager:
             if model.config_error is not None:
                 continue
             saved = self._saved_routes.get(name)
-            model.route = saved or Route.latest(model.available[-1])
-            versions = set(self._initial_versions(model)) if saved is None else set(saved.versions)
+            primary = model.available[-1] if saved is not None else await asyncio.to_thread(self._default, model)
+            model.route = saved or Route.latest(primary)
+            versions = set(self._initial_versions(model, primary)) if saved is None else set(saved.versions)
             for version in sorted(versions, reverse=True):
                 if version in model.available:
                     await self.load(name, version)
@@ -181,12 +192,21 @@ class ModelManager:
         ready = sum(1 for m in self._models.values() if self.model_ready(m))
         log.info("initial load done: %d of %d models ready", ready, len(self._models))
 
+    def _default(self, model: Model) -> int:
+        """The version that serves first: the registry's choice (a followed alias), else the highest."""
+        try:
+            chosen = self.registry.default_version(model.name)
+        except RegistryError as exc:
+            log.warning("model %r: %s; serving the highest version", model.name, exc)
+            chosen = None
+        return chosen if chosen in model.available else model.available[-1]
+
     @staticmethod
-    def _initial_versions(model: Model) -> list[int]:
-        """The versions the model's ``version_policy`` loads at start-up, highest first."""
+    def _initial_versions(model: Model, primary: int) -> list[int]:
+        """The versions the model's ``version_policy`` loads at start-up (and ``primary``), highest first."""
         policy = model.config.version_policy
         if policy == "latest":
-            return [model.available[-1]]
+            return [primary]
         if policy == "all":
             return sorted(model.available, reverse=True)
         wanted = set(policy)
@@ -194,7 +214,7 @@ class ModelManager:
         if missing:
             log.warning("model %r: version_policy names missing versions %s", model.name, sorted(missing))
         # The route's version is always loaded, whatever the policy lists.
-        return sorted(wanted.intersection(model.available) | {model.available[-1]}, reverse=True)
+        return sorted(wanted.intersection(model.available) | {primary}, reverse=True)
 
     async def discover(self, name: str) -> Model:
         """The model called ``name``, looking in the registry again (new models and versions)."""
@@ -318,6 +338,8 @@ class ModelManager:
             return mv
         info = executor.runtime
         mv.artifact = artifact
+        run_id = artifact.provenance.get("run_id") if artifact.provenance else None
+        mv.record_meta = RecordMeta(mv.config.logging, str(run_id) if run_id else None)
         mv.inputs = {s.name: s for s in info.inputs}
         mv.signature = self._signatures.setdefault(info.inputs, info.inputs)
         mv.outputs = {s.name: s for s in info.outputs}

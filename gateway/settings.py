@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from collections.abc import Mapping
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 from gateway.registry.config import ConfigError
+from gateway.registry.names import is_model_name
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 ENV_PREFIX = "TENSORGATE_"
@@ -47,6 +49,12 @@ class Settings:
     predlog_rotate_s: float = 3600.0
     predlog_compress: bool = False
     predlog_flush_interval_s: float = 0.01
+    registry_kind: str = "local"
+    registry_tracking_uri: str = ""
+    registry_cache_dir: Path = Path(".tensorgate/cache")
+    registry_names: str = ""
+    registry_timeout_s: float = 10.0
+    registry_poll_s: float = 30.0
 
 
 #: One line per setting: the flag's help, and docs/configuration.md's description.
@@ -79,6 +87,12 @@ _HELP = {
     "predlog_rotate_s": "start a new log file after this many seconds",
     "predlog_compress": "gzip log files once rotated",
     "predlog_flush_interval_s": "how often the writer wakes to write what is queued",
+    "registry_kind": "where versions come from: local (the repository directory) or mlflow (docs/mlflow.md)",
+    "registry_tracking_uri": "mlflow: the tracking server, e.g. http://mlflow:5000",
+    "registry_cache_dir": "mlflow: where downloaded versions are kept and verified",
+    "registry_names": "mlflow: local=registered names, comma-separated (default: every registered model, same name)",
+    "registry_timeout_s": "mlflow: a call to the tracking server gives up after this",
+    "registry_poll_s": "mlflow: how often followed aliases are checked",
 }
 
 
@@ -101,6 +115,28 @@ def _base_type(hint: Any) -> type:
 _TYPES = setting_types()
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    """``[registry] kind = ...`` is ``registry_kind``; ``[registry.names]`` a name mapping."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for sub, inner in value.items():
+                pairs = isinstance(inner, dict)  # [registry.names]: local = "registered name"
+                flat[f"{key}_{sub}"] = ",".join(f"{k}={v}" for k, v in inner.items()) if pairs else inner
+        else:
+            flat[key] = value
+    return flat
+
+
+def registry_names(settings: Settings) -> dict[str, str]:
+    """``registry_names`` as local name -> registered model name."""
+    names: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in settings.registry_names.split(","))):
+        local, _, remote = pair.partition("=")
+        names[local.strip()] = remote.strip()
+    return names
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
@@ -156,7 +192,24 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError("predlog_rotate_s must be > 0 and predlog_flush_interval_s in (0, 10]")
     if settings.max_header_bytes < 1024:
         raise ConfigError(f"max_header_bytes: must be at least 1024, got {settings.max_header_bytes}")
+    _validate_registry(settings)
     return settings
+
+
+def _validate_registry(settings: Settings) -> None:
+    if settings.registry_kind not in ("local", "mlflow"):
+        raise ConfigError(f"registry_kind: must be local or mlflow, got {settings.registry_kind!r}")
+    if settings.registry_kind == "mlflow":
+        if not settings.registry_tracking_uri.startswith(("http://", "https://")):
+            raise ConfigError("registry_tracking_uri: with registry_kind = mlflow, an http(s):// tracking server")
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError("registry_kind = mlflow needs the mlflow extra: pip install 'tensorgate[mlflow]'")
+    if not settings.registry_timeout_s > 0 or not settings.registry_poll_s > 0:
+        raise ConfigError("registry_timeout_s and registry_poll_s must be > 0")
+    for pair in filter(None, (p.strip() for p in settings.registry_names.split(","))):
+        local, eq, remote = pair.partition("=")
+        if not eq or not is_model_name(local.strip()) or not remote.strip() or "'" in remote:
+            raise ConfigError(f"registry_names: expected local=registered pairs, got {pair!r}")
 
 
 def load_settings(
@@ -176,7 +229,7 @@ def load_settings(
             raise ConfigError(f"{config_file}: cannot be read ({exc.strerror})") from None
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{config_file}: not valid TOML ({exc})") from None
-        for key, value in data.items():
+        for key, value in _flatten(data).items():
             if key not in _TYPES:
                 raise ConfigError(f"{config_file}: {key}: unknown key")
             coerced = _coerce(key, value, str(config_file))

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pytest
 
-from gateway.predlog.records import Entry, RecordEncoder
+from gateway.predlog.records import Entry, RecordEncoder, RecordMeta
 from gateway.predlog.writer import PredictionLog
 from gateway.registry.config import LoggingConfig
 from tests.onnx_models import add_sub, write_model
@@ -231,7 +231,7 @@ def test_the_block_policy_holds_requests_until_the_sink_recovers_and_loses_nothi
 def entry(i: int, model: str = "m", ts: float = 1_764_237_600.5) -> Entry:
     x = np.full((1, 4), i, np.float32)
     return (ts, f"id{i}", model, "1", "primary", 1, {"x": x}, {"x": "FP32"}, [("y", x * 2)], {"y": "FP32"},
-            200, 0.001, LoggingConfig())  # fmt: skip
+            200, 0.001, RecordMeta(LoggingConfig()))  # fmt: skip
 
 
 def test_rotation_by_size_and_time_with_compression(tmp_path: Path) -> None:
@@ -270,7 +270,7 @@ def test_bytes_cannot_break_or_forge_a_line_and_nan_is_null() -> None:
     binary = np.array([b"\xff\xfe\n"], dtype=object)
     line = encoder.encode(
         (0.0, "r\n1", "m", "1", "primary", 0, {"t": text, "b": binary}, {"t": "BYTES", "b": "BYTES"},
-         [("y", np.array([np.nan, np.inf, 1.5], np.float32))], {"y": "FP32"}, 200, 0.0, LoggingConfig())
+         [("y", np.array([np.nan, np.inf, 1.5], np.float32))], {"y": "FP32"}, 200, 0.0, RecordMeta(LoggingConfig()))
     )  # fmt: skip
     assert line.count(b"\n") == 1 and line.endswith(b"\n")
     record = orjson.loads(line)

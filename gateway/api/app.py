@@ -33,9 +33,10 @@ from gateway.registry.base import Artifact, Registry
 from gateway.registry.config import ModelConfig
 from gateway.registry.local import LocalRegistry
 from gateway.release.controller import ReleaseController
+from gateway.release.follow import AliasFollower
 from gateway.release.shadow import ShadowRunner
 from gateway.release.store import StateStore
-from gateway.settings import Settings
+from gateway.settings import Settings, registry_names
 from gateway.telemetry.collector import GatewayCollector
 from gateway.telemetry.logs import AccessLog
 from gateway.telemetry.requests import RequestMetrics
@@ -59,6 +60,21 @@ def load_runtime(devices: Devices, artifact: Artifact, config: ModelConfig) -> R
     if config.runtime == "onnx" and artifact.model_file is not None:
         return OnnxRuntime.load(artifact.model_file, config.onnx, devices)
     raise RuntimeLoadError(f"runtime {config.runtime!r} is not available in this build", reason="runtime")
+
+
+def build_registry(settings: Settings) -> Registry:
+    """The registry the settings name: the repository directory, or MLflow (blocking: imports it)."""
+    if settings.registry_kind == "mlflow":
+        from gateway.registry.mlflow import MlflowRegistry
+
+        return MlflowRegistry(
+            settings.registry_tracking_uri,
+            settings.registry_cache_dir,
+            settings.repository,
+            names=registry_names(settings),
+            timeout_s=settings.registry_timeout_s,
+        )
+    return LocalRegistry(settings.repository)
 
 
 async def connect_remote(artifact: Artifact, config: ModelConfig) -> RemoteRuntime:
@@ -137,8 +153,9 @@ def create_app(
             provision_token, os.environ if environ is None else environ, settings.admin_token_file, settings.state_dir
         )
         random_source = rng or random.Random()
+        source = registry if registry is not None else await asyncio.to_thread(build_registry, settings)
         manager = ModelManager(
-            registry or LocalRegistry(settings.repository),
+            source,
             loader or partial(load_runtime, devices),
             rng=random_source,
             saved_routes={name: record.route for name, record in records.items()},
@@ -156,9 +173,12 @@ def create_app(
             predlog.add_observer(drift.observe)
             drift.start()
         collector.attach(manager, shadows, predlog, drift)
-        admin.attach(ReleaseController(manager, store, records, shadows=shadows))
+        controller = ReleaseController(manager, store, records, shadows=shadows)
+        admin.attach(controller)
         auth.set_token(token)
         manager.start()
+        follower = AliasFollower(manager, controller, settings.registry_poll_s)
+        follower.start()  # idle unless a model's [mlflow] table follows an alias
         settle = asyncio.create_task(_freeze_after_startup(manager), name="gc-freeze")
         if on_ready is not None:
             on_ready(manager)
@@ -166,6 +186,7 @@ def create_app(
             yield
         finally:
             settle.cancel()
+            await follower.close()
             if drift is not None:
                 await drift.close()
             await shadows.close()

@@ -153,7 +153,7 @@ class InferenceDispatcher:
         predlog.offer(
             (time(), exchange.request_id, exchange.model, exchange.version, exchange.role, exchange.route_seq,
              exchange.inputs, mv.input_types, exchange.outputs, mv.output_types, exchange.status, seconds,
-             mv.config.logging),
+             mv.record_meta),
             reserved=predlog.blocking,
         )  # fmt: skip
 

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -13,9 +14,19 @@ import orjson
 
 from gateway.registry.config import LoggingConfig
 
+
+@dataclass(frozen=True, slots=True)
+class RecordMeta:
+    """What a record needs of the version that served, beyond the request: redaction and provenance."""
+
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    #: The MLflow run that produced the version; written into each record when known.
+    run_id: str | None = None
+
+
 #: What the request path hands over: everything needed to build the record later.
 #: (ts, request_id, model, version, role, route_seq, inputs, input datatypes, outputs,
-#:  output datatypes, status, latency_s, logging config)
+#:  output datatypes, status, latency_s, the version's RecordMeta)
 Entry = tuple[
     float,
     str,
@@ -29,7 +40,7 @@ Entry = tuple[
     Mapping[str, str],
     int,
     float,
-    LoggingConfig,
+    RecordMeta,
 ]
 
 
@@ -98,16 +109,20 @@ class RecordEncoder:
     def __init__(self, hash_key: bytes) -> None:
         self._hash_key = hash_key
         self._ts = Timestamps()
-        self._heads: dict[tuple[str, str, str, int], bytes] = {}
+        self._heads: dict[tuple[str, str, str, int, str | None], bytes] = {}
         self._tensor_heads: dict[tuple[str, tuple[int, ...], np.dtype[Any]], bytes] = {}
 
     def encode(self, entry: Entry) -> bytes:
         """One complete line, newline included."""
-        ts, request_id, model, version, role, seq, inputs, in_types, outputs, out_types, status, latency, cfg = entry
-        head = self._heads.get((model, version, role, seq))
+        ts, request_id, model, version, role, seq, inputs, in_types, outputs, out_types, status, latency, meta = entry
+        cfg = meta.logging
+        key = (model, version, role, seq, meta.run_id)
+        head = self._heads.get(key)
         if head is None:
-            fields = {"model": model, "version": version, "role": role, "route_seq": seq}
-            head = self._heads[(model, version, role, seq)] = orjson.dumps(fields)[1:-1]
+            fields: dict[str, Any] = {"model": model, "version": version, "role": role, "route_seq": seq}
+            if meta.run_id is not None:
+                fields["run_id"] = meta.run_id
+            head = self._heads[key] = orjson.dumps(fields)[1:-1]
         if inputs is None:
             logged_inputs = b"null"
         elif cfg.exclude_inputs or cfg.hash_inputs:

@@ -138,7 +138,7 @@ class PredictionLog:
         """
         if reserved and self._reserved > 0:
             self._reserved -= 1
-        sample = entry[12].sample
+        sample = entry[12].logging.sample
         if sample < 1.0 and self._rng.random() >= sample:
             self._drop(entry, "sampled")
             return

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.registry.config import ModelConfig
 
@@ -19,6 +20,9 @@ class Artifact:
     #: None for a version that a remote server runs (nothing to fetch but its entry).
     model_file: Path | None
     sha256: str | None
+    #: Where the version came from, for audits: run id, source, git commit, parameters,
+    #: metrics, dataset digests (MLflow); None when the registry knows nothing of it.
+    provenance: Mapping[str, Any] | None = None
 
 
 class Registry(Protocol):
@@ -42,6 +46,14 @@ class Registry(Protocol):
 
     def fetch(self, model: str, version: int, remote: bool = False) -> Artifact:
         """Make the version available locally and verify it (blocking); ``remote``: no model file needed."""
+        ...
+
+    def default_version(self, model: str) -> int | None:
+        """The version that serves at start-up when no route was saved (None: the highest)."""
+        ...
+
+    def aliases(self, model: str) -> dict[str, int]:
+        """The model's aliases (``champion`` -> 3); raises RegistryError when the registry is down."""
         ...
 
     def model_file(self, model: str, relative: str) -> Path:

@@ -64,6 +64,19 @@ class DriftConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MlflowConfig:
+    """The ``[mlflow]`` table: which aliases of the registered model the gateway follows."""
+
+    #: An alias whose moves are followed with a hot-swap (e.g. "champion"); "" = none. It also
+    #: picks the version that serves at start-up.
+    follow: str = ""
+    #: An alias whose moves start a canary (e.g. "challenger"); "" = none.
+    canary_alias: str = ""
+    #: Percent of the traffic the canary gets.
+    canary_weight: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """Everything ``config.toml`` may set for one model; defaults when the file is absent."""
 
@@ -79,6 +92,7 @@ class ModelConfig:
     triton: TritonOptions = field(default_factory=TritonOptions)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 class _Table:
@@ -234,6 +248,21 @@ def _drift(t: _Table) -> DriftConfig:
     return config
 
 
+_ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
+
+
+def _mlflow(t: _Table) -> MlflowConfig:
+    config = MlflowConfig(
+        follow=t.choice("follow", "", _ALIAS) if "follow" in t.data else "",
+        canary_alias=t.choice("canary_alias", "", _ALIAS) if "canary_alias" in t.data else "",
+        canary_weight=t.integer("canary_weight", 10, 1, 99),
+    )
+    t.check_unknown()
+    if config.follow and config.follow == config.canary_alias:
+        raise t.fail("canary_alias", "must differ from follow")
+    return config
+
+
 def _version_policy(t: _Table) -> Literal["latest", "all"] | tuple[int, ...]:
     value = t.get("version_policy", (str, list), "latest")
     if value == "latest":
@@ -264,6 +293,7 @@ def parse_model_config(data: dict[str, Any], source: str) -> ModelConfig:
         triton=_triton(top.table("triton")),
         logging=_logging(top.table("logging")),
         drift=_drift(top.table("drift")),
+        mlflow=_mlflow(top.table("mlflow")),
     )
     top.check_unknown()
     if config.runtime == "triton" and not config.triton.url:

@@ -36,7 +36,15 @@ _CHUNK = 1 << 20
 
 
 class RegistryError(Exception):
-    """A version cannot be fetched: missing, outside the root, or unreadable."""
+    """A version cannot be fetched: missing, outside the root, unreadable, or the registry is down.
+
+    ``reason`` is the ``tensorgate_model_load_failures_total`` label: ``registry``, or
+    ``timeout`` when a remote registry did not answer in time (the admin call gets a 504).
+    """
+
+    def __init__(self, message: str, reason: str = "registry") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def sha256_file(path: Path) -> str:
@@ -144,6 +152,14 @@ class LocalRegistry:
         except OSError as exc:
             raise RegistryError(f"cannot read {model}/{version}/{MODEL_FILE}: {exc.strerror}") from exc
         return Artifact(model, version, resolved_dir, resolved_file, digest)
+
+    def default_version(self, model: str) -> int | None:
+        """None: the highest version serves at start-up."""
+        return None
+
+    def aliases(self, model: str) -> dict[str, int]:
+        """A directory has no aliases."""
+        return {}
 
     def model_file(self, model: str, relative: str) -> Path:
         """``<root>/<model>/<relative>``, resolved; it must exist and stay inside the model's directory."""

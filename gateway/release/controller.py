@@ -197,7 +197,9 @@ class ReleaseController:
                 model, "unload", actor=actor, reason=reason, before=route, details={"version": str(version)}, seq=seq
             )
 
-    async def set_route(self, name: str, doc: Any, actor: str, reason: str | None) -> Route:
+    async def set_route(
+        self, name: str, doc: Any, actor: str, reason: str | None, details: dict[str, str] | None = None
+    ) -> Route:
         """Replace the route; every version it names must be loaded and READY."""
         model = self._manager.model(name)
         try:
@@ -206,9 +208,11 @@ class ReleaseController:
             raise BadRequest(f"invalid route: {exc}") from None
         async with self._lock(name):
             self._check_ready(model, route)
-            return await self._apply(model, route, "route", actor, reason)
+            return await self._apply(model, route, "route", actor, reason, details=details)
 
-    async def swap(self, name: str, version: int, actor: str, reason: str | None) -> Route:
+    async def swap(
+        self, name: str, version: int, actor: str, reason: str | None, details: dict[str, str] | None = None
+    ) -> Route:
         """Blue-green: load ``version`` if needed, then give it 100% in one step."""
         model = await self._manager.discover(name)
         async with self._lock(name):
@@ -216,7 +220,7 @@ class ReleaseController:
             current = model.route
             shadow = {v: f for v, f in (current.shadow.items() if current else ()) if v != version}
             route = Route({version: 100}, 0, shadow, current.sticky_header if current else None)
-            return await self._apply(model, route, "swap", actor, reason)
+            return await self._apply(model, route, "swap", actor, reason, details=details)
 
     async def rollback(self, name: str, to: int | None, actor: str, reason: str | None) -> Route:
         """Restore the route before the last change, or the one in force after change ``to``."""
@@ -249,12 +253,21 @@ class ReleaseController:
             if mv.state is not VersionState.READY:
                 raise Conflict(f"version {version} of model {model.name!r} is {mv.state.value}, not READY")
 
-    async def _apply(self, model: Model, route: Route, action: str, actor: str, reason: str | None) -> Route:
+    async def _apply(
+        self,
+        model: Model,
+        route: Route,
+        action: str,
+        actor: str,
+        reason: str | None,
+        *,
+        details: dict[str, str] | None = None,
+    ) -> Route:
         before = model.route
         seq = self._next_seq(model)
         route = route.with_seq(seq)
         self._manager.set_route(model, route)
-        await self._record(model, action, actor=actor, reason=reason, before=before, seq=seq)
+        await self._record(model, action, actor=actor, reason=reason, before=before, seq=seq, details=details)
         log.info("model %r route %s by %s: %s", model.name, action, actor, route.to_json())
         return route
 
@@ -288,7 +301,27 @@ class ReleaseController:
         }
         if details:
             entry.update(details)
+        versions = set(model.route.versions)
+        if details and "version" in details:
+            versions.add(int(details["version"]))
+        provenance = _provenance(model, versions)
+        if provenance:
+            entry["provenance"] = provenance
         record.route = model.route
         record.history.append(entry)
         async with self._save_lock:
             await asyncio.to_thread(self._store.save, dict(self._records))
+
+
+#: What the audit history keeps of each version's provenance (the metadata has all of it).
+_AUDIT_FIELDS = ("registered_model", "model_version", "run_id", "git_commit", "source")
+
+
+def _provenance(model: Model, versions: set[int]) -> dict[str, dict[str, Any]]:
+    """Version -> where it came from, for the versions a history entry concerns."""
+    found = {}
+    for version in sorted(versions):
+        mv = model.versions.get(version)
+        if mv is not None and mv.provenance:
+            found[str(version)] = {key: mv.provenance.get(key) for key in _AUDIT_FIELDS}
+    return found

@@ -230,7 +230,7 @@ class ShadowRunner:
             offset += rows
             predlog.offer(
                 (now, request_id, mv.model, mv.label, "shadow", seq, feed, mv.input_types, outputs, mv.output_types,
-                 status, seconds, mv.config.logging)
+                 status, seconds, mv.record_meta)
             )  # fmt: skip
 
     async def close(self) -> None:
