@@ -322,14 +322,7 @@ class ModelManager:
         except (RegistryError, RuntimeLoadError, ConfigError) as exc:
             mv.state, mv.error = VersionState.FAILED, str(exc)
             log.error("model %r version %d failed to load: %s", mv.model, mv.version, exc)
-            reason = (
-                exc.reason
-                if isinstance(exc, RuntimeLoadError)
-                else "config"
-                if isinstance(exc, ConfigError)
-                else "registry"
-            )
-            self._load_failed(mv, reason)
+            self._load_failed(mv, _failure_reason(exc))
             return mv
         except Exception:  # a runtime bug must not kill the manager: the version fails
             mv.state, mv.error = VersionState.FAILED, "internal error while loading"

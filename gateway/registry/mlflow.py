@@ -140,6 +140,8 @@ class MlflowRegistry:
         self.cache = cache_dir.resolve()
         self._configs = LocalRegistry(config_root)
         self._names = dict(names or {})
+        #: The last successful listing of each model's versions.
+        self._known: dict[str, list[int]] = {}
 
     def remote_name(self, model: str) -> str:
         """The registered model's name in MLflow."""
@@ -172,17 +174,22 @@ class MlflowRegistry:
         return sorted(names)
 
     def versions(self, model: str) -> list[int]:
-        """The model's READY versions in MLflow (the cached ones while MLflow is down)."""
+        """The model's READY versions in MLflow; while MLflow is down, the last listing and the cache.
+
+        Down, a load of a version listed before still goes to ``fetch``, which says why it
+        fails (502 or 504), instead of a misleading "not in the repository".
+        """
         try:
             found = self._client.search_model_versions(f"name='{self.remote_name(model)}'")
         except Exception as exc:
-            log.warning("%s; using the cached versions", failure(exc, f"listing versions of {model!r}"))
-            return self._cached_versions(model)
+            log.warning("%s; using the last listing and the cache", failure(exc, f"listing versions of {model!r}"))
+            return sorted(set(self._known.get(model, ())) | set(self._cached_versions(model)))
         numbers = []
         for entry in found:
             number = int(entry.version)
             if entry.status == "READY" and 0 < number <= MAX_VERSION:
                 numbers.append(number)
+        self._known[model] = numbers
         return sorted(numbers)
 
     def aliases(self, model: str) -> dict[str, int]:
