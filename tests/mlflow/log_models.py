@@ -26,7 +26,7 @@ import numpy as np
 from mlflow import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.onnx_models import sigmoid_scorer  # noqa: E402 - after the path is set
+from tests.onnx_models import sigmoid_scorer
 
 
 def weights(version: int) -> np.ndarray:
@@ -46,7 +46,7 @@ def log_scorer(version: int) -> str:
 
 
 def log_pickled() -> str:
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+    from sklearn.linear_model import LogisticRegression
 
     x = np.random.default_rng(0).normal(size=(20, 16))
     model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
