@@ -19,6 +19,28 @@ from runtimes.base import RemoteRuntime, Runtime
 from runtimes.warmup import CostModel
 
 
+class InflightCalls:
+    """Counts the calls in flight (``with calls: ...``), so that a drain can wait for none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+        if not self.count:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Wait until no call is in flight."""
+        await self._idle.wait()
+
+
 class Executor:
     """Bounded, cancellable execution of one runtime's ``run`` calls."""
 
@@ -36,9 +58,7 @@ class Executor:
         self._inline_threshold_s = inline_threshold_s
         self._semaphore = asyncio.Semaphore(concurrency)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"infer-{name}")
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._calls = InflightCalls()
 
     def runs_inline(self, elements: int) -> bool:
         """Whether a call over ``elements`` input elements is cheap enough for the loop."""
@@ -47,7 +67,7 @@ class Executor:
     @property
     def inflight(self) -> int:
         """Calls running (or waiting) in the thread pool."""
-        return self._inflight
+        return self._calls.count
 
     async def run(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], elements: int, timeout_s: float | None = None
@@ -62,20 +82,14 @@ class Executor:
         return await self._run_in_thread(inputs, outputs)
 
     async def _run_in_thread(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
-        self._inflight += 1
-        self._idle.clear()
-        try:
+        with self._calls:
             async with self._semaphore:
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._pool, self.runtime.run, inputs, outputs)
-        finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
 
     async def drain(self) -> None:
         """Wait until no call is in flight."""
-        await self._idle.wait()
+        await self._calls.drained()
 
     async def close(self) -> None:
         """Wait for in-flight calls, stop the threads, release the model."""
@@ -91,9 +105,7 @@ class RemoteExecutor:
         self.runtime = runtime
         #: A guess that the batcher's compute estimate refines with every observed call.
         self.cost = cost
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._calls = InflightCalls()
 
     def runs_inline(self, elements: int) -> bool:
         """Never: a remote call always awaits the network."""
@@ -102,24 +114,18 @@ class RemoteExecutor:
     @property
     def inflight(self) -> int:
         """Calls awaiting the remote."""
-        return self._inflight
+        return self._calls.count
 
     async def run(
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], elements: int, timeout_s: float | None = None
     ) -> list[np.ndarray]:
         """Compute ``outputs`` remotely within ``timeout_s``; raises what the runtime raises."""
-        self._inflight += 1
-        self._idle.clear()
-        try:
+        with self._calls:
             return await self.runtime.infer(inputs, outputs, timeout_s)
-        finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
 
     async def drain(self) -> None:
         """Wait until no call is in flight."""
-        await self._idle.wait()
+        await self._calls.drained()
 
     async def close(self) -> None:
         """Wait for in-flight calls, then close the runtime's connections."""

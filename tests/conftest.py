@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# MLflow's client (imported by tests/test_mlflow.py) would report usage from a background thread;
+# the gateway turns that off for itself, the tests do it before any import. Child processes (the
+# MLflow server, the training script) inherit it.
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 
 @pytest.fixture

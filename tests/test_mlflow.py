@@ -177,6 +177,13 @@ def test_the_tracking_server_down_or_slow(tmp_path: Path) -> None:
         settings = gateway_settings(server, tmp_path)
         with serve(**settings) as gateway:  # type: ignore[arg-type]
             wait_for(gateway.url + "/v2/models/fraud/ready")
+            # A sha256 tag that does not match the artifact: refused, nothing cached.
+            registry = client(server)
+            registry.set_model_version_tag("fraud-scorer", "3", "sha256", "0" * 64)
+            reply = admin(gateway, "POST", "/admin/models/fraud/versions/3/load")
+            assert reply.status == 502 and "checksum mismatch" in reply.json()["error"]  # type: ignore[index]
+            assert not (tmp_path / "cache" / "fraud" / "3").exists()
+            registry.delete_model_version_tag("fraud-scorer", "3", "sha256")
             # Slow: the server accepts connections but answers nothing -> 504, old version serving.
             server.signal(signal.SIGSTOP)
             started = time.monotonic()

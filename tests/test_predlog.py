@@ -215,7 +215,9 @@ def test_the_block_policy_holds_requests_until_the_sink_recovers_and_loses_nothi
                 futures = [pool.submit(infer, server, body([1.0] * 16, f"b{i}")) for i in range(12)]
                 time.sleep(1.0)
                 done = sum(f.done() for f in futures)
-                assert done <= 5, "requests ran although the log had no room"
+                # At most the queue (4) and the batch the writer holds while it retries (up to
+                # the 4 it found queued) are answered; the rest wait for the disk.
+                assert done <= 8, "requests ran although the log had no room"
                 remount(tiny_disk, "rw")
                 assert all(f.result(timeout=30).status == 200 for f in futures)
         finally:

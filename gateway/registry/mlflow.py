@@ -132,6 +132,9 @@ class MlflowRegistry:
         # values win.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(timeout_s))))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        # MLflow's client reports usage to its makers from a background thread: a server in a
+        # production network has no business calling out (and its sockets linger).
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow import MlflowClient
 
         self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
