@@ -1,14 +1,16 @@
 # tensorgate: CPU or GPU (CUDA 13 / cuDNN 9 as pip wheels; the host provides the driver).
 #   docker build -t tensorgate .
+#   docker build --build-arg EXTRAS=cuda,mlflow -t tensorgate .   # also serve from MLflow
 #   docker run --rm --gpus all -p 8000:8000 -v "$PWD/models:/models:ro" tensorgate
 FROM python:3.11-slim-bookworm AS build
+ARG EXTRAS=cuda
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/tensorgate
 COPY pyproject.toml README.md /src/
 COPY gateway /src/gateway
 COPY routing /src/routing
 COPY runtimes /src/runtimes
-RUN /opt/tensorgate/bin/pip install "/src[cuda]"
+RUN /opt/tensorgate/bin/pip install "/src[${EXTRAS}]"
 
 FROM python:3.11-slim-bookworm
 # The NVIDIA container toolkit mounts the driver when these are set (and --gpus is given).
@@ -19,7 +21,9 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
     TENSORGATE_PORT=8000 \
     TENSORGATE_REPOSITORY=/models \
     TENSORGATE_STATE_DIR=/var/lib/tensorgate/state \
-    TENSORGATE_LOG_DIR=/var/lib/tensorgate/predictions
+    TENSORGATE_LOG_DIR=/var/lib/tensorgate/predictions \
+    TENSORGATE_REGISTRY_CACHE_DIR=/var/lib/tensorgate/cache \
+    MLFLOW_DISABLE_TELEMETRY=true
 RUN useradd --system --uid 10001 --home-dir /var/lib/tensorgate --create-home tensorgate
 COPY --from=build /opt/tensorgate /opt/tensorgate
 USER tensorgate
