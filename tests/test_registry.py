@@ -214,3 +214,15 @@ def test_a_model_on_triton_needs_only_version_directories(tmp_path: Path) -> Non
     (tmp_path / "r" / "4").mkdir()
     (tmp_path / "r" / "config.toml").write_text("runtime = 'triton'\n[triton]\nurl = 'grpc://triton:8001'\n")
     assert LocalRegistry(tmp_path).versions("r") == [1, 4]
+
+
+def test_a_model_on_triton_with_no_version_directory_has_the_remote_version(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.toml").write_text("runtime = 'triton'\n[triton]\nurl = 'http://t:8000'\n")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.toml").write_text("runtime = 'triton'\n[triton]\nurl = 'http://t:8000'\nversion = 3\n")
+    registry = LocalRegistry(tmp_path)
+    assert registry.versions("a") == [1] and registry.versions("b") == [3]
+    assert registry.fetch("b", 3, remote=True).directory == (tmp_path / "b").resolve()
+    with pytest.raises(RegistryError):
+        registry.fetch("b", 2, remote=True)

@@ -89,6 +89,9 @@ def gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> I
         (root / name / "1").mkdir(parents=True)
         (root / name / "config.toml").write_text(remote(url, model, extra, top))
     (root / "spare" / "2").mkdir()
+    # No version directory at all: the model has the remote's version.
+    (root / "bare").mkdir()
+    (root / "bare" / "config.toml").write_text(remote(triton.http_url, "scorer"))
     with serve(root) as running:
         yield running
 
@@ -202,6 +205,14 @@ def test_a_remote_5xx_is_a_502_without_its_details(gateway: RunningServer, trito
     # breaker_failures = 0: the circuit never opens for this model.
     assert request(gateway.port, "GET", "/v2/models/broken/ready").status == 200
     assert request(gateway.port, "GET", "/v2/health/live").status == 200
+
+
+def test_a_model_that_only_names_its_triton_server(gateway: RunningServer) -> None:
+    reply = infer_json(gateway.port, "/v2/models/bare/infer", [[0.25] * 16])
+    assert reply.status == 200 and reply.headers["x-model-version"] == "1"
+    np.testing.assert_allclose(
+        reply.json()["outputs"][0]["data"], expected_scores(np.full((1, 16), 0.25)).ravel(), rtol=1e-5
+    )  # type: ignore[index]
 
 
 def test_bad_input_is_refused_before_the_remote(gateway: RunningServer) -> None:

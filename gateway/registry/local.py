@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 from gateway.registry.base import Artifact
 from gateway.registry.config import (
@@ -54,6 +55,12 @@ def sha256_file(path: Path) -> str:
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _runtime(data: dict[str, Any], default: str = "onnx") -> str:
+    """The ``runtime`` a config file's data names (``default`` if none)."""
+    value = data.get("runtime", default)
+    return value if isinstance(value, str) else default
 
 
 def _version_number(name: str) -> int | None:
@@ -99,25 +106,30 @@ class LocalRegistry:
             entries = list(model_dir.iterdir())
         except OSError:
             return []
-        model_runtime = self._runtime(model_dir / CONFIG_FILE)
+        model_data = self._data(model_dir / CONFIG_FILE)
+        model_runtime = _runtime(model_data)
         found = []
         for entry in entries:
             number = _version_number(entry.name)
             if number is None or not entry.is_dir():
                 continue
-            if (entry / MODEL_FILE).is_file() or self._runtime(entry / CONFIG_FILE, model_runtime) == "triton":
+            if (entry / MODEL_FILE).is_file() or _runtime(self._data(entry / CONFIG_FILE), model_runtime) == "triton":
                 found.append(number)
+        if not found and model_runtime == "triton":
+            # A model that only names its Triton server has one version: the remote one it names
+            # (``[triton] version``), else 1.
+            triton = model_data.get("triton")
+            remote = str(triton.get("version", "")) if isinstance(triton, dict) else ""
+            found.append(_version_number(remote) or 1)
         return sorted(found)
 
     @staticmethod
-    def _runtime(path: Path, default: str = "onnx") -> str:
-        """The ``runtime`` a config file names (``default`` if none); unreadable files count as none."""
+    def _data(path: Path) -> dict[str, Any]:
+        """A config file's TOML ({} if absent or unreadable: reported when the version loads)."""
         try:
-            data = read_config_data(path, path.name)
+            return read_config_data(path, path.name) or {}
         except ConfigError:
-            return default  # reported when the version loads
-        value = (data or {}).get("runtime", default)
-        return value if isinstance(value, str) else default
+            return {}
 
     def config(self, model: str) -> ModelConfig:
         """The model's ``config.toml`` (defaults when there is none)."""
@@ -141,7 +153,9 @@ class LocalRegistry:
         model_file = directory / MODEL_FILE
         if remote and not model_file.is_file():
             if not directory.is_dir():
-                raise RegistryError(f"version {version} of model {model!r} is not in the repository")
+                if version not in self.versions(model):
+                    raise RegistryError(f"version {version} of model {model!r} is not in the repository")
+                directory = self.root / model  # a model that only names its Triton server
             return Artifact(model, version, self._inside(directory), None, None)
         if not model_file.is_file():
             raise RegistryError(f"version {version} of model {model!r} is not in the repository")
