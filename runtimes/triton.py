@@ -260,9 +260,10 @@ class TritonRuntime:
     ) -> list[np.ndarray]:
         """One call to the remote, judged by the breaker."""
         breaker = self.breaker
+        if remaining <= 0:  # spent before the call (a retry's pause): not the remote's fault
+            breaker.abandoned()
+            raise RemoteTimeoutError(f"the request's deadline ({budget * 1e3:g} ms) passed before the remote call")
         try:
-            if remaining <= 0:
-                raise TimeoutError
             async with asyncio.timeout(remaining):
                 result = await self._transport.client.infer(
                     self._model,
