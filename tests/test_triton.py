@@ -338,3 +338,39 @@ def test_retries_stay_within_their_count(tmp_path: Path) -> None:
             assert 'tensorgate_remote_retries_total{model="scorer",version="1"} 8.0' in text
     finally:
         triton.stop()
+
+
+def test_load_remote_asks_triton_to_load_and_unload_remote_unloads(tmp_path: Path) -> None:
+    # Triton's own server in explicit model-control mode: lazy_scorer is in its repository, not loaded.
+    (tmp_path / "triton").mkdir()
+    triton = TritonServer(tmp_path / "triton", explicit=True)
+    triton.start()
+    try:
+        root = tmp_path / "models"
+        for version in (1, 2):
+            (root / "lazy" / str(version)).mkdir(parents=True)
+        extra = "load_remote = true\nunload_remote = true\n"
+        (root / "lazy" / "config.toml").write_text(
+            remote(triton.http_url, "lazy_scorer", extra, 'version_policy = "all"\n')
+        )
+        with serve(root, ready=False) as gateway:
+            wait_for(gateway.url + "/v2/models/lazy/versions/2/ready")
+            # Loading asked Triton to load the model, and its metadata came back.
+            assert triton.model_ready("lazy_scorer")
+            doc = request(gateway.port, "GET", "/v2/models/lazy").json()
+            assert doc["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 16]}]  # type: ignore[index]
+            # Unloading a version here unloads the remote model too (unload_remote = true).
+            assert admin(gateway, "POST", "/admin/models/lazy/versions/1/unload").status == 200
+            deadline = time.monotonic() + 30
+            while triton.model_ready("lazy_scorer") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not triton.model_ready("lazy_scorer")
+        # Without load_remote, a model Triton has not loaded fails to load here, saying how to fix it.
+        plain = tmp_path / "plain"
+        (plain / "plain" / "1").mkdir(parents=True)
+        (plain / "plain" / "config.toml").write_text(remote(triton.http_url, "lazy_scorer"))
+        with serve(plain, ready=False) as gateway:
+            reply = admin(gateway, "POST", "/admin/models/plain/versions/1/load")
+            assert reply.status == 502 and "set triton.load_remote = true" in reply.json()["error"]  # type: ignore[index]
+    finally:
+        triton.stop()

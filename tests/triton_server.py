@@ -18,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
 MODELS_SCRIPT = ROOT / "tests" / "triton" / "pytriton_models.py"
+EXPLICIT_SCRIPT = ROOT / "tests" / "triton" / "explicit_server.py"
 #: The models pytriton_models.py serves.
 MODELS = ("scorer", "sleepy", "broken")
 #: PyTriton starts Triton, then binds each model (a Python stub process each): tens of seconds.
@@ -44,8 +45,11 @@ def scorer_weights() -> np.ndarray:
 class TritonServer:
     """One Triton server process on loopback ports; ``start`` and ``stop`` may be repeated."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, explicit: bool = False) -> None:
+        """PyTriton's server with MODELS ready, or (``explicit``) Triton's binary in explicit
+        model-control mode with ``lazy_scorer`` in its repository, not loaded."""
         self.workdir = workdir
+        self.explicit = explicit
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.weights_file = workdir / "weights.npy"
         np.save(self.weights_file, scorer_weights())
@@ -67,9 +71,10 @@ class TritonServer:
         if not TRITON_PYTHON.exists():
             pytest.skip("no Triton server: .venv-triton is missing (run scripts/setup-triton)")
         ports = [str(p) for p in (self.http_port, self.grpc_port, self.metrics_port)]
+        script = [str(EXPLICIT_SCRIPT), str(self.workdir)] if self.explicit else [str(MODELS_SCRIPT)]
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(TRITON_PYTHON), str(MODELS_SCRIPT), *ports, str(self.weights_file)],
+                [str(TRITON_PYTHON), *script, *ports, str(self.weights_file)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
@@ -80,7 +85,7 @@ class TritonServer:
             if self.process.poll() is not None:
                 tail = self.log_file.read_text(errors="replace")[-2000:]
                 pytest.skip(f"the Triton server could not start (exit {self.process.returncode}): {tail}")
-            if all(self.model_ready(m) for m in MODELS):
+            if self.live() if self.explicit else all(self.model_ready(m) for m in MODELS):
                 return
             time.sleep(0.25)
         self.stop()
@@ -90,6 +95,14 @@ class TritonServer:
         """Whether Triton says ``model`` is ready (asked directly)."""
         try:
             with urllib.request.urlopen(f"{self.http_url}/v2/models/{model}/ready", timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def live(self) -> bool:
+        """Whether the server answers its liveness probe."""
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/live", timeout=2) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
