@@ -154,6 +154,7 @@ class TritonRuntime:
         self.provider = f"triton-{transport.scheme}"
         self.inputs = tuple(_spec(e) for e in metadata.get("inputs", ()))
         self.outputs = tuple(_spec(e) for e in metadata.get("outputs", ()))
+        self._types = {spec.name: spec.datatype for spec in self.inputs}
         self.breaker = CircuitBreaker(options.breaker_failures, options.breaker_reset_s, clock)
         self._remote_ready = True
         self._health: asyncio.Task[None] | None = None
@@ -234,8 +235,7 @@ class TritonRuntime:
         options = self._options
         budget = options.timeout_s if not timeout_s else min(timeout_s, options.timeout_s)
         deadline = self._clock() + budget
-        types = {spec.name: spec.datatype for spec in self.inputs}
-        tensors = [self._transport.infer_input(name, array, types[name]) for name, array in inputs.items()]
+        tensors = [self._transport.infer_input(name, array, self._types[name]) for name, array in inputs.items()]
         wanted = [self._transport.requested_output(name) for name in outputs]
         attempt = 0
         while True:
