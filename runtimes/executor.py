@@ -60,10 +60,6 @@ class Executor:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"infer-{name}")
         self._calls = InflightCalls()
 
-    def runs_inline(self, elements: int) -> bool:
-        """Whether a call over ``elements`` input elements is cheap enough for the loop."""
-        return self.cost.predict(elements) < self._inline_threshold_s
-
     @property
     def inflight(self) -> int:
         """Calls running (or waiting) in the thread pool."""
@@ -106,10 +102,6 @@ class RemoteExecutor:
         #: A guess that the batcher's compute estimate refines with every observed call.
         self.cost = cost
         self._calls = InflightCalls()
-
-    def runs_inline(self, elements: int) -> bool:
-        """Never: a remote call always awaits the network."""
-        return False
 
     @property
     def inflight(self) -> int:
