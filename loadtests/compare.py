@@ -19,14 +19,10 @@ links the system libpython); another interpreter is used where that one is missi
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +30,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from common import ROOT, Sample, cpu_seconds, free_port, require_wrk, run_wrk, wait_ready, wrk_parser
+from common import (
+    ROOT,
+    Sample,
+    cpu_seconds,
+    free_port,
+    require_wrk,
+    run_wrk,
+    start_group,
+    stop_group,
+    wait_ready,
+    wrk_parser,
+)
 from mlp import mlp
 
 PEERS = {
@@ -175,9 +182,7 @@ def main() -> None:
     results: dict[tuple[str, str, int], tuple[Sample, float]] = {}
     for server in chosen:
         port = free_port()
-        command = ["taskset", "-c", str(args.server_cpu), *servers[server](port)]
-        process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True)  # fmt: skip
+        process = start_group(servers[server](port), args.server_cpu, workdir)
         try:
             for model in bodies:  # Triton is ready before PyTriton has bound the models: ask each
                 wait_ready(f"http://127.0.0.1:{port}/v2/models/{model}/ready", 180, process)
@@ -194,14 +199,7 @@ def main() -> None:
                           f"p50 {sample.p50_ms:7.3f} ms  p99 {sample.p99_ms:7.3f} ms  cpu {cpu:4.0f}%  "
                           f"non-200 {sample.non2xx}", flush=True)  # fmt: skip
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-            time.sleep(1)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # helpers left behind (Triton's stubs)
+            stop_group(process)
     print("\n| model | server | concurrency | req/s | p50 ms | p99 ms | server CPU | non-200 |")
     print("|---|---|---|---|---|---|---|---|")
     for (server, model, connections), (sample, cpu) in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2])):

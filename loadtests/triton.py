@@ -16,14 +16,9 @@ makes ``.peers/pytriton`` (nvidia-pytriton with ONNX Runtime) on first use, as c
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -36,29 +31,12 @@ from common import (
     run_wrk,
     save_samples,
     scorer_body,
+    start_group,
+    stop_group,
     wait_ready,
     wrk_parser,
 )
 from compare import SCORER, ensure_env
-
-
-def start(command: list[str], cpu: int, workdir: Path) -> subprocess.Popen[bytes]:
-    """A server process in its own session (so its helpers can be stopped with it), pinned to ``cpu``."""
-    if cpu >= 0:
-        command = ["taskset", "-c", str(cpu), *command]
-    return subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left (Triton's model stubs)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=30)
-    time.sleep(1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def answer(url: str, body: Path) -> list[float]:
@@ -83,7 +61,7 @@ def main() -> None:
     triton_port, gateway_port = free_port(), free_port()
     python = ensure_env(args.peers_dir, "pytriton")
     peer = ROOT / "loadtests" / "peers" / "pytriton_server.py"
-    triton = start([str(python), str(peer), str(triton_port), f"fraud={SCORER}"], args.server_cpu, workdir)
+    triton = start_group([str(python), str(peer), str(triton_port), f"fraud={SCORER}"], args.server_cpu, workdir)
     repo = workdir / "models"
     (repo / "fraud" / "1").mkdir(parents=True)
     url = f"grpc://127.0.0.1:{triton_port + 1}" if args.grpc else f"http://127.0.0.1:{triton_port}"
@@ -94,7 +72,7 @@ def main() -> None:
     gateway = None
     try:
         wait_ready(f"http://127.0.0.1:{triton_port}/v2/models/fraud/ready", 180, triton)
-        gateway = start(
+        gateway = start_group(
             [sys.executable, "-m", "gateway", "serve", "--repository", str(repo), "--port", str(gateway_port),
              "--log-level", "warning", "--state-dir", str(workdir / "state"), "--log-dir", str(workdir / "log"),
              "--no-predlog"],
@@ -121,8 +99,8 @@ def main() -> None:
                           f"p99 {sample.p99_ms:.3f} ms  non-200 {sample.non2xx}", flush=True)  # fmt: skip
     finally:
         if gateway is not None:
-            stop(gateway)
-        stop(triton)
+            stop_group(gateway)
+        stop_group(triton)
     mode = ("gRPC" if args.grpc else "HTTP") + (", gateway batching" if args.gateway_batching else "")
     print(f"\ntensorgate -> Triton over {mode}; Triton on cpu {args.server_cpu}, wrk on cpu {args.client_cpu}, "
           f"tensorgate on {'any cpu' if gateway_cpu < 0 else f'cpu {gateway_cpu}'}\n")  # fmt: skip
