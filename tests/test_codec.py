@@ -137,7 +137,18 @@ BAD: list[tuple[str, Any, str]] = [
         "unknown input 'q'",
     ),
     ("duplicate input", {"inputs": one("FP32", [1, 2, 3, 4])["inputs"] * 2}, "given twice"),
-    ("unknown datatype", one("FLOAT", [1, 2, 3, 4]), "unknown datatype"),
+    ("unknown datatype", one("FLOAT", [1, 2, 3, 4]), "unknown datatype 'FLOAT'"),
+    (
+        "no datatype",
+        {"inputs": [{"name": "x", "shape": [1, 4], "data": [1, 2, 3, 4]}]},
+        "input 'x' has no datatype",
+    ),
+    ("null datatype", one(None, [1, 2, 3, 4]), "input 'x' has no datatype"),  # type: ignore[arg-type]
+    ("datatype not a string", one(["FP32"], [1, 2, 3, 4]), "'datatype' must be a string"),  # type: ignore[arg-type]
+    ("datatype a number", one(7, [1, 2, 3, 4]), "got a number"),  # type: ignore[arg-type]
+    ("no shape", {"inputs": [{"name": "x", "datatype": "FP32", "data": [1, 2, 3, 4]}]}, "input 'x' has no shape"),
+    ("null dim", one("FP32", [1, 2, 3, 4], [1, None]), "got [1, null]"),  # type: ignore[list-item]
+    ("null dim, wrong rank", one("FP32", [1, 2, 3, 4], [None]), "shape [null] does not match"),  # type: ignore[list-item]
     ("datatype with space", one("FP32 ", [1, 2, 3, 4]), "unknown datatype"),
     ("wrong datatype", one("INT64", [1, 2, 3, 4]), "does not match the model's FP32"),
     ("string numbers", one("FP32", ["1.0", "2", "3", "4"]), "must be numbers"),
@@ -197,6 +208,9 @@ def test_bad_requests_are_400_with_a_clear_message(case: str, doc: Any, message:
     with pytest.raises(BadRequest) as raised:
         decode(doc)
     assert message in raised.value.message
+    # Messages speak JSON and the protocol, never Python: no None, True or type reprs.
+    for python in ("None", "True", "False", "<class"):
+        assert python not in raised.value.message
 
 
 INTEGER_RANGE = [

@@ -6,6 +6,7 @@ before any tensor memory is allocated: shapes, element counts and byte sizes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,19 +65,41 @@ def _flag(parameters: dict[str, Any], key: str, where: str) -> bool:
     return value
 
 
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words (``null``, ``an array``), for error messages."""
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _json_text(value: Any) -> str:
+    """A JSON value as the client wrote it (``[1, null]``, not Python's ``[1, None]``), cut short."""
+    # json, not orjson: the standard library writes integers past 64 bits and spaces like ours.
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def _shape(name: str, value: Any, spec: TensorSpec, max_batch_size: int) -> tuple[list[int], int]:
     """Validate the claimed shape against the spec; return it and its element count."""
+    if value is None:
+        raise BadRequest(f"input {name!r} has no shape")
     if type(value) is not list or len(value) > MAX_RANK:
         raise BadRequest(f"input {name!r}: 'shape' must be a list of at most {MAX_RANK} dimensions")
     expected = spec.shape
     if len(value) != len(expected):
-        raise BadRequest(f"input {name!r}: shape {value} does not match the model's {list(expected)}")
+        raise BadRequest(f"input {name!r}: shape {_json_text(value)} does not match the model's {list(expected)}")
     count = 1
     for dim, want in zip(value, expected, strict=True):
         if type(dim) is not int or dim < 1:
-            raise BadRequest(f"input {name!r}: shape dimensions must be positive integers, got {value!r:.200}")
+            raise BadRequest(f"input {name!r}: shape dimensions must be positive integers, got {_json_text(value)}")
         if want >= 0 and dim != want:
-            raise BadRequest(f"input {name!r}: shape {value} does not match the model's {list(expected)}")
+            raise BadRequest(f"input {name!r}: shape {_json_text(value)} does not match the model's {list(expected)}")
         count *= dim
     if max_batch_size and value and value[0] > max_batch_size:
         raise BadRequest(f"input {name!r}: batch of {value[0]} exceeds the model's max_batch_size {max_batch_size}")
@@ -129,6 +152,13 @@ def decode_request(
         if name in tensors:
             raise BadRequest(f"input {name!r} is given twice")
         datatype = raw.get("datatype")
+        if type(datatype) is not str:
+            # Say what is wrong in the protocol's words, never with a Python value (None, [..]).
+            if datatype is None:
+                raise BadRequest(f"input {name!r} has no datatype")
+            raise BadRequest(
+                f"input {name!r}: 'datatype' must be a string such as \"FP32\", got {_json_kind(datatype)}"
+            )
         if datatype not in DATATYPES:
             raise BadRequest(f"input {name!r}: unknown datatype {datatype!r:.40}")
         if datatype != spec.datatype:
