@@ -31,6 +31,20 @@ class NotFound(GatewayError):
     status = 404
 
 
+def unknown_model(name: str) -> NotFound:
+    """404 for a model this server does not know, in Triton's words.
+
+    Triton's clients and users' scripts test ``message.startswith("Request for unknown model")``
+    (Triton's core, ``ModelRepositoryManager::GetModel``): the wording is part of the contract.
+    """
+    return NotFound(f"Request for unknown model: '{name}' is not found")
+
+
+def unknown_version(name: str, version: int) -> NotFound:
+    """404 for a version of a known model that is not loaded here, in Triton's words."""
+    return NotFound(f"Request for unknown model: '{name}' version {version} is not found")
+
+
 class Conflict(GatewayError):
     """409: an admin action that conflicts with the current state."""
 

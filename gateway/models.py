@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.batching.batcher import Batcher
 from gateway.batching.policy import ComputeTimes, DelayPolicy
-from gateway.errors import NotFound, Unavailable
+from gateway.errors import NotFound, Unavailable, unknown_model, unknown_version
 from gateway.predlog.records import RecordMeta
 from gateway.registry.base import Artifact, Registry
 from gateway.registry.config import ConfigError, ModelConfig
@@ -428,7 +428,7 @@ class ModelManager:
             check_model_name(name)  # registered names are valid: only a miss needs the check
             if not self.started:
                 raise Unavailable(f"model {name!r} is not loaded yet: the server is starting")
-            raise NotFound(f"model {name!r} not found")
+            raise unknown_model(name)
         return model
 
     @staticmethod
@@ -464,7 +464,7 @@ class ModelManager:
         """A loaded version, whatever its state, else a 404."""
         mv = model.versions.get(version)
         if mv is None:
-            raise NotFound(f"version {version} of model {model.name!r} is not loaded")
+            raise unknown_version(model.name, version)
         return mv
 
     def serving(
@@ -488,7 +488,7 @@ class ModelManager:
             role = "pinned"
         mv = model.versions.get(version)
         if mv is None:
-            raise NotFound(f"version {version} of model {name!r} is not loaded")
+            raise unknown_version(name, version)
         if mv.state is not VersionState.READY:
             if mv.state is VersionState.FAILED:
                 raise Unavailable(f"version {mv.version} of model {name!r} failed to load: {mv.error}", 30)

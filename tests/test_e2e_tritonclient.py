@@ -150,9 +150,9 @@ def test_compressed_requests(client: httpclient.InferenceServerClient, algorithm
 
 
 def test_errors_reach_tritonclient_as_messages(client: httpclient.InferenceServerClient) -> None:
-    with pytest.raises(InferenceServerException, match="model 'absent' not found"):
+    with pytest.raises(InferenceServerException, match="Request for unknown model: 'absent' is not found"):
         client.infer("absent", simple_inputs())
-    with pytest.raises(InferenceServerException, match="version 9 of model 'simple' is not loaded"):
+    with pytest.raises(InferenceServerException, match="Request for unknown model: 'simple' version 9 is not found"):
         client.infer("simple", simple_inputs(), model_version="9")
     with pytest.raises(InferenceServerException, match="missing inputs: INPUT1"):
         client.infer("simple", simple_inputs()[:1])
