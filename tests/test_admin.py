@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import subprocess
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -364,3 +366,139 @@ def test_unloading_a_zero_weight_version_drops_it_from_the_route(server: Running
     history = admin(server, "GET", "/admin/models/simple/history").json()["history"]  # type: ignore[index]
     assert route["weights"] == {"3": 100}  # type: ignore[index]
     assert route == history[-1]["after"] and route["seq"] == history[-1]["seq"] == 2  # type: ignore[index]
+
+
+# -- a state directory that cannot be written: saved first, applied only once saved -------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs for the state directory, remounted read-only mid-test (needs root, as CI has)."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)], check=False)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root): the unwritable-state tests need a real disk")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def remount(mountpoint: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True)
+
+
+def fill(mountpoint: Path) -> None:
+    """Fill the disk to the last byte."""
+    with (mountpoint / "ballast").open("wb", buffering=0) as ballast, contextlib.suppress(OSError):
+        while True:
+            ballast.write(b"\0" * 512)
+
+
+def test_an_unwritable_state_dir_is_a_503_and_changes_nothing(repository: Path, tiny_disk: Path) -> None:
+    state = tiny_disk / "state"
+    with serve(repository, state_dir=state, strict_readiness=False) as running:
+        assert admin(running, "PUT", "/admin/models/simple/route", {"weights": {"3": 90, "2": 10}}).status == 200
+        saved = (state / "routes.json").read_bytes()
+        route = admin(running, "GET", "/admin/models/simple/route").body
+        remount(tiny_disk, "ro")
+        try:
+            for method, path, doc in [
+                ("PUT", "/admin/models/simple/route", {"weights": {"1": 100}}),
+                ("POST", "/admin/models/simple/swap", {"version": "1"}),
+                ("POST", "/admin/models/simple/rollback", None),
+                ("POST", "/admin/models/simple/versions/1/unload", None),
+            ]:
+                reply = admin(running, method, path, doc)
+                assert reply.status == 503, (path, reply.body)
+                assert "cannot be written" in reply.json()["error"] and "nothing changed" in reply.json()["error"]  # type: ignore[index]
+                assert str(state) not in reply.body.decode()
+                assert reply.headers["retry-after"]
+                assert admin(running, "GET", "/admin/models/simple/route").body == route
+            # Nothing serves that a restart would not restore: version 1 still answers, the route stands.
+            assert {served_by(request(running.port, "POST", "/v2/models/simple/infer", INPUTS)) for _ in range(60)} == {
+                2,
+                3,
+            }
+            assert served_by(request(running.port, "POST", "/v2/models/simple/versions/1/infer", INPUTS)) == 1
+            history = admin(running, "GET", "/admin/models/simple/history").json()["history"]  # type: ignore[index]
+            assert [e["action"] for e in history] == ["route"]
+        finally:
+            remount(tiny_disk, "rw")
+        # A full disk is the same 503; once there is room again, changes apply.
+        fill(tiny_disk)
+        reply = admin(running, "POST", "/admin/models/simple/swap", {"version": "1"})
+        assert reply.status == 503 and "nothing changed" in reply.json()["error"]  # type: ignore[index]
+        assert admin(running, "GET", "/admin/models/simple/route").body == route
+        assert (state / "routes.json").read_bytes() == saved
+        assert not [p.name for p in state.iterdir() if p.name.startswith(".routes-")]  # no temporary left behind
+        (tiny_disk / "ballast").unlink()
+        assert admin(running, "POST", "/admin/models/simple/swap", {"version": "1"}).status == 200
+        history = admin(running, "GET", "/admin/models/simple/history").json()["history"]  # type: ignore[index]
+        assert [(e["seq"], e["action"]) for e in history] == [(1, "route"), (2, "swap")]
+    with serve(repository, state_dir=state, strict_readiness=False) as running:
+        assert admin(running, "GET", "/admin/models/simple/route").json()["weights"] == {"1": 100}  # type: ignore[index]
+
+
+def test_a_load_that_cannot_be_saved_is_undone(repository: Path, tiny_disk: Path) -> None:
+    state = tiny_disk / "state"
+    with serve(repository, state_dir=state, strict_readiness=False) as running:
+        assert admin(running, "POST", "/admin/models/simple/versions/1/unload").status == 200
+        remount(tiny_disk, "ro")
+        try:
+            reply = admin(running, "POST", "/admin/models/simple/versions/1/load")
+            assert reply.status == 503 and "load of model 'simple' not applied" in reply.json()["error"]  # type: ignore[index]
+            assert request(running.port, "POST", "/v2/models/simple/versions/1/infer", INPUTS).status == 404
+            described = {m["name"]: m for m in admin(running, "GET", "/admin/models").json()["models"]}  # type: ignore[index]
+            assert "1" not in described["simple"]["versions"]
+        finally:
+            remount(tiny_disk, "rw")
+        assert admin(running, "POST", "/admin/models/simple/versions/1/load").status == 200
+        history = admin(running, "GET", "/admin/models/simple/history").json()["history"]  # type: ignore[index]
+        assert [e["action"] for e in history] == ["unload", "load"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        '"routes"',
+        "null",
+        '{"format": 1, "models": []}',
+        '{"format": 99, "models": {}}',
+        '{"models": {"simple": {"route": {"weights": {"1": 100}}}}}x',
+        '{"format": 1}',
+    ],
+)
+def test_a_routes_file_of_the_wrong_shape_is_set_aside(repository: Path, tmp_path: Path, text: str) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "routes.json").write_text(text)
+    with serve(repository, state_dir=state, strict_readiness=False) as running:
+        assert admin(running, "GET", "/admin/models/simple/route").json()["weights"] == {"3": 100}  # type: ignore[index]
+        assert (state / "routes.corrupt").read_text() == text
+        assert admin(running, "POST", "/admin/models/simple/swap", {"version": "2"}).status == 200
+    assert orjson.loads((state / "routes.json").read_bytes())["models"]["simple"]["route"]["weights"] == {"2": 100}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        [1, 2],
+        {"route": [1]},
+        {"route": {"weights": {"1": 100}}, "history": "x"},
+        {"route": {"weights": {"1": 100}}, "history": [{"seq": "1", "before": None, "after": None}]},
+        {"route": {"weights": {"1": 100}}, "history": [{"seq": 1}]},
+    ],
+)
+def test_a_misshapen_model_entry_is_ignored_and_kept_aside(repository: Path, tmp_path: Path, entry: Any) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    good = {"route": {"weights": {"2": 100}, "seq": 4}, "history": []}
+    text = orjson.dumps({"format": 1, "models": {"simple": entry, "broken": good}}).decode()
+    (state / "routes.json").write_text(text)
+    with serve(repository, state_dir=state, strict_readiness=False) as running:
+        assert admin(running, "GET", "/admin/models/simple/route").json()["weights"] == {"3": 100}  # type: ignore[index]
+        assert admin(running, "GET", "/admin/models/broken/route").json()["weights"] == {"2": 100}  # type: ignore[index]
+    assert (state / "routes.corrupt").read_text() == text

@@ -2,8 +2,10 @@
 
 Each model's actions run one at a time (a lock per model), so concurrent admin calls end in
 the state of some serial order of them. Every action is recorded in the model's history
-(sequence number, time, actor, action, reason, route before and after) and saved before the
-call answers; a route change becomes visible to requests in one reference swap.
+(sequence number, time, actor, action, reason, route before and after). A change is saved
+first and applied only once saved: when the state directory cannot be written (disk full,
+read-only) the call answers 503 and nothing changes, so what serves is always what a restart
+restores. A route change becomes visible to requests in one reference swap.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
+from gateway.errors import BadRequest, Conflict, GatewayError, NotFound, Unavailable
 from gateway.metadata import version_status
 from gateway.models import Model, ModelManager, ModelVersion, VersionState
 from gateway.release.shadow import ShadowRunner
@@ -29,6 +31,10 @@ class LoadFailed(GatewayError):
     """502: the registry or the runtime could not produce a READY version."""
 
     status = 502
+
+
+class StoreFailed(Unavailable):
+    """503: the change could not be saved, so it was not applied."""
 
 
 class ReleaseController:
@@ -157,10 +163,17 @@ class ReleaseController:
         """Fetch, load and warm ``version`` up; it gets no traffic. 502 when it fails to load."""
         model = await self._manager.discover(name)
         async with self._lock(name):
+            was_loaded = version in model.versions
             mv = await self._load_ready(model, version)
-            await self._record(
-                model, "load", actor=actor, reason=reason, before=model.route, details={"version": str(version)}
-            )
+            try:
+                await self._record(
+                    model, "load", actor=actor, reason=reason, before=model.route, details={"version": str(version)}
+                )
+            except StoreFailed:
+                # Unsaved, so undone: a restart would not know this version was asked for.
+                if not was_loaded and self._role(model, version) is None:
+                    await self._manager.unload(model, version)
+                raise
             return mv
 
     async def _load_ready(self, model: Model, version: int) -> ModelVersion:
@@ -189,13 +202,16 @@ class ReleaseController:
                 raise Conflict(role)
             route = model.route
             seq = self._next_seq(model)
+            after = route
             if route is not None and version in route.weights:  # weight 0: drop it from the route
                 weights = {v: w for v, w in route.weights.items() if v != version}
-                self._manager.set_route(model, Route(weights, seq, dict(route.shadow), route.sticky_header))
-            await self._manager.unload(model, version)
+                after = Route(weights, seq, dict(route.shadow), route.sticky_header)
+            # Saved before anything changes: a failed save leaves the version loaded and routed.
             await self._record(
-                model, "unload", actor=actor, reason=reason, before=route, details={"version": str(version)}, seq=seq
-            )
+                model, "unload", actor=actor, reason=reason, before=route, after=after,
+                details={"version": str(version)}, seq=seq,
+            )  # fmt: skip
+            await self._manager.unload(model, version)
 
     async def set_route(
         self, name: str, doc: Any, actor: str, reason: str | None, details: dict[str, str] | None = None
@@ -266,8 +282,9 @@ class ReleaseController:
         before = model.route
         seq = self._next_seq(model)
         route = route.with_seq(seq)
-        self._manager.set_route(model, route)
-        await self._record(model, action, actor=actor, reason=reason, before=before, seq=seq, details=details)
+        await self._record(
+            model, action, actor=actor, reason=reason, before=before, after=route, seq=seq, details=details
+        )
         log.info("model %r route %s by %s: %s", model.name, action, actor, route.to_json())
         return route
 
@@ -283,13 +300,17 @@ class ReleaseController:
         actor: str,
         reason: str | None,
         before: Route | None,
+        after: Route | None = None,
         details: dict[str, str] | None = None,
         seq: int | None = None,
     ) -> None:
-        record = self._records.get(model.name)
-        assert model.route is not None
-        if record is None:
-            record = self._records[model.name] = ModelRecord(model.route)
+        """Save the history with a new entry, then make ``after`` (default: unchanged) the route.
+
+        The save and the swap run as one shielded task: a caller that goes away mid-save
+        cannot leave a saved change unapplied (or an applied one unsaved).
+        """
+        after = after if after is not None else model.route
+        assert after is not None
         entry: dict[str, Any] = {
             "seq": seq if seq is not None else self._next_seq(model),
             "time": datetime.datetime.fromtimestamp(self._wall_clock(), datetime.UTC).isoformat(),
@@ -297,20 +318,36 @@ class ReleaseController:
             "action": action,
             "reason": reason,
             "before": before.to_json() if before is not None else None,
-            "after": model.route.to_json(),
+            "after": after.to_json(),
         }
         if details:
             entry.update(details)
-        versions = set(model.route.versions)
+        versions = set(after.versions)
         if details and "version" in details:
             versions.add(int(details["version"]))
         provenance = _provenance(model, versions)
         if provenance:
             entry["provenance"] = provenance
-        record.route = model.route
-        record.history.append(entry)
+        await asyncio.shield(asyncio.ensure_future(self._save_then_apply(model, entry, after)))
+
+    async def _save_then_apply(self, model: Model, entry: dict[str, Any], after: Route) -> None:
         async with self._save_lock:
-            await asyncio.to_thread(self._store.save, dict(self._records))
+            current = self._records.get(model.name)
+            record = ModelRecord(after, [*(current.history if current is not None else ()), entry])
+            try:
+                await asyncio.to_thread(self._store.save, {**self._records, model.name: record})
+            except OSError as exc:
+                log.error(
+                    "model %r: %s not applied, the state could not be saved: %s", model.name, entry["action"], exc
+                )
+                raise StoreFailed(
+                    f"{entry['action']} of model {model.name!r} not applied: the state directory cannot be"
+                    " written (disk full or read-only?); nothing changed",
+                    retry_after_s=5,
+                ) from None
+            self._records[model.name] = record
+            if after is not model.route:
+                self._manager.set_route(model, after)
 
 
 #: What the audit history keeps of each version's provenance (the metadata has all of it).

@@ -47,7 +47,10 @@ class AliasFollower:
     async def _run(self) -> None:
         await self._manager.wait_started()
         while True:
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # any failure (a disk error, a bug) is logged; the next poll tries again
+                log.exception("following registry aliases failed; retrying in %.0f s", self._interval_s)
             await asyncio.sleep(self._interval_s)
 
     async def check(self) -> None:
@@ -66,8 +69,10 @@ class AliasFollower:
                     await self._follow(model, follow, aliases.get(follow))
                 if canary:
                     await self._canary(model, canary, aliases.get(canary))
-            except GatewayError as exc:  # a failed load: the route is untouched, tried at the next move
+            except GatewayError as exc:  # a failed load or save: the route is untouched, tried at the next poll
                 log.error("model %r: following its aliases failed: %s", model.name, exc.message)
+            except Exception:  # one model's failure must not stop the others
+                log.exception("model %r: following its aliases failed", model.name)
 
     def _last_acted(self, model: Model, alias: str) -> int | None:
         """The version this alias last moved to, as the history recorded it (None: never)."""

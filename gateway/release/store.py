@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,19 +56,31 @@ class StateStore:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            aside = self.path.with_suffix(".corrupt")
-            log.error("cannot read %s (%s); moved it to %s and starting without saved routes", self.path, exc, aside)
-            os.replace(self.path, aside)
-            return {}
+            return self._set_aside(exc)
+        # Valid JSON of the wrong shape (hand-edited, another program's file) is as unusable
+        # as a torn one: set aside for a person to look at, never a start-up crash.
+        models = doc.get("models") if isinstance(doc, dict) else None
+        if not isinstance(models, dict) or doc.get("format", FORMAT) != FORMAT:
+            return self._set_aside(f"not a format-{FORMAT} routes document")
         records: dict[str, ModelRecord] = {}
-        for name, entry in (doc.get("models") or {}).items():
+        invalid = False
+        for name, entry in models.items():
             try:
-                route = Route.from_json(entry["route"], int(entry["route"].get("seq", 0)))
-            except (KeyError, TypeError, ValueError, RouteError) as exc:
+                records[name] = _record(entry)
+            except (KeyError, TypeError, ValueError, AttributeError, RouteError) as exc:
                 log.error("saved route of model %r is invalid (%s): ignored", name, exc)
-                continue
-            records[name] = ModelRecord(route, list(entry.get("history") or []))
+                invalid = True
+        if invalid:  # the next save drops the invalid entries: keep a copy of what they were
+            aside = self.path.with_suffix(".corrupt")
+            shutil.copyfile(self.path, aside)
+            log.error("a copy of %s with the invalid entries is kept at %s", self.path, aside)
         return records
+
+    def _set_aside(self, problem: object) -> dict[str, ModelRecord]:
+        aside = self.path.with_suffix(".corrupt")
+        log.error("cannot read %s (%s); moved it to %s and starting without saved routes", self.path, problem, aside)
+        os.replace(self.path, aside)
+        return {}
 
     def save(self, records: Mapping[str, ModelRecord]) -> None:
         """Write every record atomically and durably."""
@@ -94,3 +107,22 @@ class StateStore:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def _record(entry: Any) -> ModelRecord:
+    """One model's saved record; TypeError (or KeyError, ValueError, RouteError) when misshapen."""
+    if not isinstance(entry, dict) or not isinstance(entry["route"], dict):
+        raise TypeError("an entry must be an object with a route object")
+    history = entry.get("history") or []
+    if not isinstance(history, list) or not all(_entry_ok(e) for e in history):
+        raise TypeError("history must be a list of entries with a seq, a before and an after")
+    return ModelRecord(Route.from_json(entry["route"], int(entry["route"].get("seq", 0))), history)
+
+
+def _entry_ok(entry: Any) -> bool:
+    """A history entry the controller can read: an integer seq, and routes (or null) before and after."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("seq"), int)
+        and all(key in entry and isinstance(entry[key], dict | None) for key in ("before", "after"))
+    )
