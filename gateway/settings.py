@@ -24,6 +24,7 @@ class Settings:
     repository: Path = Path("models")
     host: str = "127.0.0.1"
     port: int = 8000
+    admin_port: int = 0
     state_dir: Path = Path(".tensorgate/state")
     log_dir: Path = Path(".tensorgate/predictions")
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -62,6 +63,7 @@ _HELP = {
     "repository": "model repository directory",
     "host": "address to listen on (0.0.0.0 in a container)",
     "port": "port to listen on",
+    "admin_port": "a port of its own for /admin and /v2/repository (0: they answer on port, as inference does)",
     "state_dir": "routes, history and the generated admin token",
     "log_dir": "the prediction log",
     "max_body_bytes": "request body limit in bytes, decompressed",
@@ -170,6 +172,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 def _validate(settings: Settings) -> Settings:
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"port: must be 0-65535, got {settings.port}")
+    if not 0 <= settings.admin_port <= 65535 or (settings.admin_port and settings.admin_port == settings.port):
+        raise ConfigError(f"admin_port: must be 0 (off) or 1-65535 and differ from port, got {settings.admin_port}")
     if settings.max_body_bytes < 1024:
         raise ConfigError(f"max_body_bytes: must be at least 1024, got {settings.max_body_bytes}")
     if settings.log_level not in _LOG_LEVELS:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import random
-import socket
 import tempfile
 import threading
 import time
@@ -18,7 +17,7 @@ from typing import Any
 import orjson
 
 from gateway.api.app import create_app
-from gateway.api.server import GatewayServer, build_server
+from gateway.api.server import GatewayServer, build_server, listen_socket
 from gateway.lifecycle import Lifecycle
 from gateway.models import ModelManager, RuntimeLoader
 from gateway.registry.base import Registry
@@ -34,6 +33,8 @@ class RunningServer:
 
     def __init__(self, port: int, server: GatewayServer, settings: Settings) -> None:
         self.port = port
+        #: Where admin() sends its calls: the admin listener's port when the server has one.
+        self.admin_port = settings.admin_port or port
         self.server = server
         self.settings = settings
         self.host = f"127.0.0.1:{port}"
@@ -70,22 +71,26 @@ def serve(
     on_ready: Callable[[ModelManager], None] | None = None,
     environ: dict[str, str] | None = None,
     rng: random.Random | None = None,
+    admin_listener: bool = False,
     **settings: Any,
 ) -> Iterator[RunningServer]:
     """Serve ``repository`` with the real stack (uvloop, httptools) until the block ends.
 
     State (routes, history, a generated token) goes to a fresh temporary directory unless
     ``state_dir`` is given; the admin token is ``ADMIN_TOKEN`` unless ``environ`` says otherwise.
+    ``admin_listener`` gives the admin API a second ephemeral port (``admin_port``).
     """
     scratch = None
     if "state_dir" not in settings or "log_dir" not in settings:
         scratch = tempfile.TemporaryDirectory(prefix="tensorgate-state-")
         settings.setdefault("state_dir", Path(scratch.name) / "state")
         settings.setdefault("log_dir", Path(scratch.name) / "predictions")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = listen_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
+    sockets = [sock]
+    if admin_listener:
+        sockets.append(listen_socket("127.0.0.1", 0))
+        settings["admin_port"] = sockets[1].getsockname()[1]
     settings.setdefault("log_level", "warning")
     config = Settings(repository=repository, port=port, **settings)
     lifecycle = Lifecycle(config.max_concurrent_requests)
@@ -99,7 +104,7 @@ def serve(
         rng=rng,
     )
     server = build_server(config, app, lifecycle)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
     thread.start()
     running = RunningServer(port, server, config)
     try:
@@ -110,7 +115,8 @@ def serve(
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-        sock.close()
+        for listener in sockets:
+            listener.close()
         if scratch is not None:
             scratch.cleanup()
 
@@ -120,7 +126,7 @@ def admin(
 ) -> Reply:
     """One admin API call with the test token (or ``headers``), ``doc`` as its JSON body."""
     body = b"" if doc is None else orjson.dumps(doc)
-    return request(server.port, method, path, body, AUTH if headers is None else headers)
+    return request(server.admin_port, method, path, body, AUTH if headers is None else headers)
 
 
 def prediction_log(directory: Path) -> list[dict[str, Any]]:

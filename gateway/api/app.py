@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 from gateway.api.admin import AdminEndpoints, admin_mounts
 from gateway.api.dispatch import InferenceDispatcher
 from gateway.api.endpoints import Endpoints
+from gateway.api.ports import AdminPortSplit
 from gateway.api.responses import gateway_error, http_error, internal_error
 from gateway.auth import BearerAuth, provision_token, secret_file
 from gateway.drift.online import DriftMonitor
@@ -231,4 +232,6 @@ def create_app(
         ids=request_ids or RequestIds(),
         access_log=AccessLog() if settings.access_log else None,
     )
+    if settings.admin_port:
+        return AdminPortSplit(dispatcher, settings.admin_port)
     return dispatcher

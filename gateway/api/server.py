@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import sys
 from types import FrameType
 
 import uvicorn
@@ -37,9 +39,23 @@ class GatewayServer(uvicorn.Server):
     shutdown, which flushes the prediction log. A second signal exits at once, with status 1.
     """
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, admin_port: int = 0) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
+        #: With a port of its own, the admin API listens there as well (gateway/api/ports.py).
+        self.admin_port = admin_port
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Listen on the main port, and on the admin port when there is one."""
+        if sockets is None and self.admin_port:
+            host = self.config.host
+            try:
+                sockets = [listen_socket(host, self.config.port), listen_socket(host, self.admin_port)]
+            except OSError as exc:
+                log.error("cannot listen on %s: %s", host, exc)
+                sys.exit(3)  # uvicorn's own status when it cannot bind
+            log.info("listening on http://%s:%d (admin API on port %d)", host, self.config.port, self.admin_port)
+        await super().startup(sockets)
 
     def drain(self) -> None:
         """Begin the graceful drain (what the first signal does)."""
@@ -66,6 +82,19 @@ class GatewayServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port``, as uvicorn binds its own (``SO_REUSEADDR``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def build_server(settings: Settings, app: ASGIApp, lifecycle: Lifecycle) -> GatewayServer:
     """A server for ``app`` with every transport setting applied."""
     config = uvicorn.Config(
@@ -83,4 +112,4 @@ def build_server(settings: Settings, app: ASGIApp, lifecycle: Lifecycle) -> Gate
         proxy_headers=False,
         server_header=False,  # no "server: uvicorn": one header less per response, and less to fingerprint
     )
-    return GatewayServer(config, lifecycle)
+    return GatewayServer(config, lifecycle, settings.admin_port)
