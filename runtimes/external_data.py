@@ -11,22 +11,34 @@ from runtimes.base import RuntimeLoadError
 
 
 def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor of the model: initializers and tensor attributes, subgraphs included."""
+    """Every tensor of the model, wherever ONNX lets one live.
+
+    Initializers (dense and sparse) of the main graph and of every subgraph, and tensor
+    attributes (dense and sparse, e.g. ``Constant``'s ``value`` and ``sparse_value``) of every
+    node: the graphs' nodes and the nodes of the model's local functions (``model.functions``),
+    which ONNX Runtime inlines into the graph before it reads their data.
+    """
     graphs = [model.graph]
-    while graphs:
-        graph = graphs.pop()
-        yield from graph.initializer
-        for sparse in graph.sparse_initializer:
-            yield sparse.values
-            yield sparse.indices
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    yield attr.t
-                yield from attr.tensors
-                if attr.HasField("g"):
-                    graphs.append(attr.g)
-                graphs.extend(attr.graphs)
+    nodes: list[onnx.NodeProto] = [node for function in model.functions for node in function.node]
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            for sparse in graph.sparse_initializer:
+                yield sparse.values
+                yield sparse.indices
+            nodes.extend(graph.node)
+            continue
+        for attr in nodes.pop().attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sparse in (*([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []), *attr.sparse_tensors):
+                yield sparse.values
+                yield sparse.indices
+            if attr.HasField("g"):
+                graphs.append(attr.g)
+            graphs.extend(attr.graphs)
 
 
 def check_external_data(model: onnx.ModelProto, directory: Path) -> None:
