@@ -1,4 +1,9 @@
-"""The admin subcommands of ``tensorgate``: the admin API for pipelines that prefer a CLI to curl."""
+"""The admin subcommands of ``tensorgate``: the admin API for pipelines that prefer a CLI to curl.
+
+Read-only commands (``models``, ``route get``, ``history``) take ``--url`` only; commands that
+change something also take ``--actor`` and ``--reason`` for the audit trail. ``urllib`` is
+imported when a call is made, so ``--help`` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -6,63 +11,110 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+_AUTH_NOTE = "The admin token comes from TENSORGATE_ADMIN_TOKEN (e.g. $(cat .tensorgate/state/admin-token))."
+
+_EXAMPLES = {
+    "models": "tensorgate models\n  tensorgate models --url http://gateway:8000",
+    "load": 'tensorgate load fraud 3 --reason "candidate for the next release"',
+    "unload": 'tensorgate unload fraud 1 --reason "retired"',
+    "route": "tensorgate route get fraud\n  tensorgate route set fraud 2=90 3=10 --sticky-header x-user-id",
+    "route get": "tensorgate route get fraud",
+    "route set": 'tensorgate route set fraud 2=90 3=10 --sticky-header x-user-id --reason "10% canary"\n'
+    "  tensorgate route set fraud 2=80 3=20            # keeps x-user-id and any shadows\n"
+    "  tensorgate route set fraud 2=100 --shadow 3=1.0  # mirror every request to 3\n"
+    "  tensorgate route set fraud 2=100 --no-shadow --no-sticky",
+    "swap": 'tensorgate swap fraud 3 --reason "promote"',
+    "rollback": "tensorgate rollback fraud\n  tensorgate rollback fraud --to 4",
+    "history": "tensorgate history fraud",
+}
+
+_ROUTE_SET = """\
+Replaces the model's weights (PUT /admin/models/{m}/route). What the command line does not
+mention is kept: the current sticky header and shadows stay unless --no-sticky / --no-shadow
+(or --sticky-header / --shadow give new ones); a kept shadow that now takes traffic is dropped.
+What changed, and what was kept, is printed on stderr; the new route as JSON on stdout.
+"""
 
 
 class AdminError(Exception):
     """The server refused the call, or could not be reached; the message says which."""
 
 
+def _epilog(name: str) -> str:
+    return f"example:\n  {_EXAMPLES[name]}\n\n{_AUTH_NOTE}"
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``models``, ``load``, ``unload``, ``route``, ``swap``, ``rollback`` and ``history``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("TENSORGATE_URL", DEFAULT_URL),
-                        help=f"the gateway (env TENSORGATE_URL, default {DEFAULT_URL})")  # fmt: skip
-    common.add_argument("--actor", help="who acts, for the audit trail (default: $USER)")
-    common.add_argument("--reason", help="why, for the audit trail")
-    common.set_defaults(run=None)
+    url = argparse.ArgumentParser(add_help=False)
+    url.add_argument("--url", default=os.environ.get("TENSORGATE_URL", DEFAULT_URL),
+                     help=f"the gateway (env TENSORGATE_URL, default {DEFAULT_URL})")  # fmt: skip
+    url.set_defaults(run=None, actor=None, reason=None)
+    audit = argparse.ArgumentParser(add_help=False, parents=[url])
+    audit.add_argument("--actor", help="who acts, for the audit trail (default: $USER)")
+    audit.add_argument("--reason", help="why, for the audit trail")
+    text = argparse.RawDescriptionHelpFormatter
 
-    commands.add_parser("models", parents=[common], help="list models, versions and routes").set_defaults(run=_models)
+    def command(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, changes: bool, help_text: str, **kw: Any
+    ) -> argparse.ArgumentParser:
+        full = name if parent is commands else f"route {name}"
+        return parent.add_parser(
+            name, parents=[audit if changes else url], help=help_text, epilog=_epilog(full), formatter_class=text, **kw
+        )
+
+    command(commands, "models", False, "list models, versions and routes").set_defaults(run=_models)
     for verb in ("load", "unload"):
-        command = commands.add_parser(verb, parents=[common], help=f"{verb} a model version")
-        command.add_argument("model")
-        command.add_argument("version")
-        command.set_defaults(run=_load if verb == "load" else _unload)
-    route = commands.add_parser("route", parents=[common], help="show or set a model's route")
-    actions = route.add_subparsers(dest="route_action", required=True)
-    get = actions.add_parser("get", parents=[common], help="show the route")
-    get.add_argument("model")
+        sub = command(commands, verb, True, f"{verb} a model version")
+        sub.add_argument("model", metavar="MODEL", help="the model, e.g. fraud")
+        sub.add_argument("version", metavar="VERSION", help="the version, e.g. 3")
+        sub.set_defaults(run=_load if verb == "load" else _unload)
+    route = commands.add_parser(
+        "route", help="show or set a model's route", epilog=_epilog("route"), formatter_class=text
+    )
+    actions = route.add_subparsers(dest="route_action", required=True, metavar="ACTION")
+    get = command(actions, "get", False, "show the route")
+    get.add_argument("model", metavar="MODEL", help="the model, e.g. fraud")
     get.set_defaults(run=_route_get)
-    put = actions.add_parser("set", parents=[common], help="replace the route: VERSION=WEIGHT ...")
-    put.add_argument("model")
-    put.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
-    put.add_argument("--shadow", action="append", default=[], metavar="VERSION=FRACTION")
-    put.add_argument("--sticky-header", dest="sticky_header")
+    put = command(actions, "set", True, "set the weights: VERSION=WEIGHT ...", description=_ROUTE_SET)
+    put.add_argument("model", metavar="MODEL", help="the model, e.g. fraud")
+    put.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT", help="integer weights summing to 100")
+    shadow = put.add_mutually_exclusive_group()
+    shadow.add_argument("--shadow", action="append", metavar="VERSION=FRACTION",
+                        help="mirror a fraction (0, 1] of requests to VERSION; replaces current shadows")  # fmt: skip
+    shadow.add_argument("--no-shadow", action="store_true", help="clear the shadows")
+    sticky = put.add_mutually_exclusive_group()
+    sticky.add_argument("--sticky-header", dest="sticky_header", metavar="HEADER",
+                        help="requests with this header stick to one version, e.g. x-user-id")  # fmt: skip
+    sticky.add_argument("--no-sticky", action="store_true", help="clear the sticky header")
     put.set_defaults(run=_route_set)
-    swap = commands.add_parser("swap", parents=[common], help="move 100%% of the traffic to a version")
-    swap.add_argument("model")
-    swap.add_argument("version")
+    swap = command(commands, "swap", True, "move 100%% of the traffic to a version (loading it if needed)")
+    swap.add_argument("model", metavar="MODEL", help="the model, e.g. fraud")
+    swap.add_argument("version", metavar="VERSION", help="the version that takes all the traffic")
     swap.set_defaults(run=_swap)
-    rollback = commands.add_parser("rollback", parents=[common], help="restore the route before the last change")
-    rollback.add_argument("model")
-    rollback.add_argument("--to", type=int, help="restore the route in force after change SEQ")
+    rollback = command(commands, "rollback", True, "restore the route before the last change")
+    rollback.add_argument("model", metavar="MODEL", help="the model, e.g. fraud")
+    rollback.add_argument("--to", type=int, metavar="SEQ", help="restore the route in force after change SEQ")
     rollback.set_defaults(run=_rollback)
-    history = commands.add_parser("history", parents=[common], help="the audit trail of a model")
-    history.add_argument("model")
+    history = command(commands, "history", False, "the audit trail of a model")
+    history.add_argument("model", metavar="MODEL", help="the model, e.g. fraud")
     history.set_defaults(run=_history)
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    import urllib.error
+    import urllib.request
+
     token = os.environ.get("TENSORGATE_ADMIN_TOKEN", "").strip()
     if not token:
         raise AdminError("set TENSORGATE_ADMIN_TOKEN to the gateway's admin token")
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     actor = args.actor or os.environ.get("USER")
-    if actor:
+    if actor and method != "GET":
         headers["x-actor"] = actor
     data = None
     if method != "GET":
@@ -83,6 +135,8 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
         raise AdminError(f"{exc.code}: {message}") from None
     except urllib.error.URLError as exc:
         raise AdminError(f"cannot reach {args.url}: {exc.reason}") from None
+    except (OSError, ValueError) as exc:  # a reset connection, a bad --url
+        raise AdminError(f"cannot call {args.url}: {exc}") from None
 
 
 def _pairs(items: list[str], cast: type, what: str) -> dict[str, Any]:
@@ -114,13 +168,60 @@ def _route_get(args: argparse.Namespace) -> Any:
     return _call(args, "GET", f"/admin/models/{args.model}/route")
 
 
+def _current_route(args: argparse.Namespace) -> dict[str, Any]:
+    """The model's route now ({} when it has none yet: nothing to keep)."""
+    try:
+        route = _call(args, "GET", f"/admin/models/{args.model}/route")
+    except AdminError as exc:
+        if str(exc).startswith("409:"):
+            return {}
+        raise
+    return route if isinstance(route, dict) else {}
+
+
+def _fmt(pairs: dict[str, Any]) -> str:
+    return " ".join(f"{v}={w}" for v, w in sorted(pairs.items(), key=lambda p: int(p[0]) if p[0].isdigit() else 0))
+
+
 def _route_set(args: argparse.Namespace) -> Any:
-    body: dict[str, Any] = {"weights": _pairs(args.weights, int, "weight")}
+    """PUT replaces the route, so the CLI sends what it keeps explicitly, and says so."""
+    weights = _pairs(args.weights, int, "weight")
+    current = _current_route(args)
+    said: list[str] = []
+    if current.get("weights"):
+        said.append(f"weights: {_fmt(current['weights'])} -> {_fmt(weights)}")
+    body: dict[str, Any] = {"weights": weights}
+    old_shadow: dict[str, Any] = dict(current.get("shadow") or {})
     if args.shadow:
         body["shadow"] = _pairs(args.shadow, float, "fraction")
+        said.append(f"shadow: {_fmt(old_shadow) or 'none'} -> {_fmt(body['shadow'])}")
+    elif args.no_shadow:
+        body["shadow"] = {}
+        if old_shadow:
+            said.append(f"shadow: {_fmt(old_shadow)} -> none (--no-shadow)")
+    elif old_shadow:
+        # A version cannot both take traffic and shadow it: one now weighted stops shadowing.
+        kept = {v: f for v, f in old_shadow.items() if weights.get(v, 0) == 0}
+        body["shadow"] = kept
+        for version in sorted(old_shadow.keys() - kept.keys()):
+            said.append(f"shadow: {version} dropped: it now takes traffic")
+        if kept:
+            said.append(f"shadow: {_fmt(kept)} kept (--no-shadow clears it)")
+    old_sticky = current.get("sticky_header")
     if args.sticky_header:
         body["sticky_header"] = args.sticky_header
-    return _call(args, "PUT", f"/admin/models/{args.model}/route", body)
+        if args.sticky_header != old_sticky:
+            said.append(f"sticky header: {old_sticky or 'none'} -> {args.sticky_header}")
+    elif args.no_sticky:
+        if old_sticky:
+            said.append(f"sticky header: {old_sticky} -> none (--no-sticky)")
+    elif old_sticky:
+        body["sticky_header"] = old_sticky
+        said.append(f"sticky header: {old_sticky} kept (--no-sticky clears it)")
+    result = _call(args, "PUT", f"/admin/models/{args.model}/route", body)
+    for line in said:
+        print(f"tensorgate: route of {args.model}: {line}", file=sys.stderr)
+    return result
 
 
 def _swap(args: argparse.Namespace) -> Any:

@@ -1,36 +1,68 @@
-"""The ``tensorgate`` command line."""
+"""The ``tensorgate`` command line.
+
+Start-up time matters here: pipelines call the admin commands in loops, and ``--help`` must
+answer at once. This module and the parsers import nothing heavy (no numpy, scipy, ONNX or
+the server); each command imports what it uses when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
+from typing import NoReturn
 
 from gateway import __version__
 from gateway.admin_cli import add_commands, run
+from gateway.config_error import ConfigError
 from gateway.drift.cli import add_command as add_drift
 from gateway.drift.cli import run as run_drift
-from gateway.lifecycle import Lifecycle
-from gateway.registry.config import ConfigError
-from gateway.settings import load_settings, setting_help, setting_types
-from gateway.telemetry.logs import configure_logging
+from gateway.settings import Settings, load_settings, setting_help, setting_types
+
+#: Exit status of a usage or configuration error (argparse's, and the drift command's).
+EXIT_USAGE = 2
+
+_SERVE_EXAMPLES = """\
+examples:
+  tensorgate serve --repository examples/models
+  tensorgate serve --config tensorgate.toml --host 0.0.0.0 --port 8000
+  TENSORGATE_ADMIN_TOKEN=$(cat /run/secrets/token) tensorgate serve --repository /models --no-strict-readiness
+
+A configuration error (a bad value, an unreadable --config, a short admin token, a missing or
+empty repository without --allow-empty) exits 2 with one line on stderr before serving.
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line (the full usage of ``serve`` is 40 lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``tensorgate CMD: error: ... (see --help)`` and exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tensorgate", description="Model serving gateway (Open Inference Protocol).")
+    parser = Parser(
+        prog="tensorgate",
+        description="Model serving gateway (Open Inference Protocol).",
+        epilog="examples:\n  tensorgate serve --repository examples/models\n  tensorgate route get fraud\n"
+        "  tensorgate drift --model fraud --reference baseline.jsonl\n\nSee tensorgate COMMAND --help.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"tensorgate {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands: argparse._SubParsersAction[argparse.ArgumentParser]
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")  # type: ignore[assignment]
     serve = commands.add_parser(
         "serve",
         help="serve the models of a repository over HTTP",
         description="Every setting is also a tensorgate.toml key and a TENSORGATE_<NAME> variable; "
         "flags win over the environment, which wins over the file (docs/configuration.md).",
+        epilog=_SERVE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--config", type=Path, help="a tensorgate.toml (env TENSORGATE_CONFIG)")
+    serve.add_argument("--config", type=Path, metavar="FILE", help="a tensorgate.toml (env TENSORGATE_CONFIG)")
     types = setting_types()
     for name, text in setting_help().items():
         flag = "--" + name.replace("_", "-")
@@ -46,21 +78,70 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_startup(settings: Settings, environ: dict[str, str] | None = None) -> None:
+    """What would make the server fail once started, found before it starts: a ConfigError.
+
+    The admin token is provisioned here (generated into the state directory if none is
+    configured) so a short token or an unwritable state directory is one line, not a traceback
+    from the server's lifespan. The repository must exist and hold a model, unless
+    ``allow_empty``: a server that says ready with nothing to serve hides a wrong path.
+    """
+    from gateway.auth import TokenError, provision_token
+
+    if settings.registry_kind == "local" and not settings.allow_empty:
+        _check_repository(settings.repository)
+    try:
+        provision_token(dict(os.environ) if environ is None else environ, settings.admin_token_file, settings.state_dir)
+    except TokenError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"state_dir: cannot write {settings.state_dir}: {exc.strerror or exc}") from None
+
+
+def _check_repository(path: Path) -> None:
+    from gateway.registry.local import LocalRegistry
+
+    hint = "(--allow-empty to start without models)"
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a directory"
+        raise ConfigError(f"repository {path.absolute()} {what} {hint}")
+    registry = LocalRegistry(path)
+    if not any(registry.versions(name) for name in registry.models()):
+        raise ConfigError(f"repository {path.absolute()} holds no model (no <model>/<version>/model.onnx) {hint}")
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM or SIGINT, then drain (docs/operations.md)."""
     try:
         settings = load_settings(args.config, overrides={k: getattr(args, k) for k in setting_types()})
     except ConfigError as exc:
         print(f"tensorgate: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    from gateway.telemetry.logs import configure_logging
+
+    # Before the checks: a token generated there is logged (its path) in the configured format.
     configure_logging(settings.log_level, settings.log_format)
+    try:
+        check_startup(settings)
+    except ConfigError as exc:
+        print(f"tensorgate: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run_server(settings)
+
+
+def _run_server(settings: Settings) -> int:
     # Imported here: the admin subcommands need none of the server (nor ONNX Runtime).
+    import logging
+    import signal
+    from types import FrameType
+
     from gateway.api.app import create_app
     from gateway.api.server import build_server
+    from gateway.lifecycle import Lifecycle
 
     log = logging.getLogger(__name__)
     log.info("tensorgate %s serving %s on http://%s:%d", __version__, settings.repository, settings.host, settings.port)
-    lifecycle = Lifecycle(settings.max_concurrent_requests)
+    lifecycle = Lifecycle(settings.max_concurrent_requests, settings.max_inflight_body_bytes)
     server = build_server(settings, create_app(settings, lifecycle=lifecycle), lifecycle)
 
     # uvicorn re-raises the signal it drained on to the handler that was there before it; ours

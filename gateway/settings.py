@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-from gateway.registry.config import ConfigError
+from gateway.config_error import ConfigError
 from gateway.registry.names import is_model_name
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -32,6 +32,7 @@ class Settings:
     log_format: str = "json"
     access_log: bool = False
     strict_readiness: bool = True
+    allow_empty: bool = False
     graceful_timeout_s: float = 30.0
     max_concurrent_requests: int = 1024
     max_connections: int = 4096
@@ -70,7 +71,9 @@ _HELP = {
     "log_level": "critical, error, warning, info or debug",
     "log_format": "server logs as json (one object per line) or text",
     "access_log": "log every inference request (JSON: id, model, version, role, status, latency)",
-    "strict_readiness": "ready only when every routed version is READY (else: when any model can serve)",
+    "strict_readiness": "ready only when every routed version is READY (else: when every routed version of "
+    "at least one model is)",
+    "allow_empty": "start even when the repository is missing or holds no model (for registries filled later)",
     "graceful_timeout_s": "on SIGTERM, how long in-flight and queued requests may take",
     "max_concurrent_requests": "inference requests in flight at once; more get 503 at once",
     "max_connections": "open connections; more are closed at once",

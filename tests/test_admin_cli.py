@@ -32,8 +32,10 @@ def tensorgate(server: RunningServer, *args: str, token: str | None = ADMIN_TOKE
     env = {k: v for k, v in os.environ.items() if k != "TENSORGATE_ADMIN_TOKEN"}
     if token is not None:
         env["TENSORGATE_ADMIN_TOKEN"] = token
+    # Read-only commands take no --actor (nor --reason): nothing of theirs is audited.
+    changes = args[0] not in ("models", "history") and args[:2] != ("route", "get")
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", *args, "--url", server.url, "--actor", "pipeline"],
+        [sys.executable, "-m", "gateway", *args, "--url", server.url, *(["--actor", "pipeline"] if changes else [])],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None, done.stderr

@@ -173,7 +173,7 @@ def test_errors_exit_2_with_a_clear_message(shifted: tuple[Path, Path], tmp_path
     assert done.returncode == 2 and "out of range" in done.stderr
     (tmp_path / "bad.npy").write_bytes(b"nonsense")
     done = drift("--log-dir", str(log), "--model", "m", "--reference", str(tmp_path / "bad.npy"))
-    assert done.returncode == 2 and "cannot read the reference" in done.stderr
+    assert done.returncode == 2 and "could not be parsed" in done.stderr
 
 
 # -- the statistics and the reader ---------------------------------------------------------------

@@ -138,40 +138,81 @@ def read_reference(path: Path) -> Columns:
     name = path.name.lower()
     try:
         if name.endswith((".jsonl", ".jsonl.gz", ".json")):
-            inputs, outputs = _Collector(), _Collector()
-            records = 0
-            for line in _lines(path):
-                if not line.strip():
-                    continue
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                inputs.add(record.get("inputs") or {})
-                outputs.add(record.get("outputs") or {})
-                records += 1
-            return Columns(inputs.arrays(), outputs.arrays(), records)
+            return _read_jsonl(path)
         if name.endswith(".npy"):
             array = np.load(path, allow_pickle=False)
             rows = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(-1, 1)
             return Columns({"": rows.astype(np.float64)}, {}, len(rows))
         if name.endswith(".csv"):
             return Columns({"": _read_csv(path)}, {}, 0)
+    except DriftDataError:
+        raise
     except OSError as exc:
-        raise DriftDataError(f"cannot read the reference {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise DriftDataError(f"cannot read the reference {path}: {exc}") from None
+        raise DriftDataError(f"cannot read the reference {path}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise DriftDataError(f"the reference {path} could not be parsed: {exc}") from None
     raise DriftDataError(f"reference {path.name}: expected .jsonl, .csv or .npy")
+
+
+def _read_jsonl(path: Path) -> Columns:
+    """A JSONL reference; a line that is not a record is an error naming its number.
+
+    Unlike the log reader, nothing is skipped silently: a reference that does not parse
+    would otherwise compare a fraction of itself. Only a torn last line (no newline after it,
+    as a copy of a log being written can end) is left out.
+    """
+    inputs, outputs = _Collector(), _Collector()
+    records = 0
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    lines = data.splitlines()
+    torn_last = not data.endswith(b"\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("inputs"), dict):
+                raise ValueError("not an object with an 'inputs' object")
+            tensors = [record["inputs"], record.get("outputs") or {}]
+            if not all(isinstance(t, dict) for tensor in tensors for t in tensor.values()):
+                raise ValueError("a tensor is not an object")
+            inputs.add(record["inputs"])
+            outputs.add(record.get("outputs") or {})
+        except (ValueError, TypeError, AttributeError, IndexError) as exc:
+            if number == len(lines) and torn_last:
+                break
+            reason = "not valid JSON" if isinstance(exc, orjson.JSONDecodeError) else str(exc)
+            raise DriftDataError(f"the reference {path} could not be parsed: line {number}: {reason}") from None
+        records += 1
+    if records == 0:
+        raise DriftDataError(f"the reference {path} holds no records")
+    return Columns(inputs.arrays(), outputs.arrays(), records)
 
 
 def _read_csv(path: Path) -> np.ndarray:
     rows = list(csv.reader(io.StringIO(path.read_text("utf-8"))))
+    first = 0
     if rows and rows[0] and not _is_number(rows[0][0]):
-        rows = rows[1:]  # a header
-    rows = [r for r in rows if r]
-    if not rows:
-        raise ValueError("no rows")
-    return np.array(rows, dtype=np.float64)
+        first = 1  # a header
+    parsed: list[list[float]] = []
+    for number, row in enumerate(rows[first:], first + 1):
+        if not row:
+            continue
+        try:
+            values = [float(cell) for cell in row]
+        except ValueError:
+            raise DriftDataError(f"the reference {path} could not be parsed: line {number}: not numbers") from None
+        if parsed and len(values) != len(parsed[0]):
+            raise DriftDataError(
+                f"the reference {path} could not be parsed: line {number}: {len(values)} columns, "
+                f"line {first + 1} has {len(parsed[0])}"
+            )
+        parsed.append(values)
+    if not parsed:
+        raise DriftDataError(f"the reference {path} holds no rows")
+    return np.array(parsed, dtype=np.float64)
 
 
 def _is_number(text: str) -> bool:

@@ -27,6 +27,8 @@ class DriftReport:
     inputs: list[FeatureDrift] = field(default_factory=list)
     outputs: list[FeatureDrift] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Reasons to distrust the figures (too few rows); shown first in every form of the report.
+    warnings: list[str] = field(default_factory=list)
     #: feature -> (reference values, current values), for the page's histograms.
     samples: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
@@ -49,6 +51,7 @@ class DriftReport:
             "inputs": [f.to_json() for f in self.inputs],
             "outputs": [f.to_json() for f in self.outputs],
             "notes": self.notes,
+            "warnings": self.warnings,
         }
 
     def table(self) -> str:
@@ -72,6 +75,7 @@ class DriftReport:
                     f"{f.reference_std:>9.4g} {f.current_std:>9.4g}{mark}"
                 )
         lines += self.notes
+        lines += [f"WARNING: {w}" for w in self.warnings]
         verdict = (
             f"{len(self.drifted)} feature(s) over PSI {self.threshold}: {', '.join(self.drifted)}"
             if self.drifted
@@ -101,7 +105,8 @@ class DriftReport:
         )
         title = f"Drift: {self.model}" + (f" version {self.version}" if self.version else "")
         window = f"{self.since or 'start of the log'} to {self.until or 'end of the log'}"
-        notes = "".join(f"<p>{html.escape(n)}</p>" for n in self.notes)
+        notes = "".join(f'<p class="warning"><strong>Warning:</strong> {html.escape(w)}</p>' for w in self.warnings)
+        notes += "".join(f"<p>{html.escape(n)}</p>" for n in self.notes)
         return _PAGE.format(
             title=html.escape(title), verdict=verdict, window=html.escape(window),
             records=f"{self.current_records:,}", reference=html.escape(self.reference),
@@ -147,6 +152,7 @@ _PAGE = """<!doctype html>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #1f2933; }}
 .good {{ color: #2f855a; }} .bad {{ color: #c53030; }}
+.warning {{ background: #fffbea; border-left: 4px solid #d69e2e; padding: 4px 8px; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
 td, th {{ border-bottom: 1px solid #e4e7eb; padding: 4px 10px; text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; }}

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+# Defined apart so that settings and the CLI catch it without importing the runtimes (fast --help).
+from gateway.config_error import ConfigError as ConfigError
 from gateway.registry.names import is_model_name
 from runtimes.onnxrt import GRAPH_OPTIMIZATION, OnnxOptions
 from runtimes.triton import TritonOptions
@@ -15,10 +17,6 @@ from runtimes.triton import TritonOptions
 CONFIG_FILE = "config.toml"
 _CUDA_DEVICE = re.compile(r"cuda:[0-9]{1,2}")
 _TRITON_URL = re.compile(r"(http|grpc)://[A-Za-z0-9._\-\[\]:]+(:[0-9]{1,5})?/?")
-
-
-class ConfigError(ValueError):
-    """A configuration file is unreadable or holds an unknown key or a bad value."""
 
 
 @dataclass(frozen=True, slots=True)
