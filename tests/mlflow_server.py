@@ -13,8 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pytest
 
+from tests.required import server_unavailable
 from tests.triton_server import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ class MlflowServer:
     def start(self) -> None:
         """Start the server and wait for its health check; skips the test if it cannot start."""
         if not (MLFLOW_BIN / "mlflow").exists():
-            pytest.skip("no MLflow server: .venv-mlflow is missing (run scripts/setup-mlflow)")
+            server_unavailable("no MLflow server: .venv-mlflow is missing (run scripts/setup-mlflow)")
         with (self.workdir / "mlflow.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [str(MLFLOW_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
@@ -53,7 +53,7 @@ class MlflowServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 tail = (self.workdir / "mlflow.log").read_text(errors="replace")[-2000:]
-                pytest.skip(f"the MLflow server could not start: {tail}")
+                server_unavailable(f"the MLflow server could not start: {tail}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
                     if response.status == 200:
@@ -62,7 +62,7 @@ class MlflowServer:
                 pass
             time.sleep(0.2)
         self.stop()
-        pytest.skip("the MLflow server did not become healthy within 90 s")
+        server_unavailable("the MLflow server did not become healthy within 90 s")
 
     def log_models(self) -> None:
         """Train and register the test models (tests/mlflow/log_models.py, in .venv-mlflow)."""

@@ -19,6 +19,7 @@ import pytest
 
 from tests.mlflow_server import MlflowServer, scorer_weights
 from tests.rawhttp import Reply, request
+from tests.required import import_or_unavailable
 from tests.server import RunningServer, admin, prediction_log, serve, wait_for
 
 JSON = {"Content-Type": "application/json"}
@@ -26,7 +27,7 @@ NAMES = "fraud=fraud-scorer,pickled=pickled,escape=escape"
 FOLLOW = '[mlflow]\nfollow = "champion"\ncanary_alias = "challenger"\ncanary_weight = 20\n'
 ROW = np.linspace(-1.0, 1.0, 16, dtype=np.float32)
 
-mlflow = pytest.importorskip("mlflow", reason="the mlflow extra (mlflow-skinny) is not installed")
+mlflow = import_or_unavailable("mlflow", "the mlflow extra (mlflow-skinny) is not installed")
 
 
 def expected_score(version: int) -> float:

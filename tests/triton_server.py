@@ -13,7 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pytest
+
+from tests.required import server_unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
@@ -69,7 +70,7 @@ class TritonServer:
     def start(self) -> None:
         """Start Triton and wait until every model is ready; skips the test if it cannot start."""
         if not TRITON_PYTHON.exists():
-            pytest.skip("no Triton server: .venv-triton is missing (run scripts/setup-triton)")
+            server_unavailable("no Triton server: .venv-triton is missing (run scripts/setup-triton)")
         ports = [str(p) for p in (self.http_port, self.grpc_port, self.metrics_port)]
         script = [str(EXPLICIT_SCRIPT), str(self.workdir)] if self.explicit else [str(MODELS_SCRIPT)]
         with self.log_file.open("ab") as log:
@@ -84,12 +85,12 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 tail = self.log_file.read_text(errors="replace")[-2000:]
-                pytest.skip(f"the Triton server could not start (exit {self.process.returncode}): {tail}")
+                server_unavailable(f"the Triton server could not start (exit {self.process.returncode}): {tail}")
             if self.live() if self.explicit else all(self.model_ready(m) for m in MODELS):
                 return
             time.sleep(0.25)
         self.stop()
-        pytest.skip(f"the Triton server did not become ready within {START_TIMEOUT_S:g} s")
+        server_unavailable(f"the Triton server did not become ready within {START_TIMEOUT_S:g} s")
 
     def model_ready(self, model: str) -> bool:
         """Whether Triton says ``model`` is ready (asked directly)."""
