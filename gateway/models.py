@@ -53,6 +53,12 @@ def _failure_reason(exc: Exception) -> str:
     return "config"
 
 
+def no_servable_version(model: Model) -> str:
+    """A client's 503 message for a model without a route; the reason (a config error) stays in /admin."""
+    why = "its configuration is invalid (reason in /admin/models)" if model.config_error else "not loaded"
+    return f"model {model.name!r} has no servable version: {why}"
+
+
 class VersionState(enum.StrEnum):
     """The lifecycle of a loaded version, as the admin API reports it."""
 
@@ -480,7 +486,7 @@ class ModelManager:
         route = model.route
         if version is None:
             if route is None:
-                raise Unavailable(f"model {name!r} has no servable version: {model.config_error or 'not loaded'}")
+                raise Unavailable(no_servable_version(model))
             value = header(route.sticky_header) if route.sticky_header and header is not None else None
             version = route.draw(self._rng.random) if value is None else route.pick(sticky_bucket(value))
             role = "primary" if version == route.primary else "canary"
@@ -490,7 +496,9 @@ class ModelManager:
         if mv is None:
             raise unknown_version(name, version)
         if mv.state is not VersionState.READY:
-            if mv.state is VersionState.FAILED:
-                raise Unavailable(f"version {mv.version} of model {name!r} failed to load: {mv.error}", 30)
+            if mv.state is VersionState.FAILED:  # why is for operators (GET /admin/models), not clients
+                raise Unavailable(
+                    f"version {mv.version} of model {name!r} failed to load (reason in /admin/models)", 30
+                )
             raise Unavailable(f"version {mv.version} of model {name!r} is {mv.state.value.lower()}")
         return mv, role, route

@@ -19,7 +19,7 @@ from gateway.errors import BadRequest, Unavailable
 from gateway.exchange import Exchange
 from gateway.inference import InferenceService
 from gateway.lifecycle import Lifecycle
-from gateway.models import Model, ModelManager, ModelVersion, VersionState
+from gateway.models import Model, ModelManager, ModelVersion, VersionState, no_servable_version
 from gateway.protocol.codec import MAX_ID_LENGTH
 from gateway.registry.names import parse_version
 
@@ -82,7 +82,7 @@ class Endpoints:
         if text is not None:
             return model, manager.version(model, parse_version(text))
         if model.route is None:
-            raise Unavailable(f"model {model.name!r} has no servable version: {model.config_error or 'not loaded'}")
+            raise Unavailable(no_servable_version(model))
         return model, manager.version(model, model.route.primary)
 
     async def model_metadata(self, request: Request) -> Response:
