@@ -10,8 +10,17 @@ from runtimes.base import TensorSpec
 from runtimes.datatypes import TRITON_CONFIG_TYPES
 
 SERVER_NAME = "tensorgate"
-#: The protocol extensions this server implements.
-EXTENSIONS = ("binary_tensor_data", "statistics")
+#: The protocol extensions this server implements, named and ordered as Triton lists them:
+#: the repository extension (behind the admin token), priority and timeout request parameters
+#: (``schedule_policy``), model configuration, binary tensors, request parameters, statistics.
+EXTENSIONS = (
+    "model_repository",
+    "schedule_policy",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+)
 
 
 def server_metadata() -> dict[str, Any]:
@@ -23,13 +32,23 @@ def _tensor(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
 
 
-def version_status(mv: ModelVersion) -> dict[str, Any]:
-    """A loaded version's ``state``, and its ``provider``, ``sha256`` and ``error`` where known."""
+def public_status(mv: ModelVersion) -> dict[str, Any]:
+    """What anyone may know of a version: its ``state``, and its ``provider`` and ``sha256`` once known.
+
+    Nothing here says where the model came from or why it failed: provenance (run parameters,
+    users, source URIs, git commits) and error texts are for operators, under ``/admin``.
+    """
     status: dict[str, Any] = {"state": mv.state.value}
     if mv.provider is not None:
         status["provider"] = mv.provider
     if mv.artifact is not None and mv.artifact.sha256 is not None:
         status["sha256"] = mv.artifact.sha256
+    return status
+
+
+def version_status(mv: ModelVersion) -> dict[str, Any]:
+    """A loaded version as ``GET /admin/models`` shows it: its public status, provenance, remote and error."""
+    status = public_status(mv)
     if mv.provenance:
         status["provenance"] = dict(mv.provenance)
     remote = mv.remote
@@ -42,9 +61,9 @@ def version_status(mv: ModelVersion) -> dict[str, Any]:
 
 
 def model_metadata(model: Model, mv: ModelVersion) -> dict[str, Any]:
-    """``GET /v2/models/{m}[/versions/{v}]``: V2 fields, plus ours under ``parameters``."""
+    """``GET /v2/models/{m}[/versions/{v}]``: V2 fields, plus the public status under ``parameters``."""
     ready = sorted(v for v, m in model.versions.items() if m.state is VersionState.READY)
-    parameters: dict[str, Any] = {"version": str(mv.version), **version_status(mv)}
+    parameters: dict[str, Any] = {"version": str(mv.version), **public_status(mv)}
     return {
         "name": model.name,
         "versions": [str(v) for v in ready],

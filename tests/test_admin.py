@@ -227,6 +227,25 @@ def test_a_model_with_a_bad_config_does_not_load(server: RunningServer) -> None:
     assert "misconfigured/config.toml: colour: unknown key" in reply.json()["error"]  # type: ignore[index]
     described = {m["name"]: m for m in admin(server, "GET", "/admin/models").json()["models"]}  # type: ignore[index]
     assert described["misconfigured"]["versions"] == {} and "colour" in described["misconfigured"]["error"]
+    # Clients learn that it cannot serve, not why: config texts (paths, keys) are for /admin.
+    for method, path, body in [
+        ("GET", "/v2/models/misconfigured", b""),
+        ("POST", "/v2/models/misconfigured/infer", INPUTS),
+    ]:
+        reply = request(server.port, method, path, body)
+        assert reply.status == 503 and "configuration is invalid" in reply.json()["error"]  # type: ignore[index]
+        assert "colour" not in reply.body.decode() and "config.toml" not in reply.body.decode()
+
+
+def test_public_metadata_shows_no_errors_or_provenance(server: RunningServer) -> None:
+    for path in ("/v2/models/broken/versions/2", "/v2/models/simple"):
+        parameters = request(server.port, "GET", path).json()["parameters"]  # type: ignore[index]
+        assert set(parameters) <= {"version", "state", "provider", "sha256"}, parameters
+    reply = request(server.port, "POST", "/v2/models/broken/infer", INPUTS)
+    assert reply.status == 503 and "failed to load (reason in /admin/models)" in reply.json()["error"]  # type: ignore[index]
+    assert "ONNX" not in reply.body.decode()
+    described = {m["name"]: m for m in admin(server, "GET", "/admin/models").json()["models"]}  # type: ignore[index]
+    assert "not a readable ONNX model" in described["broken"]["versions"]["2"]["error"]
 
 
 # -- lifecycle -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from gateway.registry.config import ModelConfig
 from gateway.registry.local import LocalRegistry
 from tests.onnx_models import add_sub, identity, write_model
 from tests.rawhttp import read_reply, request
-from tests.server import RunningServer, serve
+from tests.server import RunningServer, admin, serve
 
 LIMIT = 1024 * 1024
 GOOD = orjson.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
@@ -481,12 +481,15 @@ def test_readiness_is_503_until_models_load(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert meta.json()["parameters"]["state"] == "FAILED"  # type: ignore[index]
-        assert "not a readable ONNX model" in meta.json()["parameters"]["error"]  # type: ignore[index]
+        assert "error" not in meta.json()["parameters"]  # type: ignore[index]  # load errors are for /admin
+        described = admin(running, "GET", "/admin/models").json()["models"][0]  # type: ignore[index]
+        assert "not a readable ONNX model" in described["versions"]["1"]["error"]
         assert request(running.port, "GET", "/v2/health/live").status == 200
         ready = request(running.port, "GET", "/v2/health/ready")
         assert ready.status == 503 and ready.headers["retry-after"] == "1"
         reply = request(running.port, "POST", "/v2/models/broken/infer", GOOD)
         assert reply.status == 503 and "failed to load" in reply.json()["error"]  # type: ignore[index]
+        assert "ONNX" not in reply.json()["error"]  # type: ignore[index]
         assert "retry-after" in reply.headers
 
 

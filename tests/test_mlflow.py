@@ -98,15 +98,17 @@ def test_the_champion_serves_with_its_provenance(gateway: RunningServer, mlflow_
     assert reply.status == 200 and reply.headers["x-model-version"] == "1"
     assert reply.json()["outputs"][0]["data"][0] == pytest.approx(expected_score(1), rel=1e-5)  # type: ignore[index]
     run_id = mlflow_server.runs["fraud-scorer"]["1"]
-    provenance = request(gateway.port, "GET", "/v2/models/fraud").json()["parameters"]["provenance"]  # type: ignore[index]
+    # Provenance is for operators: under /admin, never in the public V2 metadata.
+    public = request(gateway.port, "GET", "/v2/models/fraud").json()["parameters"]  # type: ignore[index]
+    assert set(public) == {"version", "state", "provider", "sha256"}
+    described = {m["name"]: m for m in admin(gateway, "GET", "/admin/models").json()["models"]}  # type: ignore[index]
+    provenance = described["fraud"]["versions"]["1"]["provenance"]
     assert provenance["run_id"] == run_id and provenance["registered_model"] == "fraud-scorer"
     assert provenance["git_commit"] == "c0ffee" + "1".rjust(34, "0")
     assert provenance["params"] == {"learning_rate": "0.1"} and provenance["metrics"] == {"auc": 0.91}
     assert provenance["datasets"][0]["name"] == "transactions-2026-11" and provenance["datasets"][0]["digest"]
     assert provenance["source"].startswith("models:/") and provenance["aliases"] == ["champion"]
-    models = {m["name"]: m for m in admin(gateway, "GET", "/admin/models").json()["models"]}  # type: ignore[index]
-    assert models["fraud"]["versions"]["1"]["provenance"]["run_id"] == run_id
-    assert models["fraud"]["available"] == ["1", "2", "3"]
+    assert described["fraud"]["available"] == ["1", "2", "3"]
     # Every prediction-log record names the run that produced the model.
     wait_until(lambda: any(r["model"] == "fraud" for r in prediction_log(gateway.settings.log_dir)))
     records = [r for r in prediction_log(gateway.settings.log_dir) if r["model"] == "fraud"]

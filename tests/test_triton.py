@@ -102,8 +102,10 @@ def test_metadata_is_read_from_the_remote_server(gateway: RunningServer) -> None
     assert doc["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 16]}]  # type: ignore[index]
     assert doc["outputs"] == [{"name": "score", "datatype": "FP32", "shape": [-1, 1]}]  # type: ignore[index]
     parameters = doc["parameters"]  # type: ignore[index]
-    assert parameters["provider"] == "triton-http" and parameters["circuit"] == "closed"
-    assert parameters["remote_ready"] is True and "sha256" not in parameters
+    assert parameters == {"version": "2", "state": "READY", "provider": "triton-http"}  # public: nothing more
+    described = {m["name"]: m for m in admin(gateway, "GET", "/admin/models").json()["models"]}  # type: ignore[index]
+    remote = described["scorer"]["versions"]["2"]
+    assert remote["circuit"] == "closed" and remote["remote_ready"] is True and "sha256" not in remote
     grpc = request(gateway.port, "GET", "/v2/models/scorer_grpc").json()
     assert grpc["parameters"]["provider"] == "triton-grpc"  # type: ignore[index]
     assert grpc["inputs"] == doc["inputs"]  # type: ignore[index]
@@ -315,8 +317,8 @@ def test_remote_killed_502s_then_the_breaker_then_recovery(tmp_path: Path) -> No
                     break
                 time.sleep(0.2)
             assert statuses[-1] == 200 and set(statuses) <= {200, 502, 503}
-            doc = request(gateway.port, "GET", "/v2/models/scorer").json()
-            assert doc["parameters"]["circuit"] == "closed"  # type: ignore[index]
+            described = {m["name"]: m for m in admin(gateway, "GET", "/admin/models").json()["models"]}  # type: ignore[index]
+            assert described["scorer"]["versions"]["1"]["circuit"] == "closed"
             wait_for(gateway.url + "/v2/models/scorer/ready", timeout_s=10)
     finally:
         triton.stop()
