@@ -16,7 +16,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.auth import sync_directory
+
 log = logging.getLogger(__name__)
+
+
+class WriteError(OSError):
+    """A write that failed part-way: ``written`` bytes of the data (whole lines) are in the file."""
+
+    def __init__(self, cause: OSError, written: int) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.written = written
 
 
 class LogFile:
@@ -43,21 +53,35 @@ class LogFile:
         self._count = 0
 
     def write(self, data: bytes) -> None:
-        """Append ``data`` (complete lines); OSError when the sink fails (the file is then dropped)."""
+        """Append ``data`` (complete lines); OSError when the sink fails (the file is then dropped).
+
+        A failure after part of the data reached the file (a disk filling up mid-write) raises
+        :class:`WriteError` with how many bytes of whole lines are in the file: the caller counts
+        those lines as written, neither dropped nor written again. A torn line at the end is cut
+        off (``ftruncate``), so the file holds whole lines only.
+        """
         now = self._clock()
         if self._fd is not None and (self._size >= self._rotate_bytes or now - self._opened >= self._rotate_s):
             self.rotate()
         if self._fd is None:
             self._open(now)
-        assert self._fd is not None
+        fd = self._fd
+        assert fd is not None
+        done = 0
         try:
             view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-        except OSError:
+            while done < len(data):
+                done += os.write(fd, view[done:])
+        except OSError as exc:
+            whole = data.rfind(b"\n", 0, done) + 1  # lines never hold a raw newline (JSON escapes it)
+            if whole < done:
+                try:
+                    os.ftruncate(fd, self._size + whole)
+                except OSError:
+                    log.warning("could not cut a torn line off %s: readers will skip it", self._path)
+            self._size += whole
             self._abandon()
-            raise
+            raise WriteError(exc, whole) from exc
         self._size += len(data)
 
     def _open(self, now: float) -> None:
@@ -69,11 +93,18 @@ class LogFile:
         self._path, self._opened, self._size = path, now, 0
 
     def _abandon(self) -> None:
-        """After a failed write: close what is open; the next write starts a new file."""
+        """After a failed write: close what is open; the next write starts a new file.
+
+        A file left empty is removed: a writer retrying on a full disk (``block``) would
+        otherwise leave one empty file per try.
+        """
         if self._fd is not None:
             with contextlib.suppress(OSError):  # the sink failed already; nothing more to learn
                 os.close(self._fd)
             self._fd = None
+            if self._size == 0 and self._path is not None:
+                with contextlib.suppress(OSError):
+                    self._path.unlink()
 
     def rotate(self) -> None:
         """Close the current file (synced), compressing it when configured."""
@@ -105,11 +136,31 @@ class LogFile:
 
 
 def _gzip(path: Path) -> None:
+    """Replace ``path`` by ``path.gz``, durably, with the plain file's permissions.
+
+    The compressed data goes to a hidden temporary name (no reader's ``*.jsonl*`` matches it),
+    is synced, renamed into place and the directory synced, and only then is the plain file
+    removed: a crash or a full disk at any point leaves every record in at least one file.
+    """
     target = path.with_name(path.name + ".gz")
+    partial = path.with_name("." + path.name.removesuffix(".jsonl") + ".compressing")
+    renamed = False
     try:
-        with path.open("rb") as source, gzip.open(target, "wb", compresslevel=1) as sink:
-            shutil.copyfileobj(source, sink, 1 << 20)
+        mode = os.stat(path).st_mode & 0o777
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as raw:
+            os.fchmod(raw.fileno(), mode)  # not the umask's default: the log holds inputs
+            with path.open("rb") as source, gzip.GzipFile(path.name, "wb", 1, raw) as sink:
+                shutil.copyfileobj(source, sink, 1 << 20)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.rename(partial, target)
+        renamed = True
+        sync_directory(path.parent)  # the .gz is durable under its name before the original goes
         path.unlink()
-    except OSError as exc:  # the uncompressed file stays: nothing is lost
+        sync_directory(path.parent)
+    except OSError as exc:  # the uncompressed file stays: nothing is lost, nothing is doubled
         log.warning("could not compress %s: %s", path.name, exc)
-        target.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+        if renamed and path.exists():
+            target.unlink(missing_ok=True)

@@ -10,16 +10,24 @@ per batch. When the queue is full or the sink fails, the policy decides:
   error is logged at most once per ``error_interval_s`` per reason; writing resumes by itself
   once the sink recovers.
 - ``block``: a request reserves its record's place in the queue before it runs, waiting while
-  the queue is full; the writer retries a failed write until it succeeds (or the drain's time
-  is up). Nothing is dropped for lack of room; the sink's speed becomes the server's.
+  the queue is full (at most ``reserve_timeout_s``, then 503); the writer retries a failed
+  write until it succeeds (or the drain's time is up). Nothing is dropped for lack of room;
+  the sink's speed becomes the server's.
 
-Accounting is exact: for each model, records written + records dropped = records offered.
+The queue is bounded twice: by records (``queue_size``) and by the bytes of their arrays
+(``queue_bytes``), which the queue keeps alive until they are written.
+
+Accounting is exact: for each model, records written + records dropped = records offered. A
+write cut short by a full disk counts the lines that reached the file as written (and never
+writes them again); only the rest is dropped or retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import errno
+import itertools
 import logging
 import random
 import threading
@@ -28,6 +36,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
+from gateway.errors import Unavailable
 from gateway.predlog.files import LogFile
 from gateway.predlog.records import Entry, RecordEncoder
 
@@ -36,9 +47,32 @@ log = logging.getLogger(__name__)
 _BATCH = 1024  # records per write, at most
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+#: What a queued record costs beyond its arrays (the entry, its strings): counted so that
+#: records without arrays (failed requests) still count against the byte budget.
+_ENTRY_OVERHEAD = 512
 
 #: Called by the writer thread with each entry it takes (the online drift monitor).
 Observer = Callable[[Entry], None]
+
+
+def entry_bytes(entry: Entry) -> int:
+    """The memory a queued record keeps alive: its input and output arrays, and an overhead."""
+    size = _ENTRY_OVERHEAD
+    inputs, outputs = entry[6], entry[8]
+    if inputs is not None:
+        for array in inputs.values():
+            size += _array_bytes(array)
+    if outputs is not None:
+        for _, array in outputs:
+            size += _array_bytes(array)
+    return size
+
+
+def _array_bytes(array: np.ndarray) -> int:
+    if array.dtype.kind != "O":
+        return int(array.nbytes)
+    # BYTES tensors hold pointers to Python objects: their lengths are the memory.
+    return int(array.nbytes) + sum(len(e) for e in array.flat if isinstance(e, bytes | str))
 
 
 def failure_reason(exc: OSError) -> str:
@@ -59,6 +93,8 @@ class PredictionLog:
         *,
         hash_key: bytes,
         queue_size: int = 65536,
+        queue_bytes: int = 256 * 1024 * 1024,
+        reserve_timeout_s: float = 10.0,
         policy: str = "drop",
         rotate_bytes: int = 64 * 1024 * 1024,
         rotate_s: float = 3600.0,
@@ -72,6 +108,8 @@ class PredictionLog:
         self.directory = directory
         self.blocking = policy == "block"
         self._capacity = queue_size
+        self._byte_capacity = queue_bytes
+        self._reserve_timeout_s = reserve_timeout_s
         self._rotate = (rotate_bytes, rotate_s, compress)
         self._flush_interval_s = flush_interval_s
         self._error_interval_s = error_interval_s
@@ -79,7 +117,12 @@ class PredictionLog:
         self._clock = clock
         self._observers = list(observers)
         self._encoder = RecordEncoder(hash_key)
-        self._queue: deque[Entry] = deque()
+        self._queue: deque[tuple[Entry, int]] = deque()  # (entry, entry_bytes(entry))
+        # Bytes queued = in - out; each counter has one writer thread (in: the loop, out: the
+        # writer), so neither needs a lock. "out" counts a batch once it is written, not taken:
+        # its arrays stay in memory until then.
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._reserved = 0
         self._written: dict[str, int] = {}
         self._dropped: dict[tuple[str, str], int] = {}
@@ -96,6 +139,7 @@ class PredictionLog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._room: asyncio.Event | None = None
         self._waiting = 0
+        self._reserve_timeouts = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -123,7 +167,9 @@ class PredictionLog:
             await asyncio.to_thread(thread.join, 5.0)
         left = len(self._queue)
         while self._queue:
-            self._drop(self._queue.popleft(), "shutdown")
+            entry, size = self._queue.popleft()
+            self._bytes_out += size
+            self._drop(entry, "shutdown")
         if left:
             log.error("prediction log: %d records could not be written before shutdown", left)
 
@@ -134,7 +180,9 @@ class PredictionLog:
 
         ``reserved``: the record fills a place taken with :meth:`reserve` (``block`` policy).
         Records offered without one (shadow copies, bounded by their own limit) are queued
-        beyond the capacity under ``block``, and dropped past it under ``drop``.
+        beyond the capacity under ``block``, and dropped past it under ``drop``. The capacity
+        is ``queue_size`` records and ``queue_bytes`` bytes; one record larger than the whole
+        byte budget is still taken when nothing else is queued (else it could never be logged).
         """
         if reserved and self._reserved > 0:
             self._reserved -= 1
@@ -142,23 +190,47 @@ class PredictionLog:
         if sample < 1.0 and self._rng.random() >= sample:
             self._drop(entry, "sampled")
             return
-        if not self.blocking and len(self._queue) >= self._capacity:
-            self._drop(entry, "queue_full")
-            self._report("queue_full", "the queue is full (the sink is slower than the traffic)")
-            return
-        self._queue.append(entry)
+        size = entry_bytes(entry)
+        if not self.blocking:
+            queued = self.queue_bytes()
+            if len(self._queue) >= self._capacity or (queued and queued + size > self._byte_capacity):
+                self._drop(entry, "queue_full")
+                self._report("queue_full", "the queue is full (the sink is slower than the traffic)")
+                return
+        self._bytes_in += size
+        self._queue.append((entry, size))
 
     async def reserve(self) -> None:
-        """``block`` policy: wait until the queue has room for one more record, and hold it."""
-        assert self._room is not None
-        while len(self._queue) + self._reserved >= self._capacity:
-            self._room.clear()
-            self._waiting += 1
-            try:
-                await self._room.wait()
-            finally:
-                self._waiting -= 1
+        """``block`` policy: wait until the queue has room for one more record, and hold it.
+
+        Raises :class:`Unavailable` (503) when no room came within ``reserve_timeout_s``: a
+        stalled disk then answers clients instead of holding them until their own timeouts.
+        """
+        if self._has_room():
+            self._reserved += 1
+            return
+        room = self._room
+        assert room is not None
+        self._waiting += 1  # before the last check: the writer wakes us for any room made after it
+        try:
+            async with asyncio.timeout(self._reserve_timeout_s):
+                while not self._has_room():
+                    room.clear()
+                    if self._has_room():
+                        break
+                    await room.wait()
+        except TimeoutError:
+            with self._counts_lock:
+                self._reserve_timeouts += 1
+            raise Unavailable("the prediction log has no room (its disk is full or slow); retry later") from None
+        finally:
+            self._waiting -= 1
         self._reserved += 1
+
+    def _has_room(self) -> bool:
+        # Bytes are checked as a request starts, before its record exists: the budget can be
+        # passed by the records of the requests already running (at most max_concurrent_requests).
+        return len(self._queue) + self._reserved < self._capacity and self.queue_bytes() < self._byte_capacity
 
     def release(self) -> None:
         """``block`` policy: give back a reservation that will not be used."""
@@ -182,6 +254,14 @@ class PredictionLog:
         """Records waiting to be written."""
         return len(self._queue)
 
+    def queue_bytes(self) -> int:
+        """Bytes of the records waiting to be written (and of the batch being written)."""
+        return self._bytes_in - self._bytes_out
+
+    def reserve_timeouts(self) -> int:
+        """``block`` policy: requests answered 503 because no room came in time."""
+        return self._reserve_timeouts
+
     # -- the writer thread -------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -196,7 +276,11 @@ class PredictionLog:
                 while pending > 0 and not self._abort:
                     take = min(pending, _BATCH)
                     pending -= take
-                    self._write([self._queue.popleft() for _ in range(take)])
+                    batch = [self._queue.popleft() for _ in range(take)]
+                    try:
+                        self._write([entry for entry, _ in batch])
+                    finally:
+                        self._bytes_out += sum(size for _, size in batch)
                     self._notify_room()
                     time.sleep(0)  # let the event loop run: encoding holds the GIL
         finally:
@@ -231,14 +315,20 @@ class PredictionLog:
                     self.directory / key[0] / key[1], rotate_bytes=rotate_bytes, rotate_s=rotate_s,
                     compress=compress, clock=self._clock,
                 )  # fmt: skip
-            self._write_group(file, key[0], b"".join(lines), entries)
+            self._write_group(file, key[0], lines, entries)
 
-    def _write_group(self, file: LogFile, model: str, data: bytes, entries: list[Entry]) -> None:
+    def _write_group(self, file: LogFile, model: str, lines: list[bytes], entries: list[Entry]) -> None:
         backoff = 0.05
         while True:
             try:
-                file.write(data)
+                file.write(b"".join(lines))
             except OSError as exc:
+                # The lines that reached the file before the failure are written: count them,
+                # and never write them again (a retry would duplicate them).
+                done = bisect.bisect_right(list(itertools.accumulate(map(len, lines))), getattr(exc, "written", 0))
+                if done:
+                    self._count_written(model, done)
+                    lines, entries = lines[done:], entries[done:]
                 reason = failure_reason(exc)
                 self._report(reason, f"{exc.strerror or exc} under {self.directory}")
                 if self.blocking and not self._abort:
@@ -248,9 +338,12 @@ class PredictionLog:
                 for entry in entries:
                     self._drop(entry, reason if not self._abort else "shutdown")
                 return
-            with self._counts_lock:
-                self._written[model] = self._written.get(model, 0) + len(entries)
+            self._count_written(model, len(entries))
             return
+
+    def _count_written(self, model: str, count: int) -> None:
+        with self._counts_lock:
+            self._written[model] = self._written.get(model, 0) + count
 
     # -- helpers -----------------------------------------------------------------------------
 

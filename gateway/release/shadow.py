@@ -3,7 +3,8 @@
 A shadow never touches the primary's answer, status or latency: the copy is queued only once
 the primary's response has been sent, and runs as a task of its own under its own timeout;
 copies of one turn of the event loop share one runtime call; when ``max_inflight`` copies are
-already queued or running, the copy is dropped and counted rather than queued. The shadow's
+already queued or running, or their inputs and the primary's answers they hold reach
+``max_inflight_bytes``, the copy is dropped and counted rather than queued. The shadow's
 outputs are compared with the primary's, in bulk every few hundred pairs (numpy's per-call cost would
 otherwise dominate a small model's shadow):
 
@@ -105,11 +106,20 @@ def compare(stats: ShadowStats, primary: np.ndarray, shadow: np.ndarray) -> None
 class ShadowRunner:
     """Runs shadow copies after the primary has answered, bounded and with a timeout."""
 
-    def __init__(self, *, timeout_s: float, max_inflight: int, predlog: PredictionLog | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        max_inflight: int,
+        max_inflight_bytes: int = 256 * 1024 * 1024,
+        predlog: PredictionLog | None = None,
+    ) -> None:
         self.predlog = predlog
         self._timeout_s = timeout_s
         self._max_inflight = max_inflight
+        self._max_inflight_bytes = max_inflight_bytes
         self._inflight = 0
+        self._inflight_bytes = 0
         self._pending: dict[tuple[Any, ...], _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats: dict[tuple[str, int], ShadowStats] = {}
@@ -161,11 +171,20 @@ class ShadowRunner:
                     stats.failed += 1
                     self._inflight -= 1
                     continue
+            # What the copy keeps alive until it is done: counted per copy even where copies of
+            # one request share arrays (an over-estimate, never an under-estimate).
+            size = sum(a.nbytes for a in feed.values()) + sum(a.nbytes for a in answers)
+            if self._inflight_bytes and self._inflight_bytes + size > self._max_inflight_bytes:
+                stats.dropped += 1
+                self._inflight -= 1
+                continue
+            self._inflight_bytes += size
             key = (id(mv), tuple([a.shape[1:] for a in feed.values()]), tuple(outputs))
             pending = self._pending.get(key)
             if pending is None:
                 pending = self._pending[key] = _Pending(mv, stats, list(outputs))
                 asyncio.get_running_loop().call_soon(self._flush, key)
+            pending.sizes.append(size)
             pending.inputs.append(feed)
             pending.answers.append(answers)
             pending.origins.append(origin)
@@ -205,6 +224,7 @@ class ShadowRunner:
             return
         finally:
             self._inflight -= copies
+            self._inflight_bytes -= sum(pending.sizes)
         stats.completed += copies
         self._log(pending, list(zip(wanted, results, strict=True)), 200, time.perf_counter() - started)
         by_name = dict(zip(wanted, results, strict=True))
@@ -233,6 +253,10 @@ class ShadowRunner:
                  status, seconds, mv.record_meta)
             )  # fmt: skip
 
+    def inflight_bytes(self) -> int:
+        """Bytes held by the shadow copies queued or running."""
+        return self._inflight_bytes
+
     async def close(self) -> None:
         """Cancel the shadow calls still running and wait for them."""
         for task in list(self._tasks):
@@ -251,10 +275,12 @@ class _Pending:
     answers: list[Sequence[np.ndarray]] = field(default_factory=list)
     #: (request id, route seq) of each copy's primary request, for the prediction log.
     origins: list[tuple[str, int]] = field(default_factory=list)
+    #: The bytes each copy was admitted with (given back when the group is done).
+    sizes: list[int] = field(default_factory=list)
 
     def split(self) -> list[_Pending]:
         """One group per copy (for models without a batch dimension)."""
         return [
-            _Pending(self.mv, self.stats, self.outputs, [inputs], [answers], [origin])
-            for inputs, answers, origin in zip(self.inputs, self.answers, self.origins, strict=True)
+            _Pending(self.mv, self.stats, self.outputs, [inputs], [answers], [origin], [size])
+            for inputs, answers, origin, size in zip(self.inputs, self.answers, self.origins, self.sizes, strict=True)
         ]

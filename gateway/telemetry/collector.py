@@ -35,12 +35,28 @@ class PredictionLogStats(Protocol):
         """Records waiting to be written."""
         ...
 
+    def queue_bytes(self) -> int:
+        """Bytes of the records waiting to be written."""
+        ...
+
+    def reserve_timeouts(self) -> int:
+        """``block`` policy: requests answered 503 because the log had no room in time."""
+        ...
+
 
 class DriftScores(Protocol):
     """What the online drift monitor reports to the collector."""
 
     def psi(self) -> dict[tuple[str, str, str], float]:
         """The latest PSI per (model, version, feature)."""
+        ...
+
+    def errors(self) -> dict[tuple[str, str], int]:
+        """Failures per (model, stage): ``reference``, ``check``, ``webhook``."""
+        ...
+
+    def references(self) -> dict[str, bool]:
+        """Per model naming a reference: whether it is loaded and watched."""
         ...
 
 
@@ -78,6 +94,25 @@ class GatewayCollector(Collector):
         for labels, value in (self._drift.psi() if self._drift else {}).items():
             drift.add_metric(list(labels), value)
         yield drift
+        yield from self._drift_health()
+
+    def _drift_health(self) -> Iterator[Metric]:
+        errors = CounterMetricFamily(
+            "tensorgate_drift_errors_total",
+            "Online drift failures by stage: reference (unreadable or malformed), check, webhook",
+            labels=["model", "stage"],
+        )
+        loaded = GaugeMetricFamily(
+            "tensorgate_drift_reference_loaded",
+            "1 while a model's drift reference is loaded and watched, 0 while it is unusable (retried on change)",
+            labels=["model"],
+        )
+        if self._drift is not None:
+            for (model, stage), count in sorted(self._drift.errors().items()):
+                errors.add_metric([model, stage], count)
+            for model, ok in sorted(self._drift.references().items()):
+                loaded.add_metric([model], 1 if ok else 0)
+        yield from (errors, loaded)
 
     def _request_families(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -120,6 +155,11 @@ class GatewayCollector(Collector):
         weight = GaugeMetricFamily("tensorgate_route_weight", "Percent of routed traffic", labels=version_labels)
         failures = CounterMetricFamily(
             "tensorgate_model_load_failures_total", "Version loads that failed", labels=["model", "reason"]
+        )
+        warmups = CounterMetricFamily(
+            "tensorgate_model_warmup_failures_total",
+            "Warm-ups on synthetic data that failed (the version serves anyway)",
+            labels=version_labels,
         )
         circuit = GaugeMetricFamily(
             "tensorgate_remote_circuit_open", "1 while the circuit to a remote server is open", labels=version_labels
@@ -164,7 +204,10 @@ class GatewayCollector(Collector):
                         weight.add_metric([model.name, str(number)], percent)
             for (name, reason), count in sorted(manager.load_failures.items()):
                 failures.add_metric([name, reason], count)
-        yield from (queue, compute, batch, depth, state, weight, failures, circuit, opens, retries, remote_ready)
+            for (name, version), count in sorted(manager.warmup_failures.items()):
+                warmups.add_metric([name, version], count)
+        yield from (queue, compute, batch, depth, state, weight, failures, warmups)
+        yield from (circuit, opens, retries, remote_ready)
 
     def _shadow_families(self) -> Iterator[Metric]:
         labels = ["model", "version"]
@@ -178,6 +221,10 @@ class GatewayCollector(Collector):
         outcomes = CounterMetricFamily(
             "tensorgate_shadow_requests_total", "Shadow copies by outcome", labels=[*labels, "outcome"]
         )
+        held = GaugeMetricFamily(
+            "tensorgate_shadow_inflight_bytes", "Bytes of inputs and answers held by shadow copies in flight"
+        )
+        held.add_metric([], self._shadows.inflight_bytes() if self._shadows is not None else 0)
         if self._shadows is not None:
             for (model, version), stats in sorted(self._shadows.stats.items()):
                 view = stats.to_json()
@@ -187,7 +234,7 @@ class GatewayCollector(Collector):
                 dropped.add_metric(key, stats.dropped)
                 for outcome in ("completed", "failed", "timed_out", "dropped"):
                     outcomes.add_metric([*key, outcome], view[outcome])
-        yield from (agreement, dropped, outcomes)
+        yield from (agreement, dropped, outcomes, held)
 
     def _predlog_families(self) -> Iterator[Metric]:
         records = CounterMetricFamily(
@@ -197,6 +244,13 @@ class GatewayCollector(Collector):
             "tensorgate_predlog_dropped_total", "Prediction-log records dropped", labels=["model", "reason"]
         )
         depth = GaugeMetricFamily("tensorgate_predlog_queue_depth", "Prediction-log records waiting to be written")
+        queued_bytes = GaugeMetricFamily(
+            "tensorgate_predlog_queue_bytes", "Bytes of the prediction-log records waiting to be written"
+        )
+        timeouts = CounterMetricFamily(
+            "tensorgate_predlog_block_timeouts_total",
+            "Requests answered 503 because the prediction log (policy block) had no room in time",
+        )
         log = self._predlog
         if log is not None:
             for model, count in sorted(log.records().items()):
@@ -204,4 +258,6 @@ class GatewayCollector(Collector):
             for (model, reason), count in sorted(log.dropped().items()):
                 dropped.add_metric([model, reason], count)
         depth.add_metric([], log.queue_depth() if log is not None else 0)
-        yield from (records, dropped, depth)
+        queued_bytes.add_metric([], log.queue_bytes() if log is not None else 0)
+        timeouts.add_metric([], log.reserve_timeouts() if log is not None else 0)
+        yield from (records, dropped, depth, queued_bytes, timeouts)
