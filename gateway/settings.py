@@ -43,10 +43,13 @@ class Settings:
     max_headers: int = 100
     shadow_timeout_s: float = 5.0
     shadow_max_inflight: int = 1024
+    shadow_max_inflight_bytes: int = 256 * 1024 * 1024
     admin_token_file: Path | None = None
     predlog: bool = True
     predlog_policy: str = "drop"
     predlog_queue_size: int = 65536
+    predlog_queue_bytes: int = 256 * 1024 * 1024
+    predlog_block_timeout_s: float = 10.0
     predlog_rotate_bytes: int = 64 * 1024 * 1024
     predlog_rotate_s: float = 3600.0
     predlog_compress: bool = False
@@ -84,10 +87,14 @@ _HELP = {
     "max_headers": "requests with more header fields get 431",
     "shadow_timeout_s": "a shadow copy taking longer is abandoned and counted",
     "shadow_max_inflight": "shadow copies in flight at once (all models); more are dropped",
+    "shadow_max_inflight_bytes": "bytes of the inputs and answers shadow copies in flight hold (all models); "
+    "more are dropped",
     "admin_token_file": "a file holding the admin bearer token",
     "predlog": "log every prediction with its input under log_dir (docs/prediction-log.md)",
     "predlog_policy": "when the log cannot keep up or its disk fails: drop (count and go on) or block",
     "predlog_queue_size": "records waiting to be written, at most",
+    "predlog_queue_bytes": "bytes of the arrays of the records waiting to be written, at most",
+    "predlog_block_timeout_s": "block policy: how long a request waits for room in the log before it gets 503",
     "predlog_rotate_bytes": "start a new log file past this size",
     "predlog_rotate_s": "start a new log file after this many seconds",
     "predlog_compress": "gzip log files once rotated",
@@ -191,6 +198,10 @@ def _validate(settings: Settings) -> Settings:
     for name in ("max_concurrent_requests", "max_connections", "max_headers"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name}: must be at least 1")
+    if settings.predlog_queue_bytes < 1 or settings.shadow_max_inflight_bytes < 1:
+        raise ConfigError("predlog_queue_bytes and shadow_max_inflight_bytes must be at least 1")
+    if not settings.predlog_block_timeout_s > 0:
+        raise ConfigError("predlog_block_timeout_s: must be > 0")
     if settings.predlog_policy not in ("drop", "block"):
         raise ConfigError("predlog_policy: must be drop or block")
     if settings.predlog_queue_size < 1 or settings.predlog_rotate_bytes < 1024:

@@ -57,3 +57,19 @@ def request(
     with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
         sock.sendall(raw)
         return read_reply(sock)
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a ``Transfer-Encoding: chunked`` body; ``chunk(b"")`` ends the body."""
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+def open_chunked(
+    port: int, path: str, headers: dict[str, str] | None = None, *, timeout_s: float = 30.0
+) -> socket.socket:
+    """A connection with a chunked POST's request line and headers sent: send its chunks, then read."""
+    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Transfer-Encoding: chunked"]
+    lines.extend(f"{key}: {value}" for key, value in (headers or {}).items())
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    return sock

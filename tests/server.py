@@ -93,7 +93,7 @@ def serve(
         settings["admin_port"] = sockets[1].getsockname()[1]
     settings.setdefault("log_level", "warning")
     config = Settings(repository=repository, port=port, **settings)
-    lifecycle = Lifecycle(config.max_concurrent_requests)
+    lifecycle = Lifecycle(config.max_concurrent_requests, config.max_inflight_body_bytes)
     app = create_app(
         config,
         registry=registry,

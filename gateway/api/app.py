@@ -22,7 +22,7 @@ from gateway.api.dispatch import InferenceDispatcher
 from gateway.api.endpoints import Endpoints
 from gateway.api.ports import AdminPortSplit
 from gateway.api.responses import gateway_error, http_error, internal_error
-from gateway.auth import BearerAuth, provision_token, secret_file
+from gateway.auth import BearerAuth, hash_key, provision_token
 from gateway.drift.online import DriftMonitor
 from gateway.errors import GatewayError
 from gateway.exchange import RequestIds
@@ -99,11 +99,13 @@ async def _freeze_after_startup(manager: ModelManager) -> None:
 
 async def _prediction_log(settings: Settings, rng: random.Random) -> PredictionLog:
     """The prediction log the settings ask for, started; its hash key lives in the state dir."""
-    key, _ = await asyncio.to_thread(secret_file, settings.state_dir / PREDLOG_KEY_FILE)
+    key = await asyncio.to_thread(hash_key, settings.state_dir / PREDLOG_KEY_FILE)
     predlog = PredictionLog(
         settings.log_dir,
-        hash_key=key.encode(),
+        hash_key=key,
         queue_size=settings.predlog_queue_size,
+        queue_bytes=settings.predlog_queue_bytes,
+        reserve_timeout_s=settings.predlog_block_timeout_s,
         policy=settings.predlog_policy,
         rotate_bytes=settings.predlog_rotate_bytes,
         rotate_s=settings.predlog_rotate_s,
@@ -164,7 +166,10 @@ def create_app(
         )
         predlog = await _prediction_log(settings, random_source) if settings.predlog else None
         shadows = ShadowRunner(
-            timeout_s=settings.shadow_timeout_s, max_inflight=settings.shadow_max_inflight, predlog=predlog
+            timeout_s=settings.shadow_timeout_s,
+            max_inflight=settings.shadow_max_inflight,
+            max_inflight_bytes=settings.shadow_max_inflight_bytes,
+            predlog=predlog,
         )
         endpoints.attach(manager, InferenceService(manager, rng=random_source, shadows=shadows))
         dispatcher.predlog = predlog

@@ -118,10 +118,12 @@ class InferenceDispatcher:
             await self._error(send, exchange, 503, "too many requests in flight; retry later", {"Retry-After": "1"})
         else:
             predlog = self.predlog
-            if predlog is not None and predlog.blocking:
-                await predlog.reserve()  # audit-grade: no room in the log, no inference
-            life.inflight += 1
+            held = predlog is not None and not predlog.blocking  # block: once its place is reserved
+            life.inflight += 1  # also while it waits for room in the log: max_concurrent_requests bounds the waiters
             try:
+                if predlog is not None and predlog.blocking:
+                    await predlog.reserve()  # audit-grade: no room in the log, no inference (503 in time)
+                    held = True
                 await self.handler(scope, receive, send, headers, exchange)
                 exchange.status = 200
             except GatewayError as exc:
@@ -135,7 +137,7 @@ class InferenceDispatcher:
                 await self._error(send, exchange, 500, "internal error")
             finally:
                 life.inflight -= 1
-            if predlog is not None:
+            if predlog is not None and held:
                 self._log(predlog, exchange, perf_counter() - started)
         elapsed = perf_counter() - started
         self._metrics.record(exchange, elapsed)

@@ -28,9 +28,17 @@ class Endpoints:
     """Route handlers bound to the state the app's lifespan builds."""
 
     def __init__(
-        self, max_body_bytes: int, lifecycle: Lifecycle, metrics: CollectorRegistry, *, strict_readiness: bool = True
+        self,
+        max_body_bytes: int,
+        lifecycle: Lifecycle,
+        metrics: CollectorRegistry,
+        *,
+        strict_readiness: bool = True,
+        max_decompressed_bytes: int | None = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
+        #: What a compressed inference body may inflate to (None: ``max_body_bytes``).
+        self.max_decompressed_bytes = max_decompressed_bytes
         self.strict_readiness = strict_readiness
         self._lifecycle = lifecycle
         self._metrics = metrics
@@ -59,11 +67,10 @@ class Endpoints:
         """Readiness: start-up done, every routed version READY, and no drain under way."""
         if self._lifecycle.draining:
             return error_response(503, "not ready: the server is shutting down", {"Retry-After": "1"})
-        if self._manager is not None and self._manager.is_ready(self.strict_readiness):
+        reason = "the server is starting" if self._manager is None else self._manager.not_ready(self.strict_readiness)
+        if reason is None:
             return json_response({"ready": True})
-        return error_response(
-            503, "not ready: models are loading or a routed version is not ready", {"Retry-After": "1"}
-        )
+        return error_response(503, f"not ready: {reason}", {"Retry-After": "1"})
 
     async def metrics(self, request: Request) -> Response:
         """``GET /metrics``: Prometheus text format (or OpenMetrics when the scraper asks for it)."""
@@ -136,35 +143,41 @@ class Endpoints:
         if headers.duplicated is not None:
             raise BadRequest("Inference-Header-Content-Length is given twice")
         headers.check_media_type()
-        body = await read_body(receive, headers, self.max_body_bytes)
-        given = headers.request_id
-        if given is not None and len(given) > MAX_ID_LENGTH:
-            raise BadRequest(f"x-request-id is longer than {MAX_ID_LENGTH} characters")
-        header_length = headers.header_length
-        params = scope["path_params"]
-        result = await self._service.infer(
-            params["model"],
-            params.get("version"),
-            body,
-            None if header_length is None else header_length.decode("latin-1"),
-            None if given is None else exchange.request_id,
-            client=AsgiClient(receive, scope["headers"]),
-            exchange=exchange,
+        life = self._lifecycle
+        body = await read_body(
+            receive, headers, self.max_body_bytes, decompressed_limit=self.max_decompressed_bytes, budget=life
         )
-        out = [
-            (b"content-length", b"%d" % len(result.body)),
-            (b"x-model-version", result.model_version.encode()),
-        ]
-        if result.header_length is None:
-            out.append((b"content-type", b"application/json"))
-        else:
-            out.append((b"content-type", b"application/octet-stream"))
-            out.append((b"inference-header-content-length", b"%d" % result.header_length))
-        # The id may hold anything a header or JSON can; only printable ASCII goes back in a header.
-        rid = result.request_id if result.request_id is not None else exchange.request_id
-        if echoable(rid):
-            out.append((b"x-request-id", rid.encode()))
-        await send({"type": "http.response.start", "status": 200, "headers": out})
-        await send({"type": "http.response.body", "body": result.body})
+        try:  # the body's bytes count in flight until the answer is sent
+            given = headers.request_id
+            if given is not None and len(given) > MAX_ID_LENGTH:
+                raise BadRequest(f"x-request-id is longer than {MAX_ID_LENGTH} characters")
+            header_length = headers.header_length
+            params = scope["path_params"]
+            result = await self._service.infer(
+                params["model"],
+                params.get("version"),
+                body,
+                None if header_length is None else header_length.decode("latin-1"),
+                None if given is None else exchange.request_id,
+                client=AsgiClient(receive, scope["headers"]),
+                exchange=exchange,
+            )
+            out = [
+                (b"content-length", b"%d" % len(result.body)),
+                (b"x-model-version", result.model_version.encode()),
+            ]
+            if result.header_length is None:
+                out.append((b"content-type", b"application/json"))
+            else:
+                out.append((b"content-type", b"application/octet-stream"))
+                out.append((b"inference-header-content-length", b"%d" % result.header_length))
+            # The id may hold anything a header or JSON can; only printable ASCII goes back in a header.
+            rid = result.request_id if result.request_id is not None else exchange.request_id
+            if echoable(rid):
+                out.append((b"x-request-id", rid.encode()))
+            await send({"type": "http.response.start", "status": 200, "headers": out})
+            await send({"type": "http.response.body", "body": result.body})
+        finally:
+            life.release_body(len(body))
         if result.after is not None:
             result.after()  # queue the shadow copies: the client has its answer already

@@ -27,6 +27,7 @@ def transport_limits(settings: Settings) -> TransportLimits:
         max_header_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
         max_connections=settings.max_connections,
+        send_timeout_s=settings.send_timeout_s,
     )
 
 

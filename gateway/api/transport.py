@@ -9,7 +9,11 @@ hold a connection, and its memory, for ever. This protocol adds:
 - a body deadline (from the end of the headers to the end of the body): 408 and close;
 - header limits: more than ``max_header_bytes`` of request line and headers, or more than
   ``max_headers`` fields, is answered 431 and the connection closed;
-- a cap on open connections: past it, new connections are closed at once.
+- a cap on open connections: past it, new connections are closed at once;
+- a send deadline: a client that accepts none of what we have written to it for
+  ``send_timeout_s`` (its kernel buffer full, ours not shrinking) is disconnected. Without it a
+  client that never reads would hold its whole response in our write buffer for ever: the
+  response is written in one call, the handler returns, and closing waits for the buffer.
 
 Deadlines are checked by one sweep a second over all connections (``GatewayServer``) rather
 than a timer per request: arming and cancelling timers would cost every request a few
@@ -43,6 +47,7 @@ class TransportLimits:
     max_header_bytes: int = 16 * 1024
     max_headers: int = 100
     max_connections: int = 2048
+    send_timeout_s: float = 30.0
 
 
 class _HeadersTooLarge(Exception):
@@ -65,6 +70,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = _IDLE
         self._deadline = 0.0  # loop time; 0: none
         self._raw_bytes = 0  # bytes received since the last request ended: bounds the headers' size
+        self._send_deadline = 0.0  # loop time by which the client must take some of what is unsent; 0: none
+        self._unsent = 0  # our write buffer's size at the last sweep
 
     @classmethod
     def with_limits(cls, limits: TransportLimits) -> type[GuardedHttpToolsProtocol]:
@@ -153,13 +160,34 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._deadline = self.loop.time() + self.limits.header_timeout_s
 
     def check_deadline(self, now: float) -> None:
-        """Called by the server's sweep: answer 408 and close a request past its deadline."""
+        """Called by the server's sweep: 408 for a request past its deadline; drop a client not reading."""
+        if self.flow is not None and self._check_send(now):
+            return
         if not self._deadline or now < self._deadline or self.transport.is_closing():
             return
         if self._phase == _HEADERS:
             self.refuse(408, "request headers not received in time")
         elif self._phase == _BODY:
             self.refuse(408, "request body not received in time")
+
+    def _check_send(self, now: float) -> bool:
+        """Abort the connection if its client took none of our unsent bytes within the send deadline.
+
+        Polled by the sweep rather than driven by pause_writing: a response below the write
+        buffer's high-water mark never pauses, yet it too can sit unsent for ever.
+        """
+        unsent = self.transport.get_write_buffer_size()
+        if not unsent:
+            self._send_deadline = 0.0
+        elif not self._send_deadline or unsent < self._unsent:
+            self._send_deadline = now + self.limits.send_timeout_s  # a stall begins, or the client took some
+        elif now >= self._send_deadline:
+            log.info("dropped a connection from %s: it read none of its response in time", _peer(self.client))
+            self._phase, self._deadline, self._send_deadline = _IDLE, 0.0, 0.0
+            self.transport.abort()  # close() would wait for the buffer to drain, i.e. for ever
+            return True
+        self._unsent = unsent
+        return False
 
     def refuse(self, status: int, message: str) -> None:
         """Answer ``status`` if the request being received can still be answered, then close."""
