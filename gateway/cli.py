@@ -96,6 +96,8 @@ def check_startup(settings: Settings, environ: dict[str, str] | None = None) -> 
         raise ConfigError(str(exc)) from None
     except OSError as exc:
         raise ConfigError(f"state_dir: cannot write {settings.state_dir}: {exc.strerror or exc}") from None
+    except Exception as exc:  # the secret file's own errors (unreadable, wrong mode): still one line
+        raise ConfigError(f"admin token: {exc}") from None
 
 
 def _check_repository(path: Path) -> None:

@@ -188,7 +188,11 @@ class ModelManager:
             saved = self._saved_routes.get(name)
             primary = model.available[-1] if saved is not None else await asyncio.to_thread(self._default, model)
             model.route = saved or Route.latest(primary)
-            versions = set(self._initial_versions(model, primary)) if saved is None else set(saved.versions)
+            # A saved route's versions, plus what the version_policy loads besides: with "all", every
+            # version stays pinnable after a restart, as config.toml promises.
+            versions = set(self._initial_versions(model, model.route.primary))
+            if saved is not None:
+                versions |= set(saved.versions)
             for version in sorted(versions, reverse=True):
                 if version in model.available:
                     await self.load(name, version)
@@ -446,25 +450,45 @@ class ModelManager:
         return mv is not None and mv.state is VersionState.READY
 
     def is_ready(self, strict: bool = True) -> bool:
-        """Server readiness: start-up finished, and every version that has routed traffic is READY.
+        """Server readiness: start-up finished, and every version that has routed traffic is READY."""
+        return self.not_ready(strict) is None
+
+    def not_ready(self, strict: bool = True) -> str | None:
+        """Why the server is not ready (naming the model and version at fault), or None when it is.
 
         Strict is Triton's default readiness: a pod whose routed version failed to load never
         becomes ready, so a rollout with a broken model stops instead of serving errors. Not
-        strict: ready once any model can serve.
+        strict: ready once every routed version of at least one model is READY, so one broken
+        candidate does not take a pod that serves everything else out of its Service.
         """
         if not self.started:
-            return False
-        if not strict:
-            return any(self.model_ready(m) for m in self._models.values())
+            return "models are loading"
+        faults: list[str] = []
+        serving = 0
         for model in self._models.values():
             route = model.route
             if route is None:
                 continue
-            for version, weight in route.weights.items():
-                mv = model.versions.get(version)
-                if weight > 0 and (mv is None or mv.state is not VersionState.READY):
-                    return False
-        return True
+            found = [self._routed_fault(model, v) for v, w in sorted(route.weights.items()) if w > 0]
+            model_faults = [f for f in found if f is not None]
+            faults += model_faults
+            serving += not model_faults
+        if strict:
+            return "; ".join(faults) if faults else None
+        if serving:
+            return None
+        return "no model can serve" + (f": {'; '.join(faults)}" if faults else "")
+
+    @staticmethod
+    def _routed_fault(model: Model, version: int) -> str | None:
+        mv = model.versions.get(version)
+        if mv is None:
+            return f"routed version {version} of model {model.name!r} is not loaded"
+        if mv.state is VersionState.READY:
+            return None
+        # The probe is public: the load error's text stays under /admin (issue 20, item 6).
+        where = " (reason in /admin/models)" if mv.state is VersionState.FAILED else ""
+        return f"routed version {version} of model {model.name!r} is {mv.state.value}{where}"
 
     def version(self, model: Model, version: int) -> ModelVersion:
         """A loaded version, whatever its state, else a 404."""

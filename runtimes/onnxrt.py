@@ -28,6 +28,11 @@ GRAPH_OPTIMIZATION = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 
+#: ONNX Runtime's own logger writes coloured text lines (``[E:onnxruntime:...]``) straight to
+#: stderr, past Python's logging, which would break the JSON log stream. Only FATAL (4) is let
+#: through: every error that matters reaches us as an exception, logged (or answered) as ours.
+ORT_LOG_SEVERITY = 4
+
 # ONNX Runtime messages carry its source paths ("/onnxruntime_src/...cc:123 ..."): keep them out.
 _SOURCE_REF = re.compile(r"\S*/\S+\.(?:cc|h|cpp):\d+\s*(?:\S+\([^)]*\)\s*)?")
 _STATUS_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
@@ -86,7 +91,9 @@ class OnnxRuntime:
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = options.inter_op_threads
         session_options.graph_optimization_level = GRAPH_OPTIMIZATION[options.graph_optimization]
-        session_options.log_severity_level = 3
+        # The process-wide default logger too: it reports what happens before the session has one.
+        ort.set_default_logger_severity(ORT_LOG_SEVERITY)
+        session_options.log_severity_level = ORT_LOG_SEVERITY
         try:
             chosen = providers_for(options.device, options.tensorrt, devices)
         except ValueError as exc:

@@ -49,6 +49,9 @@ def configure_logging(level: str, fmt: str) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Python warnings (libraries' deprecations, ONNX Runtime's provider notices) become records
+    # of the "py.warnings" logger instead of bare text on stderr, which breaks a JSON stream.
+    logging.captureWarnings(True)
 
 
 class AccessLog:
