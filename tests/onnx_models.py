@@ -143,3 +143,49 @@ def sigmoid_scorer(weights: np.ndarray) -> onnx.ModelProto:
         initializer=[w, b],
     )
     return _model(graph)
+
+
+def simple_string() -> onnx.ModelProto:
+    """Triton's "simple_string": OUTPUT0/OUTPUT1 = sum/difference of INPUT0/INPUT1, all BYTES decimal strings.
+
+    The strings are parsed with ONNX ``Cast`` (so an empty or non-numeric string makes ONNX Runtime
+    fail at run time: what synthetic warm-up data does to it) and the results cast back to strings.
+    """
+    batch16 = ["batch", 16]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["INPUT0"], ["a"], to=TensorProto.INT32),
+            helper.make_node("Cast", ["INPUT1"], ["b"], to=TensorProto.INT32),
+            helper.make_node("Add", ["a", "b"], ["sum"]),
+            helper.make_node("Sub", ["a", "b"], ["difference"]),
+            helper.make_node("Cast", ["sum"], ["OUTPUT0"], to=TensorProto.STRING),
+            helper.make_node("Cast", ["difference"], ["OUTPUT1"], to=TensorProto.STRING),
+        ],
+        "simple_string",
+        [
+            helper.make_tensor_value_info("INPUT0", TensorProto.STRING, batch16),
+            helper.make_tensor_value_info("INPUT1", TensorProto.STRING, batch16),
+        ],
+        [
+            helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, batch16),
+            helper.make_tensor_value_info("OUTPUT1", TensorProto.STRING, batch16),
+        ],
+    )
+    return _model(graph)
+
+
+def gather_lookup(table_size: int = 10) -> onnx.ModelProto:
+    """INPUT0 INT64 [batch, 4] indices -> OUTPUT0 FP32 [batch, 4] = table[INPUT0], table[i] = i / 2.
+
+    Valid by shape whatever the indices, but ONNX Runtime refuses an index outside the table at
+    run time: one such request in a batch makes the whole batch's call fail.
+    """
+    table = numpy_helper.from_array(np.arange(table_size, dtype=np.float32) / 2, "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "INPUT0"], ["OUTPUT0"], axis=0)],
+        "gather_lookup",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.INT64, ["batch", 4])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[table],
+    )
+    return _model(graph)

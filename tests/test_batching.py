@@ -16,13 +16,13 @@ from gateway.batching.policy import ComputeTimes, DelayPolicy
 from gateway.batching.queue import PendingRequest, RequestQueue
 from gateway.errors import ClientDisconnected, DeadlineExceeded, Unavailable
 from gateway.stats import VersionStats
-from runtimes.base import InferenceFailedError
+from runtimes.base import InferenceFailedError, InvalidInputError
 from runtimes.devices import Devices
 from runtimes.executor import Executor
 from runtimes.onnxrt import OnnxOptions, OnnxRuntime
 from runtimes.warmup import CostModel
 from tests.gated import GatedRuntime
-from tests.onnx_models import identity, write_model
+from tests.onnx_models import gather_lookup, identity, write_model
 
 pytestmark = pytest.mark.anyio
 
@@ -311,17 +311,74 @@ async def test_a_gone_client_found_by_probe_is_withdrawn_without_a_task(runtime:
     await batcher.close()
 
 
-async def test_a_runtime_error_fans_out_to_the_whole_batch(runtime: GatedRuntime) -> None:
+async def test_a_refused_batch_is_retried_one_by_one(runtime: GatedRuntime) -> None:
     batcher = make_batcher(runtime, max_batch=8, delay_s=0.05)
-    runtime.fail_next = True
+    runtime.fail_next = True  # the batch's call fails; each member alone succeeds
+    outcomes = await asyncio.gather(*(batcher.submit({"INPUT0": rows_of(i, 1)}, ["OUTPUT0"], 1) for i in range(5)))
+    assert runtime.rows_per_call() == [5, 1, 1, 1, 1, 1]
+    assert [float(o[0][0, 0]) for o in outcomes] == [0, 1, 2, 3, 4]
+
+
+async def test_an_error_every_member_causes_reaches_every_member(runtime: GatedRuntime) -> None:
+    batcher = make_batcher(runtime, max_batch=8, delay_s=0.05)
+    runtime.fail_always = True
     outcomes = await asyncio.gather(
         *(batcher.submit({"INPUT0": rows_of(i, 1)}, ["OUTPUT0"], 1) for i in range(5)), return_exceptions=True
     )
-    assert runtime.rows_per_call() == [5]
+    assert runtime.rows_per_call() == [5, 1, 1, 1, 1, 1]  # bounded: one retry per member
     assert all(isinstance(o, InferenceFailedError) for o in outcomes)
+    runtime.fail_always = False
     (after,) = await batcher.submit({"INPUT0": rows_of(9, 1)}, ["OUTPUT0"], 1)  # the batcher lives on
     assert after[0, 0] == 9
     await batcher.close()
+
+
+async def test_a_refused_batch_is_not_retried_past_a_deadline(runtime: GatedRuntime) -> None:
+    batcher = make_batcher(runtime, max_batch=8, delay_s=0.02, timeout_s=0.3)
+    runtime.hold()
+    runtime.fail_next = True
+    calls = [asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(i, 1)}, ["OUTPUT0"], 1)) for i in range(3)]
+    await wait_entered(runtime)
+    await asyncio.sleep(0.4)  # the batch computes past every member's deadline, then fails
+    runtime.release()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(o, DeadlineExceeded) for o in outcomes)
+    assert runtime.rows_per_call() == [3]  # nobody was computed again
+    await batcher.close()
+
+
+@pytest.fixture
+def lookup(tmp_path: Path) -> Iterator[Batcher]:
+    path = write_model(tmp_path, "lookup", 1, gather_lookup(10))
+    runtime = OnnxRuntime.load(path, OnnxOptions(), Devices(0, False))
+    executor = Executor(runtime, concurrency=1, inline_threshold_s=0.0, cost=CostModel(1e-3, 0.0, 4), name="lookup")
+    yield Batcher(
+        executor,
+        fixed_policy(0.05, 8),
+        VersionStats(),
+        name="lookup",
+        max_queue_size=100,
+        priority_levels=1,
+        instance_count=1,
+        default_timeout_s=0.0,
+        on_failure=lambda exc: None,
+    )
+
+
+async def test_only_the_culprit_of_a_batch_onnx_runtime_refuses_gets_the_error(lookup: Batcher) -> None:
+    lookup.start()
+    # Valid by shape and type; index 99 is outside the table: ONNX Runtime refuses the whole call.
+    rows = [[0, 1, 2, 3], [4, 5, 6, 7], [1, 2, 3, 99], [9, 9, 9, 9], [0, 0, 0, 0]]
+    outcomes = await asyncio.gather(
+        *(lookup.submit({"INPUT0": np.array([r], dtype=np.int64)}, ["OUTPUT0"], 1) for r in rows),
+        return_exceptions=True,
+    )
+    culprit = outcomes.pop(2)
+    assert isinstance(culprit, InvalidInputError) and "idx=99" in str(culprit)
+    for row, outcome in zip(rows[:2] + rows[3:], outcomes, strict=True):
+        assert not isinstance(outcome, BaseException), outcome
+        assert outcome[0].tolist() == [[v / 2 for v in row]]
+    await lookup.close()
 
 
 async def test_higher_priority_is_batched_first(runtime: GatedRuntime) -> None:

@@ -11,6 +11,10 @@ Every request gets a definite answer: its rows, the runtime's error, 503 when th
 full, 504 when its deadline passes while queued, or nothing when its client has left (it is
 removed from the queue and never computed). If the loop itself ever dies, every pending
 request fails with 503 and ``on_failure`` marks the version not ready.
+
+When the model refuses a batch (an input valid by shape that it cannot compute), one
+request's values may be to blame: each member is then run once on its own, so only the
+culprit gets the error and the others their rows.
 """
 
 from __future__ import annotations
@@ -295,7 +299,12 @@ class Batcher:
             # A remote runtime gets the batch's tightest deadline (a local one runs to the end).
             deadlines = [r.deadline for r in batch if r.deadline is not None]
             remaining = max(1e-3, min(deadlines) - computing) if deadlines else None
-            results = await self._executor.run(feed, outputs, elements, remaining)
+            try:
+                results = await self._executor.run(feed, outputs, elements, remaining)
+            except (InvalidInputError, InferenceFailedError) as exc:
+                if len(batch) > 1 and _member_may_be_at_fault(exc):
+                    await self._retry_alone(batch, exc)
+                raise  # to whoever is left: the members whose retry did not settle them
             computed = self._clock()
             index = {name: i for i, name in enumerate(outputs)}
             for name, array in zip(outputs, results, strict=True):
@@ -326,6 +335,42 @@ class Batcher:
             # Cancelled mid-batch (shutdown): nobody is left without an answer.
             for request in batch:
                 self._settle(request, Unavailable(f"{self._name} is unloading"))
+
+    async def _retry_alone(self, batch: list[PendingRequest], error: Exception) -> None:
+        """After a refused batch, run each member once on its own, so only the culprit gets the error.
+
+        A model may refuse a whole batch for one request's values (an index out of range, a
+        string that does not parse). Bounded: one extra call per member, in order, on the
+        instance the batch held; a member whose deadline has passed gets 504 and one whose
+        client left is dropped, without computing.
+        """
+        # Debug, not info: a client could otherwise flood the log with batches it gets refused.
+        log.debug("batch of %d requests for %s refused (%s): retrying each alone", len(batch), self._name, error)
+        for request in batch:
+            now = self._clock()
+            if request.abandoned or request.future.done():
+                continue
+            if request.deadline is not None and request.deadline <= now:
+                self._settle(request, DeadlineExceeded("deadline exceeded while retrying a refused batch"))
+                continue
+            if request.client is not None and request.client.gone():
+                self._settle(request, ClientDisconnected())
+                continue
+            remaining = request.deadline - now if request.deadline is not None else None
+            elements = sum(a.size for a in request.inputs.values())
+            outputs = [name for name in self._output_order if name in request.outputs]
+            try:
+                results = await self._executor.run(request.inputs, outputs, elements, remaining)
+            except (InvalidInputError, InferenceFailedError) as exc:
+                self._settle(request, exc)
+                continue
+            index = {name: i for i, name in enumerate(outputs)}
+            self._settle(request, [results[index[n]] for n in request.outputs])
+
+
+def _member_may_be_at_fault(exc: Exception) -> bool:
+    """Whether one request's values could explain a batch's failure (not a remote being down)."""
+    return isinstance(exc, InvalidInputError) or type(exc) is InferenceFailedError
 
 
 def _ns(seconds: float) -> int:
