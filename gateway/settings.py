@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 from gateway.config_error import ConfigError
+from gateway.lifecycle import DEFAULT_INFLIGHT_BODY_BYTES
 from gateway.registry.names import is_model_name
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+#: A compressed body may inflate to 16 MiB (about 2 M JSON numbers, a second or two to decode).
+DEFAULT_MAX_DECOMPRESSED_BYTES = 16 * 1024 * 1024
 ENV_PREFIX = "TENSORGATE_"
 
 
@@ -28,6 +31,8 @@ class Settings:
     state_dir: Path = Path(".tensorgate/state")
     log_dir: Path = Path(".tensorgate/predictions")
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
+    max_inflight_body_bytes: int = DEFAULT_INFLIGHT_BODY_BYTES
     log_level: str = "info"
     log_format: str = "json"
     access_log: bool = False
@@ -38,6 +43,7 @@ class Settings:
     max_connections: int = 4096
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
+    send_timeout_s: float = 30.0
     keepalive_timeout_s: float = 5.0
     max_header_bytes: int = 16 * 1024
     max_headers: int = 100
@@ -70,7 +76,9 @@ _HELP = {
     "admin_port": "a port of its own for /admin and /v2/repository (0: they answer on port, as inference does)",
     "state_dir": "routes, history and the generated admin token",
     "log_dir": "the prediction log",
-    "max_body_bytes": "request body limit in bytes, decompressed",
+    "max_body_bytes": "request body limit in bytes, on the wire and decompressed",
+    "max_decompressed_bytes": "what a compressed (gzip, deflate) inference body may inflate to, in bytes",
+    "max_inflight_body_bytes": "bytes of inference request bodies held at once (all requests); more get 503",
     "log_level": "critical, error, warning, info or debug",
     "log_format": "server logs as json (one object per line) or text",
     "access_log": "log every inference request (JSON: id, model, version, role, status, latency)",
@@ -82,6 +90,7 @@ _HELP = {
     "max_connections": "open connections; more are closed at once",
     "header_timeout_s": "a request's headers must arrive within this (else 408, close)",
     "body_timeout_s": "a request's body must arrive within this after its headers",
+    "send_timeout_s": "a client that accepts none of its response for this long is disconnected",
     "keepalive_timeout_s": "idle keep-alive connections are closed after this",
     "max_header_bytes": "request line and headers larger than this get 431",
     "max_headers": "requests with more header fields get 431",
@@ -186,6 +195,15 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError(f"admin_port: must be 0 (off) or 1-65535 and differ from port, got {settings.admin_port}")
     if settings.max_body_bytes < 1024:
         raise ConfigError(f"max_body_bytes: must be at least 1024, got {settings.max_body_bytes}")
+    if settings.max_decompressed_bytes < 1024:
+        raise ConfigError(f"max_decompressed_bytes: must be at least 1024, got {settings.max_decompressed_bytes}")
+    if settings.max_inflight_body_bytes < settings.max_body_bytes:
+        raise ConfigError(
+            f"max_inflight_body_bytes: must be at least max_body_bytes ({settings.max_body_bytes}), "
+            f"got {settings.max_inflight_body_bytes}"
+        )
+    if not settings.send_timeout_s > 0:
+        raise ConfigError("send_timeout_s: must be > 0")
     if settings.log_level not in _LOG_LEVELS:
         raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)}")
     if not settings.shadow_timeout_s > 0 or settings.shadow_max_inflight < 1:

@@ -133,7 +133,7 @@ def create_app(
 
     ``lifecycle`` is shared with the server, whose signal handler starts the drain.
     """
-    lifecycle = lifecycle or Lifecycle(settings.max_concurrent_requests)
+    lifecycle = lifecycle or Lifecycle(settings.max_concurrent_requests, settings.max_inflight_body_bytes)
     request_metrics = RequestMetrics()
     collector = GatewayCollector(request_metrics, lifecycle)
     metrics_registry = CollectorRegistry()
@@ -141,7 +141,11 @@ def create_app(
     ProcessCollector(registry=metrics_registry)
     PlatformCollector(registry=metrics_registry)
     endpoints = Endpoints(
-        settings.max_body_bytes, lifecycle, metrics_registry, strict_readiness=settings.strict_readiness
+        settings.max_body_bytes,
+        lifecycle,
+        metrics_registry,
+        strict_readiness=settings.strict_readiness,
+        max_decompressed_bytes=settings.max_decompressed_bytes,
     )
     admin = AdminEndpoints()
     auth = BearerAuth()  # denies everything until the lifespan has provisioned the token
