@@ -20,10 +20,11 @@ from gateway.registry.config import ConfigError, ModelConfig
 from gateway.registry.local import RegistryError
 from gateway.registry.names import check_model_name
 from gateway.stats import VersionStats
+from gateway.warmup import warm_up_version
 from routing.route import Route, sticky_bucket
 from runtimes.base import ModelInfo, RemoteRuntime, Runtime, RuntimeLoadError, TensorSpec
 from runtimes.executor import AnyExecutor, Executor, RemoteExecutor
-from runtimes.warmup import CostModel, warm_up
+from runtimes.warmup import CostModel
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,8 @@ class ModelManager:
         self.started = False
         #: (model, reason) -> failed loads, for ``tensorgate_model_load_failures_total``.
         self.load_failures: dict[tuple[str, str], int] = {}
+        #: (model, version) -> warm-ups on synthetic data that failed (the version serves anyway).
+        self.warmup_failures: dict[tuple[str, str], int] = {}
 
     # -- start-up and shutdown ---------------------------------------------------------------
 
@@ -353,6 +356,9 @@ class ModelManager:
             mv.batcher = self._batcher(mv, executor, executor.cost)
             mv.batcher.start()
         mv.state = VersionState.READY
+        if not executor.cost.measured:  # synthetic warm-up failed (logged): counted, not fatal
+            key = (mv.model, mv.label)
+            self.warmup_failures[key] = self.warmup_failures.get(key, 0) + 1
         if isinstance(executor, RemoteExecutor):
             detail = f"remote platform {info.platform}"
         else:
@@ -396,7 +402,8 @@ class ModelManager:
             preferred_batch_sizes=batching.preferred_batch_sizes,
             delay_s=None if batching.max_queue_delay_ms == "auto" else batching.max_queue_delay_ms / 1e3,
             target_p99_s=batching.target_p99_ms / 1e3,
-            compute=ComputeTimes(lambda rows: cost.predict(rows * elements_per_row)),
+            # executor.cost, not cost: an unmeasured version's line is fitted from its first calls.
+            compute=ComputeTimes(lambda rows: executor.cost.predict(rows * elements_per_row)),
         )
         return Batcher(
             executor,
@@ -416,7 +423,9 @@ class ModelManager:
         try:
             if mv.config.max_batch_size > 0:
                 _check_batchable(runtime)
-            cost = warm_up(runtime)
+            cost = warm_up_version(
+                runtime, artifact.directory, model=mv.model, version=mv.version, max_batch_size=mv.config.max_batch_size
+            )
         except RuntimeLoadError:
             runtime.close()
             raise
