@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
+import pytest
 
 from gateway.settings import load_settings, setting_types
 from tests.onnx_models import slow_matmul, write_model
@@ -211,3 +212,59 @@ def test_the_example_config_and_the_docs_name_every_setting() -> None:
     for name in setting_types():
         assert f"\n{name} = " in example or f"# {name} = " in example, name
         assert f"| `{name}` | `--{name.replace('_', '-')}`, `TENSORGATE_{name.upper()}` |" in docs, name
+
+
+# -- start-up cost of the command line (issue 13, item 12) ---------------------------------------
+
+#: What the admin commands and --help must not import: each costs 50 ms to half a second.
+HEAVY = ("numpy", "scipy", "onnx", "onnxruntime", "starlette", "uvicorn", "prometheus_client", "tritonclient")
+
+_IMPORTS = """
+import json, sys
+from gateway.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["serve", "--help"],
+        ["route", "--help"],
+        ["route", "set", "--help"],
+        ["models", "--help"],
+        ["history", "--help"],
+        ["drift", "--help"],
+        ["models"],  # no token: an error, but after parsing and dispatch
+        ["route", "get", "fraud", "--url", "http://127.0.0.1:9"],
+        ["drift", "--model", "m", "--reference", "/nonexistent"],  # a usage error needs no numpy either
+    ],
+)
+def test_the_command_line_imports_nothing_heavy(argv: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TENSORGATE_ADMIN_TOKEN"}
+    done = subprocess.run([sys.executable, "-c", _IMPORTS, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env=env, check=True)  # fmt: skip
+    imported = set(orjson.loads(done.stdout.strip().splitlines()[-1]))
+    assert imported.isdisjoint(HEAVY), sorted(imported.intersection(HEAVY))
+
+
+def test_every_subcommand_help_has_an_example_and_read_only_ones_take_no_audit_options() -> None:
+    def help_of(*argv: str) -> str:
+        return subprocess.run([sys.executable, "-m", "gateway", *argv, "--help"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, check=True).stdout  # fmt: skip
+
+    for command in (["serve"], ["models"], ["load"], ["unload"], ["route"], ["route", "get"], ["route", "set"],
+                    ["swap"], ["rollback"], ["history"], ["drift"]):  # fmt: skip
+        text = help_of(*command)
+        assert "example" in text and f"tensorgate {' '.join(command)}" in text.split("example")[1], command
+    for read_only in (["models"], ["route", "get"], ["history"]):
+        text = help_of(*read_only)
+        assert "--actor" not in text and "--reason" not in text, read_only
+    for changing in (["load"], ["unload"], ["route", "set"], ["swap"], ["rollback"]):
+        text = help_of(*changing)
+        assert "--actor" in text and "--reason" in text, changing

@@ -237,3 +237,98 @@ def test_the_html_report_renders_in_headless_chromium(shifted: tuple[Path, Path]
     subprocess.run([*browser, f"--screenshot={shot}", "--window-size=1200,1100", page.as_uri()],
                    capture_output=True, timeout=60, check=True)  # fmt: skip
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+# -- usage errors, small samples, unparseable references (issue 13, item 11) ---------------------
+
+
+def one_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The one stderr line of a refused run: exit 2 (never 1, which means drift), no traceback."""
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--bins", "1"], "--bins: must be 2 to 1000"),
+        (["--bins", "ten"], "argument --bins: invalid int value: 'ten'"),
+        (["--psi-threshold", "-0.1"], "--psi-threshold: must be a number > 0"),
+        (["--psi-threshold", "nan"], "--psi-threshold: must be a number > 0"),
+        (["--roles", "primary,bogus"], "--roles: expected some of primary, canary, pinned, shadow"),
+        (["--roles", ","], "--roles: expected some of"),
+        (["--since", "yesterday"], "not an ISO 8601 date or time: 'yesterday'"),
+        (["--since", "2026-11-28", "--until", "2026-11-27"], "--since must be before --until"),
+        (["--version", "0"], "--version: expected a positive integer"),
+        (["--version", "../1"], "--version: expected a positive integer"),
+        (["--features", "a,b"], "--features: expected column indexes like 0,1,2"),
+        (["--features", "9"], "--features [9] out of range"),
+        (["--json", "/nonexistent-dir/r.json"], "--json: cannot write /nonexistent-dir/r.json"),
+        (["--html", "."], "--html: cannot write ."),
+        (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ],
+)
+def test_every_usage_error_exits_2_with_one_line(shifted: tuple[Path, Path], options: list[str], message: str) -> None:
+    log, reference = shifted
+    assert message in one_line(drift("--log-dir", str(log), "--model", "m", "--reference", str(reference), *options))
+
+
+def test_missing_inputs_and_bad_names_exit_2(shifted: tuple[Path, Path], tmp_path: Path) -> None:
+    log, reference = shifted
+    assert "--model: '../m' is not a model name" in one_line(
+        drift("--log-dir", str(log), "--model", "../m", "--reference", str(reference))
+    )
+    missing = tmp_path / "no"
+    assert "--reference: " in one_line(drift("--log-dir", str(log), "--model", "m", "--reference", str(missing)))
+    assert "--log-dir: " in one_line(drift("--log-dir", str(tmp_path / "no"), "--model", "m", "--reference",
+                                           str(reference)))  # fmt: skip
+    assert "the following arguments are required: --model" in one_line(drift("--reference", str(reference)))
+
+
+def test_an_unparseable_reference_names_its_line(shifted: tuple[Path, Path], tmp_path: Path) -> None:
+    log, reference = shifted
+    lines = reference.read_bytes().splitlines(keepends=True)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"".join([lines[0], lines[1], b'{"inputs": {"x": \n', *lines[2:5]]))
+    error = one_line(drift("--log-dir", str(log), "--model", "m", "--reference", str(bad)))
+    assert error == f"tensorgate drift: the reference {bad} could not be parsed: line 3: not valid JSON"
+    bad.write_bytes(lines[0] + b'["not", "an", "object"]\n')
+    assert "could not be parsed: line 2: not a JSON object" in one_line(
+        drift("--log-dir", str(log), "--model", "m", "--reference", str(bad))
+    )
+    csv = tmp_path / "bad.csv"
+    csv.write_text("a,b,c,d\n1,2,3,4\n1,2,x,4\n")
+    assert f"the reference {csv} could not be parsed: line 3: not numbers" in one_line(
+        drift("--log-dir", str(log), "--model", "m", "--reference", str(csv))
+    )
+    # A copy of the log is a valid reference: failed requests and a torn last line are skipped.
+    copy = tmp_path / "copy.jsonl"
+    first = next((log / "m" / "1").iterdir()).read_bytes()
+    failed = first.splitlines()[0].replace(b'"status":200', b'"status":400')
+    failed = failed.replace(b'"inputs":{', b'"inputs":null,"x":{')
+    copy.write_bytes(failed + b"\n" + first + first.splitlines()[0][:40])
+    assert drift("--log-dir", str(log), "--model", "m", "--reference", str(copy)).returncode == 0
+
+
+def test_too_few_rows_are_warned_about_in_the_table_the_json_and_the_page(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    write_log(tmp_path / "log", rng.normal(size=(40, 2)))
+    reference_jsonl(tmp_path / "reference.jsonl", rng.normal(size=(500, 2)))
+    report, page = tmp_path / "r.json", tmp_path / "r.html"
+    done = drift("--log-dir", str(tmp_path / "log"), "--model", "m", "--reference", str(tmp_path / "reference.jsonl"),
+                 "--json", str(report), "--html", str(page))  # fmt: skip
+    assert done.returncode in (0, 1)
+    assert "WARNING: the window has only 40 rows of 'x' (under 100)" in done.stdout
+    assert "warning: the window has only 40 rows" in done.stderr
+    warnings = orjson.loads(report.read_bytes())["warnings"]
+    assert len(warnings) == 1 and "only 40 rows" in warnings[0]
+    assert '<p class="warning"><strong>Warning:</strong> the window has only 40 rows' in page.read_text()
+
+
+def test_enough_rows_have_no_warning(shifted: tuple[Path, Path], tmp_path: Path) -> None:
+    log, reference = shifted
+    done = drift("--log-dir", str(log), "--model", "m", "--reference", str(reference), "--json", str(tmp_path / "r"))
+    assert "WARNING" not in done.stdout and orjson.loads((tmp_path / "r").read_bytes())["warnings"] == []

@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.registry.names import is_model_name
@@ -78,10 +79,19 @@ class UsageError(ValueError):
     """An option that cannot be used; the message names it."""
 
 
+def utc_bound(text: str, option: str) -> str:
+    """An ISO 8601 date or time (any offset; naive means UTC) as the log writes it, for comparing."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{option}: not an ISO 8601 date or time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Validate every option before anything is read, normalising times and roles in place."""
-    from gateway.drift.data import DriftDataError, utc_bound
-
     if not is_model_name(args.model):
         raise UsageError(f"--model: {args.model!r} is not a model name")
     if args.version is not None and not (args.version.isascii() and args.version.isdigit() and args.version[0] != "0"):
@@ -99,11 +109,8 @@ def check_args(args: argparse.Namespace) -> None:
         parts = [p.strip() for p in args.features.split(",")]
         if not all(p.isascii() and p.isdigit() for p in parts):
             raise UsageError(f"--features: expected column indexes like 0,1,2, got {args.features!r}")
-    try:
-        args.since = utc_bound(args.since) if args.since else None
-        args.until = utc_bound(args.until) if args.until else None
-    except DriftDataError as exc:
-        raise UsageError(f"--since/--until: {exc}") from None
+    args.since = utc_bound(args.since, "--since") if args.since else None
+    args.until = utc_bound(args.until, "--until") if args.until else None
     if args.since is not None and args.until is not None and args.since >= args.until:
         raise UsageError("--since must be before --until")
     if not args.reference.is_file():

@@ -12,7 +12,6 @@ import io
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +32,6 @@ class Columns:
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     records: int = 0
-
-
-def utc_bound(text: str) -> str:
-    """An ISO 8601 date or time (any offset; naive means UTC) as the log writes it, for comparing."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise DriftDataError(f"not an ISO 8601 date or time: {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def log_files(log_dir: Path, model: str, version: str | None = None) -> list[Path]:
@@ -173,8 +161,12 @@ def _read_jsonl(path: Path) -> Columns:
             continue
         try:
             record = orjson.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("inputs"), dict):
-                raise ValueError("not an object with an 'inputs' object")
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            if record.get("status", 200) != 200:
+                continue  # a failed request in a copy of the log: the log reader skips it too
+            if not isinstance(record.get("inputs"), dict):
+                raise ValueError("no 'inputs' object")
             tensors = [record["inputs"], record.get("outputs") or {}]
             if not all(isinstance(t, dict) for tensor in tensors for t in tensor.values()):
                 raise ValueError("a tensor is not an object")
