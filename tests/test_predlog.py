@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,8 +18,10 @@ import numpy as np
 import orjson
 import pytest
 
+from gateway.auth import SecretError, hash_key, secret_file
+from gateway.predlog.files import LogFile
 from gateway.predlog.records import Entry, RecordEncoder, RecordMeta
-from gateway.predlog.writer import PredictionLog
+from gateway.predlog.writer import PredictionLog, entry_bytes
 from gateway.registry.config import LoggingConfig
 from tests.onnx_models import add_sub, write_model
 from tests.rawhttp import Reply, request
@@ -238,6 +243,8 @@ def entry(i: int, model: str = "m", ts: float = 1_764_237_600.5) -> Entry:
 
 def test_rotation_by_size_and_time_with_compression(tmp_path: Path) -> None:
     now = [1_000.0]
+    umask = os.umask(0o022)  # the usual umask, under which gzip.open would make the .gz world-readable
+    os.umask(umask)
 
     async def run() -> PredictionLog:
         log = PredictionLog(
@@ -255,9 +262,15 @@ def test_rotation_by_size_and_time_with_compression(tmp_path: Path) -> None:
         await log.close()
         return log
 
-    log = asyncio.run(run())
+    os.umask(0o022)
+    try:
+        log = asyncio.run(run())
+    finally:
+        os.umask(umask)
     files = sorted((tmp_path / "m" / "1").iterdir())
     assert sum(p.suffix == ".gz" for p in files) >= 4 and files[-1].suffix == ".jsonl"
+    assert all(p.name.endswith((".jsonl", ".jsonl.gz")) for p in files)  # no temporary file left
+    assert {p.stat().st_mode & 0o777 for p in files} == {0o640}  # the .gz keeps the plain file's mode
     records = prediction_log(tmp_path)
     assert [r["request_id"] for r in sorted(records, key=lambda r: int(r["request_id"][2:]))] == [
         f"id{i}" for i in range(101)
@@ -289,3 +302,198 @@ def test_a_torn_last_line_is_skipped_by_readers(tmp_path: Path) -> None:
     whole = encoder.encode(entry(1)) + encoder.encode(entry(2))
     (directory / "a.jsonl").write_bytes(whole + encoder.encode(entry(3))[:40])
     assert [r["request_id"] for r in prediction_log(tmp_path)] == ["id1", "id2"]
+
+
+# -- a full disk in the middle of a write; compression on a full disk --------------------------
+
+
+def ballast(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` with one file until about ``leave`` bytes are free (0: completely full)."""
+    path = disk / "ballast"
+    with path.open("wb") as stream:
+        while True:
+            free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+            if free <= leave:
+                break
+            try:
+                stream.write(b"\0" * min(4096, free - leave))
+                stream.flush()
+            except OSError:
+                break
+    return path
+
+
+def log_lines(directory: Path) -> list[bytes]:
+    return [line for path in sorted(directory.rglob("*.jsonl")) for line in path.read_bytes().splitlines()]
+
+
+@pytest.mark.parametrize("policy", ["drop", "block"])
+def test_lines_of_a_short_write_count_as_written_once(tiny_disk: Path, policy: str) -> None:
+    """The disk fills in the middle of one write: what reached it is counted written, never rewritten."""
+    space = ballast(tiny_disk, 8192)
+    logs = tiny_disk / "log"
+
+    async def run() -> PredictionLog:
+        log = PredictionLog(logs, hash_key=b"k" * 32, policy=policy, flush_interval_s=0.3)
+        log.start()
+        for i in range(100):  # ~400 bytes each, queued before the writer wakes: one write of ~40 KB
+            log.offer(entry(i))
+        deadline = time.monotonic() + 30
+        while not log.records() and not log.dropped():
+            assert time.monotonic() < deadline, "the writer never wrote"
+            await asyncio.sleep(0.05)
+        if policy == "block":
+            assert 0 < log.records()["m"] < 100  # part written and counted, the rest waits for room
+            space.unlink()  # room again: the writer's retry writes the rest
+        await log.close()
+        return log
+
+    log = asyncio.run(run())
+    lines = log_lines(logs)
+    ids = [orjson.loads(line)["request_id"] for line in lines]  # every line whole: a torn one was cut off
+    written = log.records().get("m", 0)
+    assert written == len(ids) == len(set(ids))  # exact, and no record twice
+    if policy == "block":
+        assert sorted(ids) == sorted(f"id{i}" for i in range(100)) and log.dropped() == {}
+    else:
+        assert 0 < written < 100 and written + log.dropped()[("m", "disk_full")] == 100
+
+
+def test_compression_on_a_full_disk_keeps_the_plain_file(tiny_disk: Path) -> None:
+    file = LogFile(tiny_disk / "m" / "1", rotate_bytes=1 << 20, rotate_s=3600, compress=True)
+    encoder = RecordEncoder(b"k" * 32)
+    file.write(b"".join(encoder.encode(entry(i)) for i in range(3)))
+    ballast(tiny_disk, 0)
+    file.rotate()  # the .gz cannot be written: the plain file stays, whole, and nothing half-made
+    names = [p.name for p in (tiny_disk / "m" / "1").iterdir()]
+    assert len(names) == 1 and names[0].endswith(".jsonl")
+    assert [r["request_id"] for r in prediction_log(tiny_disk / "m")] == ["id0", "id1", "id2"]
+
+
+# -- the block policy: a deadline, and waiters count as in flight ------------------------------
+
+
+def test_block_waiters_count_in_flight_and_get_503_after_the_deadline(repository: Path, tiny_disk: Path) -> None:
+    settings = {
+        "predlog_policy": "block", "predlog_queue_size": 4, "predlog_flush_interval_s": 0.01,
+        "predlog_block_timeout_s": 3.0,
+    }  # fmt: skip
+    with serve(repository, log_dir=tiny_disk, **settings) as server:  # type: ignore[arg-type]
+        remount(tiny_disk, "ro")
+        try:
+            with ThreadPoolExecutor(12) as pool:
+                started = time.monotonic()
+                futures = [pool.submit(infer, server, body([1.0] * 16, f"w{i}")) for i in range(12)]
+                time.sleep(1.0)
+                waiting = 12 - sum(f.done() for f in futures)
+                assert waiting >= 4  # the queue (4) and the writer's batch (up to 4) were answered
+                # Waiting for room in the log is being in flight: max_concurrent_requests bounds it.
+                assert metric(server, "tensorgate_inflight_requests") >= waiting - 1
+                replies = [f.result(timeout=30) for f in futures]
+                took = time.monotonic() - started
+        finally:
+            remount(tiny_disk, "rw")
+        refused = [r for r in replies if r.status == 503]
+        assert len(refused) == waiting and took < 20
+        for reply in refused:
+            assert reply.headers["retry-after"] == "1" and "prediction log" in reply.json()["error"]
+        assert metric(server, "tensorgate_predlog_block_timeouts_total") == waiting
+        answered = {f"w{i}" for i, r in enumerate(replies) if r.status == 200}
+        wait_written(server, timeout_s=30)
+        assert metric(server, "tensorgate_predlog_dropped_total") == 0
+        assert metric(server, "tensorgate_inflight_requests") == 0
+    assert {r["request_id"] for r in prediction_log(tiny_disk)} == answered  # a refused request is not logged
+
+
+# -- byte budgets ----------------------------------------------------------------------------------
+
+
+def big_entry(i: int, columns: int = 1000) -> Entry:
+    x = np.full((1, columns), i, np.float32)
+    return (0.0, f"big{i}", "m", "1", "primary", 1, {"x": x}, {"x": "FP32"}, [("y", x)], {"y": "FP32"},
+            200, 0.001, RecordMeta(LoggingConfig()))  # fmt: skip
+
+
+def test_the_queue_is_bounded_by_bytes_as_well_as_records(tmp_path: Path) -> None:
+    size = entry_bytes(big_entry(0))
+    assert size >= 8000  # two arrays of 4,000 bytes, and the entry itself
+
+    async def run() -> tuple[PredictionLog, list[int]]:
+        # The writer sleeps (a slow sink): what is offered stays queued.
+        log = PredictionLog(tmp_path, hash_key=b"k" * 32, queue_bytes=3 * size, flush_interval_s=10)
+        log.start()
+        for i in range(10):
+            log.offer(big_entry(i))
+        held = [log.queue_depth(), log.queue_bytes()]
+        await log.close()
+        return log, held
+
+    log, (depth, queued) = asyncio.run(run())
+    assert depth == 3 and queued == 3 * size
+    assert log.records() == {"m": 3} and log.dropped() == {("m", "queue_full"): 7}  # counted as today
+    assert log.queue_bytes() == 0
+
+    async def alone() -> PredictionLog:
+        # A record larger than the whole budget is still taken when nothing else is queued.
+        log = PredictionLog(tmp_path / "alone", hash_key=b"k" * 32, queue_bytes=1000, flush_interval_s=10)
+        log.start()
+        log.offer(big_entry(0))
+        log.offer(big_entry(1))
+        await log.close()
+        return log
+
+    small = asyncio.run(alone())
+    assert small.records() == {"m": 1} and small.dropped() == {("m", "queue_full"): 1}
+
+
+def test_the_byte_budget_drops_requests_records_end_to_end(repository: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    # ~700 bytes a record: 3,000 bytes hold 4; the writer sleeps 10 s between rounds.
+    with serve(repository, log_dir=logs, predlog_queue_bytes=3000, predlog_flush_interval_s=10) as server:
+        for i in range(20):
+            assert infer(server, body([1.0] * 16, f"q{i}")).status == 200
+        queued = metric(server, "tensorgate_predlog_queue_bytes")
+        full = metric(server, "tensorgate_predlog_dropped_total", model="simple", reason="queue_full")
+        assert 0 < queued <= 3000 and full >= 10
+    written = len(prediction_log(logs))
+    assert written + full == 20  # the queued records were written at shutdown
+
+
+# -- the hash key ----------------------------------------------------------------------------------
+
+
+def test_the_hash_key_is_generated_once_durably_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "predlog-hash-key"
+    keys: list[bytes] = []
+    threads = [threading.Thread(target=lambda: keys.append(hash_key(path))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(keys)) == 1 and 32 <= len(keys[0]) <= 64  # processes starting together agree
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert os.listdir(path.parent) == ["predlog-hash-key"]  # no temporary file left behind
+    assert hash_key(path) == keys[0]
+    for bad in (b"", b"\n", b"k" * 31 + b"\n", b"k" * 65):
+        path.write_bytes(bad)
+        with pytest.raises(SecretError, match="must hold 32 to 64"):
+            hash_key(path)
+    path.write_bytes(b"k" * 64 + b"\n")  # a trailing newline is not part of the key
+    assert hash_key(path) == b"k" * 64
+    token, created = secret_file(tmp_path / "state" / "admin-token")  # the token shares the writer
+    assert created and secret_file(tmp_path / "state" / "admin-token") == (token, False)
+    assert (tmp_path / "state" / "admin-token").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_empty_hash_key_file_stops_the_server_with_a_clear_error(repository: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "predlog-hash-key").write_bytes(b"")
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--repository", str(repository), "--state-dir", str(state),
+         "--log-dir", str(tmp_path / "logs"), "--port", "0", "--log-format", "text"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "TENSORGATE_ADMIN_TOKEN": "test-admin-token-0123456789"},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "predlog-hash-key holds 0 bytes; it must hold 32 to 64" in done.stderr
