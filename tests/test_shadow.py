@@ -173,3 +173,30 @@ def test_coalesced_shadow_copies_are_compared_row_for_row(server: RunningServer)
     assert stats["completed"] > 0 and stats["failed"] == stats["timed_out"] == 0  # the rest: over the bound of 4
     # Version 4 computes what version 1 does: any misaligned slice of a shared call would disagree.
     assert stats["agreement"] == 1.0
+
+
+def test_shadow_copies_are_bounded_by_bytes_and_overflow_is_dropped(tmp_path: Path, loader: Loader) -> None:
+    root = tmp_path / "models"
+    write_model(root, "simple", 1, add_sub(0), config='version_policy = "all"\ninline_threshold_us = 0\n')
+    write_model(root, "simple", 2, add_sub(100))
+    # Each copy holds 256 bytes (two 1x16 INT32 inputs and the primary's two answers): a budget of
+    # 300 holds one. The count (1,024) is no limit here.
+    settings = {"shadow_timeout_s": 30.0, "shadow_max_inflight": 1024, "shadow_max_inflight_bytes": 300}
+    with serve(root, loader=loader, **settings) as server:  # type: ignore[arg-type]
+        route(server, {"weights": {"1": 100}, "shadow": {"2": 1.0}})
+        gated = loader.runtimes[2]
+        gated.hold()
+        try:
+            for _ in range(10):
+                infer(server)  # each answered at once
+            gated.wait_entered()
+            stats = shadow_stats(server)["2"]
+            assert stats["mirrored"] == 10 and stats["dropped"] == 9  # counted as drops, as for the count
+            metrics = request(server.port, "GET", "/metrics").body.decode()
+            assert "tensorgate_shadow_inflight_bytes 256.0" in metrics
+            assert 'tensorgate_shadow_dropped_total{model="simple",version="2"} 9.0' in metrics
+        finally:
+            gated.release()
+        wait_for(lambda: settled(shadow_stats(server)["2"], 10))
+        assert shadow_stats(server)["2"]["completed"] == 1
+        assert "tensorgate_shadow_inflight_bytes 0.0" in request(server.port, "GET", "/metrics").body.decode()
