@@ -94,6 +94,9 @@ CASES: list[tuple[str, str, str, bytes, dict[str, str], int, str]] = [
     ("not an object", "POST", "/v2/models/m/infer", b"[]", {}, 400, "JSON object"),
     ("NaN literal", "POST", "/v2/models/m/infer", GOOD.replace(b"1,", b"NaN,"), {}, 400, "malformed JSON"),
     ("no inputs", "POST", "/v2/models/m/infer", b'{"inputs": []}', {}, 400, "missing inputs: INPUT0"),
+    ("no datatype", "POST", "/v2/models/m/infer", infer_doc(datatype=None), {}, 400, "input 'INPUT0' has no datatype"),
+    ("datatype a list", "POST", "/v2/models/m/infer", infer_doc(datatype=["FP32"]), {}, 400, "must be a string"),
+    ("datatype an object", "POST", "/v2/models/m/infer", infer_doc(datatype={}), {}, 400, "got an object"),
     (
         "missing one input",
         "POST",
