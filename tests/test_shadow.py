@@ -35,6 +35,7 @@ class Loader:
         self.runtimes: dict[int, GatedRuntime] = {}
 
     def __call__(self, artifact: Artifact, config: ModelConfig) -> Any:
+        assert artifact.model_file is not None
         runtime = GatedRuntime(OnnxRuntime.load(artifact.model_file, config.onnx, Devices(0, False)))
         self.runtimes[artifact.version] = runtime
         return runtime
@@ -77,7 +78,7 @@ def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
 
 def settled(stats: dict[str, Any], copies: int) -> bool:
     """Every mirrored copy has an outcome."""
-    return stats["completed"] + stats["dropped"] + stats["failed"] + stats["timed_out"] == copies
+    return bool(stats["completed"] + stats["dropped"] + stats["failed"] + stats["timed_out"] == copies)
 
 
 def infer(server: RunningServer) -> dict[str, Any]:
