@@ -273,6 +273,18 @@ def test_load_with_uploaded_files_is_refused_and_writes_nothing(
     assert not (repository / "simple_identity" / "2").exists()
 
 
+def test_an_upload_over_the_admin_body_limit_says_uploads_are_not_supported(
+    server: RunningServer, repository: Path
+) -> None:
+    before = repository_snapshot(repository)
+    blob = base64.b64encode(bytes(100_000)).decode()
+    body = orjson.dumps({"parameters": {"file:1/model.onnx": blob}})
+    reply = request(server.admin_port, "POST", "/v2/repository/models/simple/load", body, AUTH)
+    assert reply.status == 413
+    assert "model file uploads are not supported" in orjson.loads(reply.body)["error"]
+    assert repository_snapshot(repository) == before
+
+
 def test_plain_load_still_works(client: httpclient.InferenceServerClient) -> None:
     client.load_model("simple", headers=TOKEN)
     assert client.is_model_ready("simple")
