@@ -363,7 +363,9 @@ class ModelManager:
             detail = f"remote platform {info.platform}"
         else:
             digest = (artifact.sha256 or "")[:12]
-            detail = f"sha256 {digest}, {executor.cost.base_s * 1e6:.1f} us per call at batch 1"
+            line = executor.cost
+            timing = f"{line.base_s * 1e6:.1f} us per call at batch 1" if line.measured else "cost not measured yet"
+            detail = f"sha256 {digest}, {timing}"
         elapsed_ms = (time.perf_counter() - started) * 1e3
         log.info(
             "model %r version %d READY on %s in %.0f ms (%s)", mv.model, mv.version, info.provider, elapsed_ms, detail
