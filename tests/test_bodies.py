@@ -277,6 +277,28 @@ def test_json_and_no_content_type_are_served(server: RunningServer, headers: dic
     assert request(server.port, "POST", "/v2/models/m/infer", GOOD, headers).status == 200
 
 
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}, 415),
+        ({"Sec-Fetch-Site": "same-site"}, 415),
+        ({"Origin": "https://evil.example"}, 415),  # a browser without Fetch Metadata
+        ({"Sec-Fetch-Site": "same-origin", "Origin": "http://127.0.0.1"}, 200),
+        ({"Sec-Fetch-Site": "none"}, 200),  # typed into the address bar, a bookmark: not a page's doing
+    ],
+    ids=["cross-site", "same-site", "origin only", "same-origin", "user"],
+)
+def test_an_untyped_body_from_another_sites_page_is_415(
+    server: RunningServer, headers: dict[str, str], status: int
+) -> None:
+    # fetch(url, {method: "POST", mode: "no-cors", body: new Blob([json])}) sends no Content-Type
+    # and needs no preflight: the headers a browser adds tell it apart from tritonclient.
+    reply = request(server.port, "POST", "/v2/models/m/infer", GOOD, headers)
+    assert reply.status == status, reply.body
+    if status == 415:
+        assert "cross-site" in reply.json()["error"]  # type: ignore[index]
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_as_in_the_readme(server: RunningServer) -> None:
     url = f"{server.url}/v2/models/m/infer"

@@ -42,6 +42,9 @@ class BodyHeaders:
     header_length: bytes | None = None
     request_id: bytes | None = None
     duplicated: bytes | None = None
+    #: What a browser says of where a request comes from (``Origin``, ``Sec-Fetch-Site``).
+    origin: bytes | None = None
+    fetch_site: bytes | None = None
 
     @classmethod
     def parse(cls, scope: Scope) -> BodyHeaders:
@@ -60,11 +63,25 @@ class BodyHeaders:
                 found.content_encoding = value
             elif key == b"x-request-id":
                 found.request_id = value
+            elif key == b"origin":
+                found.origin = value
+            elif key == b"sec-fetch-site":
+                found.fetch_site = value
         return found
 
     def check_media_type(self) -> None:
-        """415 unless the Content-Type is one of INFER_MEDIA_TYPES (parameters such as charset ignored)."""
+        """415 unless the Content-Type is one of INFER_MEDIA_TYPES (parameters such as charset ignored).
+
+        No Content-Type at all is what tritonclient.http sends, but also what a browser sends for
+        a cross-site ``fetch`` of an untyped Blob, without a preflight: refused when the request
+        says it comes from another site's page (no client of ours sends these headers).
+        """
         if self.content_type in _COMMON:
+            if not self.content_type and self._cross_site():
+                raise UnsupportedMediaType(
+                    "a cross-site browser request needs Content-Type: application/json (and so a CORS "
+                    "preflight, which this server does not grant)"
+                )
             return
         media = self.content_type.partition(b";")[0].strip().lower().decode("latin-1")
         if media not in INFER_MEDIA_TYPES:
@@ -72,6 +89,12 @@ class BodyHeaders:
                 f"unsupported Content-Type {media!r:.60}: send application/json (or, for the binary "
                 "extension, application/octet-stream)"
             )
+
+    def _cross_site(self) -> bool:
+        site = self.fetch_site
+        if site is not None:  # Fetch Metadata: every current browser sends it
+            return site.strip().lower() not in (b"same-origin", b"none")
+        return self.origin is not None  # older browsers: Origin on every cross-origin POST
 
 
 async def read_body(
