@@ -97,3 +97,19 @@ def test_tensorgate_serve_listens_on_both_ports(repository: Path, tmp_path: Path
             process.communicate()
     assert process.returncode == 0, output
     assert f"admin API on port {admin_port}" in output
+
+
+def test_a_busy_admin_port_is_one_line_and_exit_3(repository: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--repository", str(repository), "--port", str(free_port()),
+             "--admin-port", str(taken.getsockname()[1]), "--state-dir", str(tmp_path / "state"),
+             "--log-dir", str(tmp_path / "log")],
+            cwd=ROOT, env={"PATH": "/usr/bin:/bin", "TENSORGATE_ADMIN_TOKEN": AUTH["Authorization"].split()[1]},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    # As uvicorn itself answers a busy main port: status 3, the reason logged, no traceback.
+    assert done.returncode == 3 and "cannot listen on 127.0.0.1" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
