@@ -7,12 +7,16 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
 from onnx import TensorProto, helper
 
+from gateway.cli import check_startup
+from gateway.config_error import ConfigError
+from gateway.settings import Settings
 from tests.onnx_models import _model, identity, write_model
 from tests.rawhttp import request
 from tests.server import admin, serve, wait_for
@@ -91,6 +95,16 @@ def test_a_missing_or_empty_repository_is_a_startup_error(tmp_path: Path) -> Non
     (tmp_path / "empty" / "m" / "1").mkdir(parents=True)  # a version directory without a model file
     empty = one_line_error(tensorgate_serve("--repository", str(tmp_path / "empty"), *state))
     assert f"repository {tmp_path / 'empty'} holds no model" in empty
+
+
+def test_an_mlflow_registry_needs_no_repository_directory(tmp_path: Path) -> None:
+    # The models come from MLflow (or its cache while it is down); the directory only holds
+    # optional config.toml overrides, so its absence is no error.
+    settings = Settings(registry_kind="mlflow", registry_tracking_uri="http://127.0.0.1:9",
+                        repository=tmp_path / "overrides", state_dir=tmp_path / "state", port=0)  # fmt: skip
+    check_startup(settings, environ={"TENSORGATE_ADMIN_TOKEN": TOKEN})
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_startup(replace(settings, registry_kind="local"), environ={"TENSORGATE_ADMIN_TOKEN": TOKEN})
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
