@@ -19,6 +19,7 @@ from gateway.registry.base import Artifact, Registry
 from gateway.registry.config import ConfigError, ModelConfig
 from gateway.registry.local import RegistryError
 from gateway.registry.names import check_model_name
+from gateway.retry import RetryLoop
 from gateway.stats import VersionStats
 from gateway.warmup import warm_up_version
 from routing.route import Route, sticky_bucket
@@ -58,6 +59,17 @@ def no_servable_version(model: Model) -> str:
     """A client's 503 message for a model without a route; the reason (a config error) stays in /admin."""
     why = "its configuration is invalid (reason in /admin/models)" if model.config_error else "not loaded"
     return f"model {model.name!r} has no servable version: {why}"
+
+
+def _remote_not_ready_yet(mv: ModelVersion, exc: Exception) -> bool:
+    """Whether a failed load of a remote version may succeed later (its server or model still starting)."""
+    triton = mv.config.triton
+    return (
+        mv.config.runtime == "triton"
+        and triton.load_retry_max_s > 0
+        and isinstance(exc, RuntimeLoadError)
+        and exc.reason in ("remote", "timeout")
+    )
 
 
 class VersionState(enum.StrEnum):
@@ -165,6 +177,8 @@ class ModelManager:
         self.started = False
         #: (model, reason) -> failed loads, for ``tensorgate_model_load_failures_total``.
         self.load_failures: dict[tuple[str, str], int] = {}
+        #: Start-up loads of remote versions not ready yet, tried again in the background.
+        self._retrying: dict[ModelVersion, RetryLoop] = {}
         #: (model, version) -> warm-ups on synthetic data that failed (the version serves anyway).
         self.warmup_failures: dict[tuple[str, str], int] = {}
 
@@ -198,7 +212,7 @@ class ModelManager:
                 versions |= set(saved.versions)
             for version in sorted(versions, reverse=True):
                 if version in model.available:
-                    await self.load(name, version)
+                    await self.load(name, version, retry_remote=True)
                 else:
                     log.error("model %r: the saved route names version %d, not in the repository", name, version)
         self.started = True
@@ -255,6 +269,9 @@ class ModelManager:
         if mv is None:
             raise NotFound(f"version {version} of model {model.name!r} is not loaded")
         mv.state = VersionState.UNLOADING  # new requests get 503 from here on
+        retry = self._retrying.pop(mv, None)
+        if retry is not None:  # a remote version still waiting for its model: stop asking
+            await retry.close()
         if mv.batcher is not None:
             await mv.batcher.drain()  # queued and running batches finish first
         await self._release(mv)
@@ -279,6 +296,8 @@ class ModelManager:
         if self._startup is not None and not self._startup.done():
             self._startup.cancel()
             await asyncio.gather(self._startup, return_exceptions=True)
+        for retry in list(self._retrying.values()):
+            await retry.close()
         pending = [t for t in self._loads.values() if not t.done()]
         await asyncio.gather(*pending, return_exceptions=True)
         for model in self._models.values():
@@ -299,23 +318,32 @@ class ModelManager:
 
     # -- loading -----------------------------------------------------------------------------
 
-    async def load(self, name: str, version: int) -> ModelVersion:
-        """Load ``version`` of ``name`` (once, however many callers ask) and warm it up."""
+    async def load(self, name: str, version: int, *, retry_remote: bool = False) -> ModelVersion:
+        """Load ``version`` of ``name`` (once, however many callers ask) and warm it up.
+
+        ``retry_remote`` (start-up): a remote version whose model is not ready yet stays LOADING
+        and is tried again in the background until it is READY, fails for good, or is unloaded.
+        A load of a version being retried makes the next attempt now and answers its outcome.
+        """
         model = self._models[name]
         current = model.versions.get(version)
         if current is not None and current.state is VersionState.READY:
+            return current
+        retry = self._retrying.get(current) if current is not None else None
+        if current is not None and retry is not None:
+            await retry.now()
             return current
         key = (name, version)
         task = self._loads.get(key)
         if task is None or task.done():
             mv = ModelVersion(name, version, model.config)
             model.versions[version] = mv
-            task = asyncio.create_task(self._load(mv), name=f"load-{name}-{version}")
+            task = asyncio.create_task(self._load(mv, retry_remote), name=f"load-{name}-{version}")
             self._loads[key] = task
             task.add_done_callback(lambda t: self._loads.pop(key, None) if self._loads.get(key) is t else None)
         return await asyncio.shield(task)
 
-    async def _load(self, mv: ModelVersion) -> ModelVersion:
+    async def _load(self, mv: ModelVersion, retry_remote: bool = False) -> ModelVersion:
         started = time.perf_counter()
         executor: AnyExecutor
         try:
@@ -333,6 +361,9 @@ class ModelManager:
                     name=f"{mv.model}-{mv.version}",
                 )
         except (RegistryError, RuntimeLoadError, ConfigError) as exc:
+            if retry_remote and _remote_not_ready_yet(mv, exc):
+                self._retry_later(mv, exc)
+                return mv
             mv.state, mv.error = VersionState.FAILED, str(exc)
             log.error("model %r version %d failed to load: %s", mv.model, mv.version, exc)
             self._load_failed(mv, _failure_reason(exc))
@@ -385,6 +416,39 @@ class ModelManager:
                 await runtime.close()
                 raise
         return artifact, RemoteExecutor(runtime, _REMOTE_COST)
+
+    def _retry_later(self, mv: ModelVersion, exc: Exception) -> None:
+        """Keep ``mv`` LOADING, with the reason in /admin/models, and try again in the background."""
+        first = mv.error is None
+        mv.error = str(exc)
+        if mv in self._retrying:  # an attempt of the running loop: it pauses and tries again
+            log.info("model %r version %d: still not ready remotely: %s", mv.model, mv.version, exc)
+            return
+        log.warning("model %r version %d: %s; retrying in the background", mv.model, mv.version, exc)
+        if first:
+            self._load_failed(mv, _failure_reason(exc))
+
+        async def attempt() -> bool:
+            model = self._models.get(mv.model)
+            if model is None or model.versions.get(mv.version) is not mv or mv.state is not VersionState.LOADING:
+                return True  # unloaded or replaced meanwhile
+            loaded = await self._load(mv, retry_remote=True)
+            if loaded.state is VersionState.READY:
+                loaded.error = loaded.failure = None
+                log.info("model %r version %d: the remote model is ready now", mv.model, mv.version)
+            return loaded.state is not VersionState.LOADING
+
+        def done() -> None:
+            self._retrying.pop(mv, None)
+
+        self._retrying[mv] = RetryLoop(
+            attempt,
+            max_pause_s=mv.config.triton.load_retry_max_s,
+            rng=self._rng,
+            name=f"retry-load-{mv.model}-{mv.version}",
+            on_done=done,
+        )
+        self._retrying[mv].start()
 
     def _load_failed(self, mv: ModelVersion, reason: str) -> None:
         mv.failure = reason

@@ -4,8 +4,11 @@ The gateway keeps its routing, prediction log and metrics; Triton computes. Meta
 from the remote at load, tensors travel in Triton's binary format over pooled connections
 (HTTP/1.1 keep-alive with aiohttp, or one HTTP/2 channel with gRPC), and outputs are numpy
 views of the response buffer. Faults map to statuses the client can act on: refused, dropped
-or 5xx is a 502, no answer within the deadline a 504, an open circuit a fast 503. No message
-names the remote host: error bodies are read by clients, the host is the operator's business.
+or 5xx is a 502, no answer within the deadline a 504, an open circuit a fast 503, a 4xx a 400
+with a fixed message and the status. No message names the remote host or repeats the remote's
+text: error bodies are read by clients, the remote's details are the operator's business.
+``https://`` and ``grpcs://`` URLs speak TLS, verified against ``ca_file`` (default: the
+system's trust store), with an optional client certificate (``cert_file`` and ``key_file``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +49,7 @@ _RETRYABLE_GRPC = frozenset({"StatusCode.UNAVAILABLE"})
 class TritonOptions:
     """Per-model settings of the remote Triton runtime (the ``[triton]`` table of ``config.toml``)."""
 
-    #: ``http://host:port`` or ``grpc://host:port``.
+    #: ``http://host:port`` or ``grpc://host:port``; ``https://`` and ``grpcs://`` for TLS.
     url: str = ""
     #: The remote model's name and version ("": the local model's name and version).
     model: str = ""
@@ -65,30 +69,72 @@ class TritonOptions:
     load_remote: bool = False
     #: Ask the server to unload the model when this version is unloaded.
     unload_remote: bool = False
+    #: A start-up load whose remote model is not ready yet is retried, pausing up to this long (0: never).
+    load_retry_max_s: float = 30.0
+    #: TLS (``https``/``grpcs``): the CA bundle that signs the server's certificate ("": the system's).
+    ca_file: str = ""
+    #: TLS client certificate and its private key (PEM), for servers that ask for one ("": none).
+    cert_file: str = ""
+    key_file: str = ""
+
+
+#: What a TLS connection needs: an SSL context (HTTP) or gRPC channel credentials.
+TlsMaterial = Any
+
+
+def tls_material(scheme: str, options: TritonOptions) -> TlsMaterial:
+    """The TLS settings of an ``https``/``grpcs`` URL, read from the configured files (blocking: run in a thread)."""
+    try:
+        if scheme == "grpcs":
+            import grpc  # type: ignore[import-untyped]
+
+            def read(path: str) -> bytes:
+                with open(path, "rb") as stream:
+                    return stream.read()
+
+            return grpc.ssl_channel_credentials(
+                root_certificates=read(options.ca_file) if options.ca_file else None,
+                private_key=read(options.key_file) if options.key_file else None,
+                certificate_chain=read(options.cert_file) if options.cert_file else None,
+            )
+        context = ssl.create_default_context(cafile=options.ca_file or None)
+        if options.cert_file:
+            context.load_cert_chain(options.cert_file, options.key_file or None)
+        return context
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        # The operator's files: their names may be shown to the operator, never the host.
+        raise RuntimeLoadError(f"the [triton] TLS files cannot be used: {_file_problem(exc)}", "config") from None
+
+
+def _file_problem(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return type(exc).__name__
 
 
 class _Transport:
     """The parts of tritonclient's HTTP and gRPC asyncio clients that differ."""
 
-    def __init__(self, scheme: str, address: str, options: TritonOptions) -> None:
-        self.scheme = scheme
-        if scheme == "grpc":
+    def __init__(self, scheme: str, address: str, options: TritonOptions, tls: TlsMaterial = None) -> None:
+        #: The protocol, ``http`` or ``grpc``, whether or not over TLS.
+        self.scheme = scheme.removesuffix("s")
+        if self.scheme == "grpc":
             import tritonclient.grpc.aio as client_module
 
-            self.client: Any = client_module.InferenceServerClient(address)
+            self.client: Any = client_module.InferenceServerClient(address, creds=tls)
             self._retryable = _RETRYABLE_GRPC
         else:
             import tritonclient.http.aio as client_module
 
             # No client-side total timeout: each call runs under its own deadline (asyncio.timeout).
             self.client = client_module.InferenceServerClient(
-                address, conn_limit=options.max_connections, conn_timeout=None
+                address, conn_limit=options.max_connections, conn_timeout=None, ssl=tls is not None, ssl_context=tls
             )
             self._retryable = _RETRYABLE_HTTP
         self.module = client_module
         #: aiohttp asks for gzip by default, and Triton then compresses every answer: CPU on both
         #: sides (its HTTP frontend is often the bottleneck) for a few hundred bytes on a LAN.
-        self.headers = {"Accept-Encoding": "identity"} if scheme == "http" else None
+        self.headers = {"Accept-Encoding": "identity"} if self.scheme == "http" else None
 
     async def metadata(self, model: str, version: str) -> dict[str, Any]:
         if self.scheme == "grpc":
@@ -126,11 +172,15 @@ def _spec(entry: Mapping[str, Any]) -> TensorSpec:
     return TensorSpec(str(entry["name"]), datatype, tuple(int(d) for d in entry.get("shape", ())))
 
 
+#: The ``[triton] url`` schemes: the protocol, with an ``s`` for TLS.
+SCHEMES = ("http", "https", "grpc", "grpcs")
+
+
 def split_url(url: str) -> tuple[str, str]:
-    """``("http" | "grpc", "host:port")`` of a ``[triton] url``."""
+    """``("http" | "https" | "grpc" | "grpcs", "host:port")`` of a ``[triton] url``."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "grpc") or not parts.netloc:
-        raise RuntimeLoadError(f"triton.url must be http://host:port or grpc://host:port, got {url!r}", "config")
+    if parts.scheme not in SCHEMES or not parts.netloc:
+        raise RuntimeLoadError(f"triton.url must be http(s)://host:port or grpc(s)://host:port, got {url!r}", "config")
     return parts.scheme, parts.netloc
 
 
@@ -170,7 +220,8 @@ class TritonRuntime:
         """Check the remote model is ready (loading it if configured to) and read its metadata."""
         scheme, address = split_url(options.url)
         remote = (options.model or model, options.version or str(version))
-        transport = _Transport(scheme, address, options)
+        tls = await asyncio.to_thread(tls_material, scheme, options) if scheme in ("https", "grpcs") else None
+        transport = _Transport(scheme, address, options, tls)
         try:
             async with asyncio.timeout(options.timeout_s):
                 await _ensure_ready(transport, options, remote)
@@ -287,7 +338,11 @@ class TritonRuntime:
             status = _status(exc)
             if self._transport.client_fault(status):
                 breaker.succeeded()  # the server is alive and answered: it is the request
-                raise InvalidInputError(f"the remote model refused the input: {self._clean(exc)}") from None
+                # A fixed message: the remote's text may name its host, paths or model internals.
+                log.info("remote model %r refused a request: %s", self._model, self._clean(exc))
+                raise InvalidInputError(
+                    f"the remote model refused the input (status {str(status).removeprefix('StatusCode.')})"
+                ) from None
             breaker.failed()
             retryable = status is None or self._transport.retryable(status)
             raise RemoteFailedError(_failure_message(exc, status), retryable) from None
@@ -358,6 +413,8 @@ def _kind(exc: BaseException) -> str:
         return "connection refused"
     if code in (errno.ECONNRESET, errno.EPIPE) or "Disconnected" in name:
         return "connection closed by the server"
+    if isinstance(exc, ssl.SSLError) or "Certificate" in name or "SSL" in name:
+        return "TLS handshake failed"
     if "Connector" in name:
         return "cannot connect"
     return name

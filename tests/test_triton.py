@@ -7,7 +7,9 @@ compared with Triton's own, called directly with tritonclient.
 
 from __future__ import annotations
 
+import re
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +20,11 @@ import orjson
 import pytest
 import tritonclient.http as httpclient
 
+from gateway.registry.config import ConfigError, parse_model_config
 from tests.onnx_models import sigmoid_scorer, write_model
 from tests.rawhttp import Reply, request
 from tests.server import RunningServer, admin, prediction_log, serve, wait_for
+from tests.tls_proxy import TlsProxy, make_certificates
 from tests.triton_server import TritonServer, scorer_weights
 
 JSON = {"Content-Type": "application/json"}
@@ -222,6 +226,17 @@ def test_bad_input_is_refused_before_the_remote(gateway: RunningServer) -> None:
     assert reply.status == 400 and "features" in reply.json()["error"]  # type: ignore[index]
 
 
+def test_a_remote_4xx_is_a_400_with_a_fixed_message(gateway: RunningServer) -> None:
+    # Valid by the metadata ([-1, 16]) but over Triton's max_batch_size (64): Triton answers 400
+    # with its own text (the model's name, its limits); the client gets a fixed message and the status.
+    reply = infer_json(gateway.port, "/v2/models/scorer/versions/2/infer", [[0.5] * 16] * 65)
+    assert reply.status == 400, reply.body
+    assert reply.json() == {"error": "the remote model refused the input (status 400)"}
+    reply = infer_json(gateway.port, "/v2/models/scorer_grpc/infer", [[0.5] * 16] * 65)
+    assert reply.json() == {"error": "the remote model refused the input (status INVALID_ARGUMENT)"}
+    assert infer_json(gateway.port, "/v2/models/scorer/versions/2/infer", [[0.5] * 16] * 64).status == 200
+
+
 def test_gateway_side_batching_in_front_of_triton(gateway: RunningServer) -> None:
     rng = np.random.default_rng(3)
     rows = [rng.normal(size=(1, 16)).astype(np.float32) for _ in range(64)]
@@ -376,3 +391,131 @@ def test_load_remote_asks_triton_to_load_and_unload_remote_unloads(tmp_path: Pat
             assert reply.status == 502 and "set triton.load_remote = true" in reply.json()["error"]  # type: ignore[index]
     finally:
         triton.stop()
+
+
+# -- start-up before Triton: retried until the remote model is ready -----------------------------
+
+
+def admin_version(gateway: RunningServer, model: str, version: str) -> dict[str, object] | None:
+    described = {m["name"]: m for m in admin(gateway, "GET", "/admin/models").json()["models"]}  # type: ignore[index]
+    found: dict[str, object] | None = described[model]["versions"].get(version)
+    return found
+
+
+def test_a_gateway_started_before_triton_waits_for_its_models(tmp_path: Path) -> None:
+    (tmp_path / "triton").mkdir()
+    triton = TritonServer(tmp_path / "triton")  # its ports are chosen; it starts later
+    root = tmp_path / "models"
+    extra = "load_retry_max_s = 1.0\nhealth_interval_s = 0.5\n"
+    (root / "scorer" / "1").mkdir(parents=True)
+    (root / "scorer" / "config.toml").write_text(remote(triton.http_url, "scorer", extra))
+    # spare: version 2 here on ONNX Runtime (it serves), version 1 a remote model that never comes.
+    write_model(root, "spare", 2, sigmoid_scorer(scorer_weights()), config='version_policy = "all"\n')
+    add_remote_version(root, "spare", 1, remote(triton.http_url, "nope", extra))
+    try:
+        with serve(root, ready=False) as gateway:
+            deadline = time.monotonic() + 30
+            while (admin_version(gateway, "scorer", "1") or {}).get("error") is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            status = admin_version(gateway, "scorer", "1")
+            assert status is not None and status["state"] == "LOADING"
+            assert "cannot be reached (connection refused)" in str(status["error"])
+            assert request(gateway.port, "GET", "/v2/health/ready").status == 503
+            reply = infer_json(gateway.port, "/v2/models/scorer/infer", [[0.5] * 16])
+            assert reply.status == 503 and "loading" in reply.json()["error"]  # type: ignore[index]
+            # An operator's load makes an attempt now and answers its outcome; retrying goes on.
+            reply = admin(gateway, "POST", "/admin/models/scorer/versions/1/load")
+            assert reply.status == 502 and "127.0.0.1" not in reply.body.decode()
+            # A version being retried can be unloaded: its retries stop.
+            assert (admin_version(gateway, "spare", "1") or {}).get("state") == "LOADING"
+            assert admin(gateway, "POST", "/admin/models/spare/versions/1/unload").status == 200
+
+            triton.start()
+            wait_for(gateway.url + "/v2/health/ready", timeout_s=60)
+            reply = infer_json(gateway.port, "/v2/models/scorer/infer", [[0.5] * 16])
+            assert reply.status == 200, reply.body
+            np.testing.assert_allclose(
+                reply.json()["outputs"][0]["data"], expected_scores(np.full((1, 16), 0.5)).ravel(), rtol=1e-5
+            )  # type: ignore[index]
+            assert admin_version(gateway, "scorer", "1") == {
+                "state": "READY", "provider": "triton-http", "remote_ready": True, "circuit": "closed"
+            }  # fmt: skip
+            time.sleep(1.5)  # a few retry periods: the unloaded version stays unloaded
+            assert admin_version(gateway, "spare", "1") is None
+            text = request(gateway.port, "GET", "/metrics").body.decode()
+            assert 'tensorgate_model_load_failures_total{model="scorer",reason="remote"} 1.0' in text
+    finally:
+        triton.stop()
+
+
+def test_load_retry_max_s_zero_fails_at_once(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    (root / "down" / "1").mkdir(parents=True)
+    (root / "down" / "config.toml").write_text(remote("http://127.0.0.1:9", "scorer", "load_retry_max_s = 0\n"))
+    with serve(root, ready=False) as gateway:
+        deadline = time.monotonic() + 30
+        while (admin_version(gateway, "down", "1") or {}).get("state") != "FAILED":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('url = "https://t:8000"\nca_file = "ca.pem"\n', "ca_file: must be an absolute path"),
+        ('url = "http://t:8000"\nca_file = "/ca.pem"\n', "need an https:// or grpcs:// url"),
+        ('url = "grpcs://t:8001"\ncert_file = "/c.pem"\n', "needs both cert_file and key_file"),
+        ('url = "ftp://t:21"\n', "triton.url: invalid value"),
+        ('url = "https://t:8000"\nload_retry_max_s = -1\n', "load_retry_max_s: must be a finite number >= 0"),
+    ],
+)
+def test_triton_tls_settings_are_checked(table: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_model_config(tomllib.loads(f'runtime = "triton"\n[triton]\n{table}'), "m/config.toml")
+
+
+def test_triton_tls_settings_parse() -> None:
+    table = 'url = "grpcs://t:8001"\nca_file = "/ca.pem"\ncert_file = "/c.pem"\nkey_file = "/c.key"\n'
+    options = parse_model_config(tomllib.loads(f'runtime = "triton"\n[triton]\n{table}'), "m").triton
+    assert (options.url, options.ca_file, options.cert_file, options.key_file) == (
+        "grpcs://t:8001", "/ca.pem", "/c.pem", "/c.key"
+    )  # fmt: skip
+    assert options.load_retry_max_s == 30.0
+
+
+def test_tls_to_triton_with_a_client_certificate(triton: TritonServer, tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "pki")
+    with (
+        TlsProxy(triton.http_port, certs, alpn="http/1.1", client_ca=certs.ca) as https,
+        TlsProxy(triton.grpc_port, certs, alpn="h2", client_ca=certs.ca) as grpcs,
+    ):
+        client = f'ca_file = "{certs.ca}"\ncert_file = "{certs.client_cert}"\nkey_file = "{certs.client_key}"\n'
+        root = tmp_path / "models"
+        quick = "load_retry_max_s = 0\n"
+        for name, url, extra in [
+            ("secure", f"https://127.0.0.1:{https.port}", client),
+            ("secure_grpc", f"grpcs://127.0.0.1:{grpcs.port}", client),
+            ("no_client_cert", f"https://127.0.0.1:{https.port}", f'ca_file = "{certs.ca}"\n{quick}'),
+            ("untrusted", f"https://127.0.0.1:{https.port}", f'ca_file = "{certs.other_ca}"\n{quick}'),
+            ("plain_to_tls", f"http://127.0.0.1:{https.port}", quick),
+        ]:
+            (root / name / "1").mkdir(parents=True)
+            (root / name / "config.toml").write_text(remote(url, "scorer", extra))
+        with serve(root, ready=False) as gateway:
+            for name, provider in (("secure", "triton-http"), ("secure_grpc", "triton-grpc")):
+                wait_for(f"{gateway.url}/v2/models/{name}/ready", timeout_s=60)
+                reply = infer_json(gateway.port, f"/v2/models/{name}/infer", [[0.25] * 16] * 3)
+                assert reply.status == 200, reply.body
+                np.testing.assert_allclose(
+                    reply.json()["outputs"][0]["data"], expected_scores(np.full((3, 16), 0.25)).ravel(), rtol=1e-5
+                )  # type: ignore[index]
+                assert request(gateway.port, "GET", f"/v2/models/{name}").json()["parameters"]["provider"] == provider  # type: ignore[index]
+            for name in ("no_client_cert", "untrusted", "plain_to_tls"):
+                reply = admin(gateway, "POST", f"/admin/models/{name}/versions/1/load")
+                assert reply.status == 502, (name, reply.body)
+                assert "127.0.0.1" not in reply.body.decode() and str(https.port) not in reply.body.decode()
+            assert "TLS handshake failed" in str(admin_version(gateway, "untrusted", "1") or {})

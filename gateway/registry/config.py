@@ -16,7 +16,7 @@ from runtimes.triton import TritonOptions
 
 CONFIG_FILE = "config.toml"
 _CUDA_DEVICE = re.compile(r"cuda:[0-9]{1,2}")
-_TRITON_URL = re.compile(r"(http|grpc)://[A-Za-z0-9._\-\[\]:]+(:[0-9]{1,5})?/?")
+_TRITON_URL = re.compile(r"(https?|grpcs?)://[A-Za-z0-9._\-\[\]:]+(:[0-9]{1,5})?/?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,9 +201,25 @@ def _triton(t: _Table) -> TritonOptions:
         health_interval_s=t.number("health_interval_s", 5.0),
         load_remote=t.get("load_remote", (bool,), False),
         unload_remote=t.get("unload_remote", (bool,), False),
+        load_retry_max_s=t.number("load_retry_max_s", 30.0),
+        ca_file=_tls_file(t, "ca_file"),
+        cert_file=_tls_file(t, "cert_file"),
+        key_file=_tls_file(t, "key_file"),
     )
     t.check_unknown()
+    if (config.ca_file or config.cert_file or config.key_file) and not config.url.startswith(("https:", "grpcs:")):
+        raise t.fail("url", "ca_file, cert_file and key_file need an https:// or grpcs:// url")
+    if bool(config.cert_file) != bool(config.key_file):
+        raise t.fail("cert_file", "a client certificate needs both cert_file and key_file")
     return config
+
+
+def _tls_file(t: _Table, key: str) -> str:
+    """An absolute path (a mounted secret): a relative one would depend on the working directory."""
+    path: str = t.get(key, (str,), "")
+    if path and not Path(path).is_absolute():
+        raise t.fail(key, f"must be an absolute path, got {path!r}")
+    return path
 
 
 def _names(t: _Table, key: str) -> tuple[str, ...]:
