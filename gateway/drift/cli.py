@@ -83,11 +83,11 @@ def utc_bound(text: str, option: str) -> str:
     """An ISO 8601 date or time (any offset; naive means UTC) as the log writes it, for comparing."""
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    except (ValueError, OverflowError):  # OverflowError: year 1 at a negative offset
         raise UsageError(f"{option}: not an ISO 8601 date or time: {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -106,8 +106,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--roles: expected some of {', '.join(ROLES)}, got {args.roles!r}")
     args.roles = roles
     if args.features is not None:
-        parts = [p.strip() for p in args.features.split(",")]
-        if not all(p.isascii() and p.isdigit() for p in parts):
+        parts = [p.strip() for p in args.features.split(",") if p.strip()]
+        if not parts or not all(p.isascii() and p.isdigit() for p in parts):
             raise UsageError(f"--features: expected column indexes like 0,1,2, got {args.features!r}")
     args.since = utc_bound(args.since, "--since") if args.since else None
     args.until = utc_bound(args.until, "--until") if args.until else None
