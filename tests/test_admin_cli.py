@@ -81,3 +81,25 @@ def test_without_a_token_or_with_a_wrong_one(server: RunningServer) -> None:
     assert code == 1 and "TENSORGATE_ADMIN_TOKEN" in err
     code, _, err = tensorgate(server, "models", token="wrong-token-0123456789")
     assert code == 1 and "401: unauthorized" in err
+
+
+def test_route_set_keeps_the_sticky_header_and_shadows_unless_told(server: RunningServer) -> None:
+    code, route, _ = tensorgate(server, "route", "set", "simple", "3=90", "2=10", "--shadow", "1=0.5",
+                                "--sticky-header", "x-user-id")  # fmt: skip
+    assert code == 0 and route["shadow"] == {"1": 0.5} and route["sticky_header"] == "x-user-id"
+    code, route, err = tensorgate(server, "route", "set", "simple", "3=80", "2=20")
+    assert code == 0 and route["weights"] == {"2": 20, "3": 80}
+    assert route["shadow"] == {"1": 0.5} and route["sticky_header"] == "x-user-id"
+    assert "route of simple: weights: 2=10 3=90 -> 2=20 3=80" in err
+    assert "sticky header: x-user-id kept (--no-sticky clears it)" in err and "shadow: 1=0.5 kept" in err
+    # A kept shadow that the new weights give traffic stops shadowing (it cannot be both).
+    code, route, err = tensorgate(server, "route", "set", "simple", "3=80", "1=20")
+    assert code == 0 and route["shadow"] == {} and "shadow: 1 dropped: it now takes traffic" in err
+    code, route, err = tensorgate(server, "route", "set", "simple", "3=100", "--shadow", "2=1.0", "--no-sticky")
+    assert code == 0 and route == {"seq": route["seq"], "weights": {"3": 100}, "shadow": {"2": 1.0},
+                                   "sticky_header": None}  # fmt: skip
+    assert "sticky header: x-user-id -> none (--no-sticky)" in err
+    code, route, err = tensorgate(server, "route", "set", "simple", "3=100", "--no-shadow")
+    assert code == 0 and route["shadow"] == {} and "shadow: 2=1.0 -> none (--no-shadow)" in err
+    code, _, err = tensorgate(server, "route", "set", "simple", "3=100", "--no-shadow", "--shadow", "2=1")
+    assert code == 2 and "not allowed with argument" in err and len(err.strip().splitlines()) == 1
