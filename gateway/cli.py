@@ -90,7 +90,7 @@ def check_startup(settings: Settings, environ: dict[str, str] | None = None) -> 
 
     if settings.registry_kind == "local" and not settings.allow_empty:
         _check_repository(settings.repository)
-    _check_listen(settings.host, settings.port)
+    _check_host(settings.host, settings.port)
     try:
         provision_token(dict(os.environ) if environ is None else environ, settings.admin_token_file, settings.state_dir)
     except TokenError as exc:
@@ -101,22 +101,18 @@ def check_startup(settings: Settings, environ: dict[str, str] | None = None) -> 
         raise ConfigError(f"admin token: {exc}") from None
 
 
-def _check_listen(host: str, port: int) -> None:
-    """The address can be bound (else uvicorn fails after the models have loaded, exit 3)."""
+def _check_host(host: str, port: int) -> None:
+    """The listen address resolves (a typo in --host is a configuration error).
+
+    A port already in use is not checked here: that is the machine's state, not the
+    configuration, and uvicorn answers it as for the admin port (one logged line, exit 3).
+    """
     import socket
 
-    if port == 0:
-        return
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise ConfigError(f"host: cannot resolve {host!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _check_repository(path: Path) -> None:
