@@ -1,4 +1,4 @@
-"""Whether the real-server suites (Triton, MLflow) must run: in CI and in ./scripts/test they must.
+"""Whether the real-server suites (Triton, MLflow, the browser) must run: in CI and in ./scripts/test they must.
 
 A suite whose server cannot start is skipped on a developer's machine, but under
 ``TENSORGATE_REQUIRE_SERVERS=1`` (set by ./scripts/test) or ``CI=true`` the same event is a

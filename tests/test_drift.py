@@ -22,6 +22,7 @@ from gateway.predlog.records import RecordEncoder, RecordMeta
 from gateway.registry.config import LoggingConfig
 from tests.onnx_models import identity, write_model
 from tests.rawhttp import request
+from tests.required import server_unavailable
 from tests.server import serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,10 +222,9 @@ def test_json_report_fields(shifted: tuple[Path, Path], tmp_path: Path) -> None:
             "current_std", "mean_shift_std", "drifted"} <= fields  # fmt: skip
 
 
-@pytest.mark.skipif(
-    shutil.which("chromium") is None, reason="headless Chromium not installed (apt-get install chromium)"
-)
 def test_the_html_report_renders_in_headless_chromium(shifted: tuple[Path, Path], tmp_path: Path) -> None:
+    if shutil.which("chromium") is None:  # scripts/setup-chromium installs it; required in CI
+        server_unavailable("headless Chromium not installed (scripts/setup-chromium)")
     log, reference = shifted
     page = tmp_path / "report.html"
     drift("--log-dir", str(log), "--model", "m", "--reference", str(reference), "--html", str(page))
