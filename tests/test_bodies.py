@@ -21,7 +21,9 @@ import orjson
 import pytest
 
 from gateway import inference
+from gateway.config_error import ConfigError
 from gateway.protocol import codec
+from gateway.settings import load_settings
 from tests.onnx_models import identity, write_model
 from tests.rawhttp import chunk, open_chunked, read_reply, request
 from tests.server import RunningServer, serve
@@ -402,3 +404,26 @@ def test_a_client_that_reads_late_but_within_the_deadline_gets_everything(reposi
             reply = read_reply(sock)
         assert reply.status == 200 and len(reply.body) > array.nbytes
         wait_until(lambda: not connections, "the connection to close")
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+def test_settings_defaults_and_checks() -> None:
+    settings = load_settings(environ={})
+    assert settings.max_decompressed_bytes == 16 * 1024 * 1024 < settings.max_body_bytes
+    assert settings.max_inflight_body_bytes == 256 * 1024 * 1024 and settings.send_timeout_s == 30.0
+    env = {"TENSORGATE_MAX_INFLIGHT_BODY_BYTES": "4096", "TENSORGATE_SEND_TIMEOUT_S": "2.5"}
+    settings = load_settings(environ=env, overrides={"max_body_bytes": 4096, "max_decompressed_bytes": 2048})
+    assert (settings.max_inflight_body_bytes, settings.send_timeout_s, settings.max_decompressed_bytes) == (
+        4096,
+        2.5,
+        2048,
+    )
+    for overrides, message in [
+        ({"max_inflight_body_bytes": 1024 * 1024}, "max_inflight_body_bytes: must be at least max_body_bytes"),
+        ({"max_decompressed_bytes": 100}, "max_decompressed_bytes: must be at least 1024"),
+        ({"send_timeout_s": 0}, "send_timeout_s: must be > 0"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_settings(environ={}, overrides=overrides)

@@ -101,7 +101,6 @@ async def read_body(
     receive: Receive,
     headers: BodyHeaders,
     limit: int,
-    *,
     decompressed_limit: int | None = None,
     budget: Lifecycle | None = None,
 ) -> bytes:
@@ -146,8 +145,11 @@ async def _chunks(receive: Receive) -> tuple[bytes, bool]:
 async def _read_counted(receive: Receive, limit: int, budget: Lifecycle | None) -> bytes:
     chunk, more = await _chunks(receive)
     if not more:  # the common case: the whole body in one message
-        if budget is not None and not budget.take_body(len(chunk)):
-            raise _over_budget()
+        if budget is not None:  # take_body, inlined: this is every small request's path
+            held = budget.body_bytes + len(chunk)
+            if held > budget.max_body_bytes:
+                raise _over_budget()
+            budget.body_bytes = held
         return chunk
     parts, total = [chunk], len(chunk)
     try:

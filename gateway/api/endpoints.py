@@ -144,9 +144,7 @@ class Endpoints:
             raise BadRequest("Inference-Header-Content-Length is given twice")
         headers.check_media_type()
         life = self._lifecycle
-        body = await read_body(
-            receive, headers, self.max_body_bytes, decompressed_limit=self.max_decompressed_bytes, budget=life
-        )
+        body = await read_body(receive, headers, self.max_body_bytes, self.max_decompressed_bytes, life)
         try:  # the body's bytes count in flight until the answer is sent
             given = headers.request_id
             if given is not None and len(given) > MAX_ID_LENGTH:
