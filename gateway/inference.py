@@ -31,10 +31,11 @@ from runtimes.base import (
 log = logging.getLogger(__name__)
 
 #: Bodies up to this size are decoded on the event loop; larger ones in a worker thread.
-#: Measured (docs/benchmarks.md): a thread hop costs about 30 us; decoding costs 20-40 ns a
-#: byte, so 64 KiB takes 1.5-2.5 ms, where the hop is under 2%. Below it a thread gains
-#: nothing: orjson and numpy hold the GIL through each call, and a decode shorter than the
-#: GIL's switch interval (5 ms) would stall the loop just as long from a thread.
+#: Measured (loadtests/decode_threshold.py, docs/benchmarks.md): a thread hop costs about
+#: 30 us and decoding about 20 ns a byte, so at 64 KiB the hop is under 3% of the decode and
+#: the loop stalls 1.3 ms at most below it; for small bodies the hop would cost more than the
+#: decode. A thread shortens a large decode's stall but does not remove it: orjson and numpy
+#: hold the GIL through each call (max_decompressed_bytes and the body budget bound the rest).
 DECODE_INLINE_BYTES = 64 * 1024
 
 
