@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 #: decode. A thread shortens a large decode's stall but does not remove it: orjson and numpy
 #: hold the GIL through each call (max_decompressed_bytes and the body budget bound the rest).
 DECODE_INLINE_BYTES = 64 * 1024
+#: Large bodies decoded at once. The GIL serialises the decoding anyway; one at a time also
+#: bounds its transient memory (a JSON list of numbers takes ten times the body's size).
+DECODE_THREADS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,7 @@ class InferenceService:
         self._manager = manager
         self._shadows = shadows
         self._rng = rng
+        self._decoding = asyncio.Semaphore(DECODE_THREADS)
 
     async def infer(
         self,
@@ -130,10 +134,11 @@ class InferenceService:
                 max_batch_size=mv.config.max_batch_size,
             )  # fmt: skip
         else:  # JSON parse and list-to-numpy conversion off the event loop
-            request = await asyncio.to_thread(
-                decode_request, body, header_length, mv.inputs, mv.outputs, model_name=model_name,
-                max_batch_size=mv.config.max_batch_size,
-            )  # fmt: skip
+            async with self._decoding:
+                request = await asyncio.to_thread(
+                    decode_request, body, header_length, mv.inputs, mv.outputs, model_name=model_name,
+                    max_batch_size=mv.config.max_batch_size,
+                )  # fmt: skip
         names = [name for name, _ in request.outputs]
         if exchange is not None:
             exchange.inputs = request.inputs

@@ -11,9 +11,11 @@ import gzip
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +241,33 @@ def test_large_bodies_are_decoded_in_a_worker_thread(server: RunningServer, monk
     assert request(server.port, "POST", "/v2/models/m/infer", GOOD).status == 200
     assert request(server.port, "POST", "/v2/models/m/infer", big).status == 200
     assert threads == [(len(GOOD), True), (len(big), False)]
+
+
+def test_large_bodies_are_decoded_one_at_a_time(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Three large requests at once: their decodes run in a worker thread one after another,
+    # which bounds the memory a JSON body's Python lists take while they are converted.
+    lock = threading.Lock()
+    running, most = 0, 0
+    real = codec.decode_request
+
+    def spy(body: bytes, *args: object, **kwargs: object) -> codec.InferRequest:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.2)  # widens the window in which another decode could overlap this one
+            return real(body, *args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(inference, "decode_request", spy)
+    big = padded(inference.DECODE_INLINE_BYTES + 1)
+    with ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(lambda _: request(server.port, "POST", "/v2/models/m/infer", big), range(3)))
+    assert [r.status for r in replies] == [200, 200, 200]
+    assert most == 1
 
 
 def _on_event_loop() -> bool:
