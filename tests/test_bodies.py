@@ -360,8 +360,9 @@ def test_tritonclient_sync_and_asyncio(server: RunningServer, binary: bool) -> N
         tensor = httpclient.InferInput("INPUT0", [2, 4], "FP32")
         tensor.set_data_from_numpy(data, binary_data=binary)
         output = httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)
-        result = client.infer("m", [tensor], outputs=[output])
-        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
+        for compression in (None, "gzip", "deflate"):  # one gzip member, or a zlib stream
+            result = client.infer("m", [tensor], outputs=[output], request_compression_algorithm=compression)
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
     finally:
         client.close()
 
