@@ -12,6 +12,7 @@ from typing import Any, get_args, get_type_hints
 
 from gateway.config_error import ConfigError
 from gateway.lifecycle import DEFAULT_INFLIGHT_BODY_BYTES
+from gateway.registry.allow import parse_rules
 from gateway.registry.names import is_model_name
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -66,6 +67,7 @@ class Settings:
     registry_names: str = ""
     registry_timeout_s: float = 10.0
     registry_poll_s: float = 30.0
+    registry_artifact_allow: str = ""
 
 
 #: One line per setting: the flag's help, and docs/configuration.md's description.
@@ -114,6 +116,8 @@ _HELP = {
     "registry_names": "mlflow: local=registered names, comma-separated (default: every registered model, same name)",
     "registry_timeout_s": "mlflow: a call to the tracking server gives up after this",
     "registry_poll_s": "mlflow: how often followed aliases are checked",
+    "registry_artifact_allow": "mlflow: where versions may be downloaded from, comma-separated scheme://host[/prefix] "
+    "or scheme: (default: the tracking server's own artifact store)",
 }
 
 
@@ -136,6 +140,8 @@ def _base_type(hint: Any) -> type:
 _TYPES = setting_types()
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+#: Text settings a TOML file may also give as an array of strings.
+_LIST_SETTINGS = frozenset({"registry_artifact_allow"})
 
 
 def _flatten(data: dict[str, Any]) -> dict[str, Any]:
@@ -162,6 +168,8 @@ def registry_names(settings: Settings) -> dict[str, str]:
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     kind = _TYPES[key]
+    if key in _LIST_SETTINGS and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)  # a TOML array, as the comma-separated text the environment gives
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -242,6 +250,7 @@ def _validate_registry(settings: Settings) -> None:
             raise ConfigError("registry_kind = mlflow needs the mlflow extra: pip install 'tensorgate[mlflow]'")
     if not settings.registry_timeout_s > 0 or not settings.registry_poll_s > 0:
         raise ConfigError("registry_timeout_s and registry_poll_s must be > 0")
+    parse_rules(settings.registry_artifact_allow)  # ConfigError names the bad entry
     for pair in filter(None, (p.strip() for p in settings.registry_names.split(","))):
         local, eq, remote = pair.partition("=")
         if not eq or not is_model_name(local.strip()) or not remote.strip() or "'" in remote:

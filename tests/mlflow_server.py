@@ -30,8 +30,10 @@ def scorer_weights(version: int) -> np.ndarray:
 class MlflowServer:
     """``mlflow server`` with a SQLite backend and a local artifact root, on a loopback port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, environ: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        #: Extra environment for the server process (its settings).
+        self.environ = dict(environ or {})
         (self.port,) = free_ports(1)
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -48,6 +50,7 @@ class MlflowServer:
                  "--artifacts-destination", str(self.workdir / "artifacts"), "--host", "127.0.0.1",
                  "--port", str(self.port), "--workers", "1"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True,
+                env={**os.environ, **self.environ},
             )  # fmt: skip
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

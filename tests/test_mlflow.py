@@ -7,11 +7,14 @@ a scikit-learn model (pickle), and an artifact whose ONNX flavor points outside 
 
 from __future__ import annotations
 
+import http.server
 import signal
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import orjson
@@ -69,7 +72,9 @@ def wait_until(check: Any, timeout_s: float = 15.0) -> None:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    # A server that accepts model-version sources on other hosts, as MLflow before 3.17 did and
+    # an operator may still allow: the gateway must not rely on the server to refuse them.
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"), {"MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES": "http"})
     server.start()
     try:
         server.log_models()
@@ -169,6 +174,109 @@ def test_alias_moves_are_followed_and_audited(gateway: RunningServer, mlflow_ser
     assert admin(gateway, "POST", "/admin/models/fraud/rollback", {"reason": "manual"}).status == 200
     time.sleep(1.0)  # five polls
     assert admin(gateway, "GET", "/admin/models/fraud/route").json()["weights"] == {"1": 80, "3": 20}  # type: ignore[index]
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """An HTTP server that answers 404 to everything and remembers every path it was asked for."""
+
+    paths: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        Recorder.paths.append(self.path)
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder() -> Iterator[str]:
+    """The base URL of a Recorder on loopback."""
+    Recorder.paths = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_artifacts_outside_the_allow_list_are_never_fetched(
+    mlflow_server: MlflowServer, recorder: str, tmp_path: Path
+) -> None:
+    registry = client(mlflow_server)
+    # A writer to MLflow points versions elsewhere, through the artifact location of a run:
+    # another server's artifact API (as MLflow's HTTP artifact client reads it), someone's bucket.
+    for model, location in (("foreign", f"{recorder}/api/2.0/mlflow-artifacts/artifacts/exp"),
+                            ("bucket", "s3://someone-elses-bucket/exp")):  # fmt: skip
+        run = registry.create_run(registry.create_experiment(f"{model}-experiment", artifact_location=location))
+        registry.create_registered_model(model)
+        registry.create_model_version(model, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    settings = gateway_settings(mlflow_server, tmp_path)
+    settings["registry_names"] = "fraud=fraud-scorer,foreign=foreign,bucket=bucket"
+    with serve(**settings) as gateway:  # type: ignore[arg-type]
+        for model, place in (("foreign", recorder), ("bucket", "s3://someone-elses-bucket")):
+            reply = admin(gateway, "POST", f"/admin/models/{model}/versions/1/load")
+            assert reply.status == 502, reply.body
+            assert f"its artifacts are at {place}, which registry_artifact_allow does not list" in reply.json()["error"]  # type: ignore[index]
+            assert not (tmp_path / "cache" / model).exists()
+        assert Recorder.paths == []  # not one request
+        assert infer(gateway.port).status == 200  # the tracking server's own store serves as before
+    # Allowed by the operator: the gateway goes there (and finds nothing).
+    settings["registry_artifact_allow"] = f"mlflow-artifacts:,{recorder}/api/2.0/mlflow-artifacts"
+    settings["state_dir"] = tmp_path / "state2"
+    with serve(**settings) as gateway:  # type: ignore[arg-type]
+        assert admin(gateway, "POST", "/admin/models/foreign/versions/1/load").status == 502
+        assert Recorder.paths and all(p.startswith("/api/2.0/mlflow-artifacts/") for p in Recorder.paths)
+        reply = admin(gateway, "POST", "/admin/models/bucket/versions/1/load")
+        assert reply.status == 502 and "registry_artifact_allow" in reply.json()["error"]  # type: ignore[index]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs for the state directory (needs root, as CI has)."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)], check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_the_alias_follower_survives_an_unwritable_state_dir(
+    mlflow_server: MlflowServer, tiny_disk: Path, tmp_path: Path
+) -> None:
+    registry = client(mlflow_server)
+    registry.set_registered_model_alias("fraud-scorer", "champion", "2")
+    registry.set_registered_model_alias("fraud-scorer", "challenger", "3")
+    settings = gateway_settings(mlflow_server, tmp_path) | {"state_dir": tiny_disk / "state"}
+
+    def weights() -> Any:
+        return admin(gateway, "GET", "/admin/models/fraud/route").json()["weights"]  # type: ignore[index]
+
+    with serve(**settings) as gateway:  # type: ignore[arg-type]
+        wait_until(lambda: weights() == {"2": 80, "3": 20})  # champion serves, the challenger's canary
+        history = admin(gateway, "GET", "/admin/models/fraud/history").json()["history"]  # type: ignore[index]
+        subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+        try:
+            registry.set_registered_model_alias("fraud-scorer", "champion", "1")
+            time.sleep(1.5)  # several polls, each failing to save the swap
+            assert weights() == {"2": 80, "3": 20}  # nothing applied that a restart would not restore
+            assert admin(gateway, "GET", "/admin/models/fraud/history").json()["history"] == history  # type: ignore[index]
+            assert infer(gateway.port).status == 200
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(tiny_disk)], check=True)
+        wait_until(lambda: weights() == {"1": 100})  # the follower kept going
+        last = admin(gateway, "GET", "/admin/models/fraud/history").json()["history"][-1]  # type: ignore[index]
+        assert (last["actor"], last["action"], last["alias_version"]) == ("mlflow-alias", "swap", "1")
+    with serve(**settings) as gateway:  # type: ignore[arg-type]
+        assert weights() == {"1": 100}
 
 
 def test_the_tracking_server_down_or_slow(tmp_path: Path) -> None:

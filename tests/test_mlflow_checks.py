@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import orjson
 import pytest
 
 from gateway.predlog.records import RecordEncoder, RecordMeta
+from gateway.registry.allow import AllowRule, allowed, default_rules, parse_rules
 from gateway.registry.config import ConfigError, LoggingConfig, parse_model_config
 from gateway.registry.local import RegistryError
-from gateway.registry.mlflow import check_source, check_tree, onnx_model_file
+from gateway.registry.mlflow import check_source, check_tree, onnx_model_file, private_directory
 from gateway.settings import load_settings, registry_names
 
 
@@ -95,6 +97,88 @@ def test_symbolic_links_in_a_download_are_refused(tmp_path: Path) -> None:
     os.symlink("/etc/passwd", tmp_path / "other.onnx")
     with pytest.raises(RegistryError, match="symbolic link"):
         check_tree(tmp_path)
+
+
+def test_hard_links_fifos_and_devices_in_a_download_are_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"key")
+    for name, make, message in [
+        ("hard", lambda p: os.link(outside, p / "model.onnx"), "hard link"),
+        ("fifo", lambda p: os.mkfifo(p / "model.onnx"), "not a plain file"),
+        ("device", lambda p: os.mknod(p / "model.onnx", 0o600 | stat.S_IFCHR, os.makedev(1, 3)), "not a plain file"),
+    ]:
+        download = tmp_path / name
+        download.mkdir()
+        make(download)
+        with pytest.raises(RegistryError, match=message):
+            check_tree(download)
+
+
+def test_downloads_go_to_a_private_directory(tmp_path: Path) -> None:
+    previous = os.umask(0)  # the most permissive umask: the directory must still be 0700
+    try:
+        staging = private_directory(tmp_path)
+    finally:
+        os.umask(previous)
+    assert staging.parent == tmp_path and stat.S_IMODE(staging.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize(
+    ("uri", "ok"),
+    [
+        ("mlflow-artifacts:/1/models/m-1/artifacts", True),
+        ("mlflow-artifacts://mlflow.internal:5000/1/models/m-1/artifacts", True),  # naming the tracking server
+        ("MLFLOW-ARTIFACTS://MLflow.Internal:5000/1/x", True),
+        ("http://mlflow.internal:5000/api/2.0/mlflow-artifacts/artifacts/1", True),
+        ("mlflow-artifacts://elsewhere:5000/1/x", False),
+        ("http://mlflow.internal:5001/x", False),  # another port is another server
+        ("https://mlflow.internal:5000/x", False),  # another scheme too
+        ("http://user@mlflow.internal:5000/x", False),
+        ("s3://bucket/models/x", False),
+        ("gs://bucket/x", False),
+        ("runs:/0123/model", False),  # unresolved: resolved before the check
+        ("models:/m-1", False),
+        ("file:///etc", False),
+        ("/etc/passwd", False),
+    ],
+)
+def test_the_default_allows_only_the_tracking_servers_store(uri: str, ok: bool) -> None:
+    assert allowed(uri, default_rules("http://mlflow.internal:5000")) is ok
+
+
+def test_allow_rules_match_hosts_exactly_and_prefixes_by_segment() -> None:
+    rules = parse_rules(" s3://ml-models/prod , https://artifacts.example.com/mlflow,mlflow-artifacts:")
+    assert rules == (
+        AllowRule("s3", "ml-models", ("prod",)),
+        AllowRule("https", "artifacts.example.com", ("mlflow",)),
+        AllowRule("mlflow-artifacts", ""),
+    )
+    assert allowed("s3://ml-models/prod/fraud/2/model", rules)
+    assert allowed("s3://ml-models/prod", rules)
+    assert not allowed("s3://ml-models/production/x", rules)  # a prefix is whole segments
+    assert not allowed("s3://ml-models/prod/../staging/x", rules)
+    assert not allowed("s3://ml-models/prod/%2e%2e/staging/x", rules)
+    assert not allowed("s3://ml-models-evil/prod/x", rules)
+    assert not allowed("s3://ml-models.evil.com/prod/x", rules)
+    assert allowed("https://artifacts.example.com/mlflow/1/x", rules)
+    assert not allowed("https://artifacts.example.com.evil.com/mlflow/1/x", rules)
+    assert not allowed("mlflow-artifacts://anyhost/1/x", rules)  # host-less rule: host-less locations only
+
+
+@pytest.mark.parametrize(
+    "entry", ["s3://", "*://x", "s3://*.bucket", "https://u:p@host", "s3://b/../x", "://x", "1s3://b"]
+)
+def test_bad_allow_entries_are_refused(entry: str) -> None:
+    with pytest.raises(ConfigError, match="registry_artifact_allow"):
+        load_settings(environ={"TENSORGATE_REGISTRY_ARTIFACT_ALLOW": entry})
+
+
+def test_the_allow_list_as_a_toml_array(tmp_path: Path) -> None:
+    config = tmp_path / "tensorgate.toml"
+    config.write_text('[registry]\nartifact_allow = ["mlflow-artifacts:", "s3://ml-models/prod"]\n')
+    settings = load_settings(config, environ={})
+    assert settings.registry_artifact_allow == "mlflow-artifacts:,s3://ml-models/prod"
+    assert load_settings(environ={}).registry_artifact_allow == ""  # default: the tracking server's store
 
 
 def test_registry_settings_as_a_table_and_as_flat_keys(tmp_path: Path) -> None:

@@ -66,6 +66,7 @@ def load_runtime(devices: Devices, artifact: Artifact, config: ModelConfig) -> R
 def build_registry(settings: Settings) -> Registry:
     """The registry the settings name: the repository directory, or MLflow (blocking: imports it)."""
     if settings.registry_kind == "mlflow":
+        from gateway.registry.allow import parse_rules
         from gateway.registry.mlflow import MlflowRegistry
 
         return MlflowRegistry(
@@ -74,6 +75,7 @@ def build_registry(settings: Settings) -> Registry:
             settings.repository,
             names=registry_names(settings),
             timeout_s=settings.registry_timeout_s,
+            artifact_allow=parse_rules(settings.registry_artifact_allow),
         )
     return LocalRegistry(settings.repository)
 

@@ -9,6 +9,12 @@ on the model version when the pipeline set one). Later loads verify the cached c
 manifest instead of downloading again, and when the tracking server is down the gateway still
 starts with what the cache holds.
 
+Where a version's files are is MLflow's answer, and anyone who can write to MLflow can change
+it: the location MLflow resolves a version to is checked against ``registry_artifact_allow``
+(gateway/registry/allow.py; default: the tracking server's own artifact store) before anything
+is fetched, and the download goes to a private (0700) directory whose tree is checked before
+any file in it is read.
+
 Each version carries its provenance: the run id, source, git commit, the run's parameters and
 metrics, and the digests of the datasets the run logged.
 
@@ -24,12 +30,14 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from gateway.registry.allow import AllowRule, allowed, default_rules
 from gateway.registry.base import Artifact
 from gateway.registry.config import ConfigError, ModelConfig
 from gateway.registry.local import LocalRegistry, RegistryError, sha256_file
@@ -61,13 +69,34 @@ def check_source(uri: str) -> None:
 
 
 def check_tree(root: Path) -> None:
-    """Every downloaded entry is a plain file or directory inside ``root``."""
+    """Every downloaded entry is a plain file (with one link) or directory inside ``root``.
+
+    Checked with ``lstat`` before anything in the tree is opened: a symbolic link, a hard link
+    to a file elsewhere, a FIFO (an open would block) or a device must not be read by mistake.
+    """
     resolved_root = root.resolve()
     for path in [root, *root.rglob("*")]:
-        if path.is_symlink():
-            raise RegistryError(f"artifact entry {path.relative_to(root)} is a symbolic link: refused")
+        info = path.lstat()
+        name = path.relative_to(root)
+        if stat.S_ISLNK(info.st_mode):
+            raise RegistryError(f"artifact entry {name} is a symbolic link: refused")
+        if stat.S_ISREG(info.st_mode):
+            if info.st_nlink > 1:
+                raise RegistryError(f"artifact entry {name} is a hard link: refused")
+        elif not stat.S_ISDIR(info.st_mode):
+            raise RegistryError(f"artifact entry {name} is not a plain file or directory: refused")
         if not path.resolve().is_relative_to(resolved_root):
-            raise RegistryError(f"artifact entry {path.relative_to(root)} resolves outside the download")
+            raise RegistryError(f"artifact entry {name} resolves outside the download")
+
+
+def private_directory(parent: Path) -> Path:
+    """A fresh directory only this process's user can enter (0700), for a download in progress."""
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=parent))
+    os.chmod(staging, 0o700)  # mkdtemp's mode already; said again so a umask or a port cannot loosen it
+    if stat.S_IMODE(staging.lstat().st_mode) != 0o700:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RegistryError("the download directory cannot be made private (0700)")
+    return staging
 
 
 def onnx_model_file(root: Path) -> Path:
@@ -126,6 +155,7 @@ class MlflowRegistry:
         *,
         names: Mapping[str, str] | None = None,
         timeout_s: float = 10.0,
+        artifact_allow: tuple[AllowRule, ...] | None = None,
     ) -> None:
         # MLflow's HTTP client reads these per call; its defaults (120 s, 7 retries with backoff)
         # would hold a load for minutes while the tracking server is down. An operator's own
@@ -139,6 +169,8 @@ class MlflowRegistry:
 
         self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._tracking_uri = tracking_uri
+        #: Where versions may be downloaded from (None: the tracking server's own store).
+        self.artifact_allow = artifact_allow if artifact_allow else default_rules(tracking_uri)
         cache_dir.mkdir(parents=True, exist_ok=True)
         self.cache = cache_dir.resolve()
         self._configs = LocalRegistry(config_root)
@@ -238,8 +270,9 @@ class MlflowRegistry:
             if entry.status != "READY":
                 raise RegistryError(f"{what} is {entry.status} in MLflow, not READY")
             check_source(entry.source or "")
-            uri = self._client.get_model_version_download_uri(name, str(version))
+            uri = self._resolve(self._client.get_model_version_download_uri(name, str(version)))
             check_source(uri)
+            self._check_allowed(what, uri)
             run = self._client.get_run(entry.run_id) if entry.run_id else None
         except RegistryError:
             raise
@@ -247,7 +280,7 @@ class MlflowRegistry:
             raise failure(exc, what) from None
         provenance = _provenance(name, version, entry, run)
         self.cache.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache))
+        staging = private_directory(self.cache)
         try:
             try:
                 import mlflow.artifacts
@@ -277,6 +310,30 @@ class MlflowRegistry:
             shutil.rmtree(staging, ignore_errors=True)
         log.info("model %r version %d downloaded from MLflow (run %s)", model, version, provenance.get("run_id"))
         return Artifact(model, version, target, target / model_file.relative_to(root), digest, provenance)
+
+    def _resolve(self, uri: str) -> str:
+        """The place MLflow will download from: ``runs:/`` URIs followed to the run's artifact location."""
+        for _ in range(3):
+            parts = urlsplit(uri)
+            if parts.scheme != "runs":
+                return uri
+            run_id, _, path = parts.path.lstrip("/").partition("/")
+            if not run_id:
+                raise RegistryError(f"artifact location {uri!r} names no run")
+            base = self._client.get_run(run_id).info.artifact_uri.rstrip("/")
+            uri = f"{base}/{path}" if path else base
+        raise RegistryError("the artifact location does not resolve (runs: URIs pointing at each other)")
+
+    def _check_allowed(self, what: str, uri: str) -> None:
+        """Refuse a resolved location outside ``registry_artifact_allow``, before any byte is fetched."""
+        if allowed(uri, self.artifact_allow):
+            return
+        parts = urlsplit(uri)
+        place = f"{parts.scheme}://{parts.netloc}" if parts.netloc else f"{parts.scheme}:"
+        log.error("%s: artifact location %s is not in registry_artifact_allow: refused", what, uri)
+        raise RegistryError(
+            f"{what}: its artifacts are at {place}, which registry_artifact_allow does not list: refused"
+        )
 
     def _from_cache(self, model: str, version: int, target: Path) -> Artifact | None:
         manifest_file = target / MANIFEST
