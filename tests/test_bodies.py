@@ -219,6 +219,8 @@ def test_body_bytes_in_flight_have_a_budget(repository: Path) -> None:
             assert life.body_bytes == 150_000  # the refused ones gave back what they took
             # Small requests still fit.
             assert request(running.port, "POST", "/v2/models/m/infer", GOOD).status == 200
+            metrics = request(running.port, "GET", "/metrics").body.decode()
+            assert "\ntensorgate_inflight_body_bytes 150000.0\n" in metrics
             held.sendall(chunk(first[150_000:]) + chunk(b""))
             reply = read_reply(held)
         assert reply.status == 200, reply.body

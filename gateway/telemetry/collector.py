@@ -133,6 +133,11 @@ class GatewayCollector(Collector):
         inflight = GaugeMetricFamily("tensorgate_inflight_requests", "Inference requests in progress")
         inflight.add_metric([], self._lifecycle.inflight)
         yield inflight
+        body_bytes = GaugeMetricFamily(
+            "tensorgate_inflight_body_bytes", "Bytes of inference request bodies held (max_inflight_body_bytes)"
+        )
+        body_bytes.add_metric([], self._lifecycle.body_bytes)
+        yield body_bytes
         draining = GaugeMetricFamily("tensorgate_draining", "1 once a graceful drain has begun")
         draining.add_metric([], 1 if self._lifecycle.draining else 0)
         yield draining
