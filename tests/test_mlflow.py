@@ -261,7 +261,7 @@ def test_the_alias_follower_survives_an_unwritable_state_dir(
         return admin(gateway, "GET", "/admin/models/fraud/route").json()["weights"]  # type: ignore[index]
 
     with serve(**settings) as gateway:  # type: ignore[arg-type]
-        wait_until(lambda: weights() == {"2": 80, "3": 20})  # champion serves, the challenger's canary
+        wait_until(lambda: weights() == {"2": 80, "3": 20}, 60)  # champion serves, the challenger's canary
         history = admin(gateway, "GET", "/admin/models/fraud/history").json()["history"]  # type: ignore[index]
         subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
         try:
@@ -272,7 +272,7 @@ def test_the_alias_follower_survives_an_unwritable_state_dir(
             assert infer(gateway.port).status == 200
         finally:
             subprocess.run(["mount", "-o", "remount,rw", str(tiny_disk)], check=True)
-        wait_until(lambda: weights() == {"1": 100})  # the follower kept going
+        wait_until(lambda: weights() == {"1": 100}, 60)  # the follower kept going
         last = admin(gateway, "GET", "/admin/models/fraud/history").json()["history"][-1]  # type: ignore[index]
         assert (last["actor"], last["action"], last["alias_version"]) == ("mlflow-alias", "swap", "1")
     with serve(**settings) as gateway:  # type: ignore[arg-type]

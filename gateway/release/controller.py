@@ -328,7 +328,10 @@ class ReleaseController:
         provenance = _provenance(model, versions)
         if provenance:
             entry["provenance"] = provenance
-        await asyncio.shield(asyncio.ensure_future(self._save_then_apply(model, entry, after)))
+        task = asyncio.ensure_future(self._save_then_apply(model, entry, after))
+        # A caller gone mid-save never reads the outcome: fetch it so asyncio does not warn.
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        await asyncio.shield(task)
 
     async def _save_then_apply(self, model: Model, entry: dict[str, Any], after: Route) -> None:
         async with self._save_lock:
