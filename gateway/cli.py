@@ -86,19 +86,20 @@ def check_startup(settings: Settings, environ: dict[str, str] | None = None) -> 
     from the server's lifespan. The repository must exist and hold a model, unless
     ``allow_empty``: a server that says ready with nothing to serve hides a wrong path.
     """
-    from gateway.auth import TokenError, provision_token
+    from gateway.api.app import PREDLOG_KEY_FILE
+    from gateway.auth import SecretError, hash_key, provision_token
 
     if settings.registry_kind == "local" and not settings.allow_empty:
         _check_repository(settings.repository)
     _check_host(settings.host, settings.port)
     try:
         provision_token(dict(os.environ) if environ is None else environ, settings.admin_token_file, settings.state_dir)
-    except TokenError as exc:
+        if settings.predlog:  # its hash key lives beside the token, and is as checked
+            hash_key(settings.state_dir / PREDLOG_KEY_FILE)
+    except SecretError as exc:  # a short token, an unreadable token file, a bad hash key
         raise ConfigError(str(exc)) from None
     except OSError as exc:
         raise ConfigError(f"state_dir: cannot write {settings.state_dir}: {exc.strerror or exc}") from None
-    except Exception as exc:  # the secret file's own errors (unreadable, wrong mode): still one line
-        raise ConfigError(f"admin token: {exc}") from None
 
 
 def _check_host(host: str, port: int) -> None:

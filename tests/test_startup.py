@@ -67,6 +67,9 @@ def test_configuration_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     no_state = one_line_error(tensorgate_serve(*base, "--state-dir", str(tmp_path / "a-file" / "state"), env={
         "TENSORGATE_ADMIN_TOKEN": ""}))  # fmt: skip
     assert f"{tmp_path / 'a-file' / 'state'}" in no_state and "Not a directory" in no_state
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "state" / "predlog-hash-key").write_bytes(b"")
+    assert "predlog-hash-key holds 0 bytes" in one_line_error(tensorgate_serve(*base))
 
 
 def test_a_host_that_does_not_resolve_is_one_line(tmp_path: Path) -> None:
