@@ -102,7 +102,7 @@ def test_an_mlflow_registry_needs_no_repository_directory(tmp_path: Path) -> Non
         check_startup(replace(settings, registry_kind="local"), environ={"TENSORGATE_ADMIN_TOKEN": TOKEN})
 
 
-@pytest.mark.parametrize("how", ["flag", "env"])
+@pytest.mark.parametrize("how", ["flag", "env", "toml"])
 def test_allow_empty_starts_without_models(tmp_path: Path, how: str) -> None:
     port = free_port()
     command = [sys.executable, "-m", "gateway", "serve", "--repository", str(tmp_path / "later"), "--port", str(port)]
@@ -110,8 +110,11 @@ def test_allow_empty_starts_without_models(tmp_path: Path, how: str) -> None:
     env = {**os.environ, "TENSORGATE_ADMIN_TOKEN": TOKEN}
     if how == "flag":
         command.append("--allow-empty")
-    else:
+    elif how == "env":
         env["TENSORGATE_ALLOW_EMPTY"] = "true"
+    else:
+        (tmp_path / "tensorgate.toml").write_text("allow_empty = true\n")
+        command += ["--config", str(tmp_path / "tensorgate.toml")]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(f"http://127.0.0.1:{port}/v2/health/live", timeout_s=60)
