@@ -117,7 +117,8 @@ def test_allow_empty_starts_without_models(tmp_path: Path, how: str) -> None:
         command += ["--config", str(tmp_path / "tensorgate.toml")]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(f"http://127.0.0.1:{port}/v2/health/live", timeout_s=60)
+        # Strict readiness: nothing is routed, so nothing routed is broken (Triton's answer too).
+        wait_for(f"http://127.0.0.1:{port}/v2/health/ready", timeout_s=60)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
     finally:
