@@ -36,6 +36,8 @@ ORT_LOG_SEVERITY = 4
 # ONNX Runtime messages carry its source paths ("/onnxruntime_src/...cc:123 ..."): keep them out.
 _SOURCE_REF = re.compile(r"\S*/\S+\.(?:cc|h|cpp):\d+\s*(?:\S+\([^)]*\)\s*)?")
 _STATUS_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
+# Run-time failures that are the server's (memory, the device), not the request's values.
+_RESOURCE_FAILURE = re.compile(r"alloc|memory|CUDA|cuDNN|cuBLAS|TensorRT|device|provider", re.IGNORECASE)
 
 
 def clean_message(exc: BaseException) -> str:
@@ -136,6 +138,13 @@ class OnnxRuntime:
             results: list[np.ndarray] = self._session.run(outputs, feed)
         except (ort_errors.InvalidArgument, ort_errors.InvalidGraph) as exc:
             raise InvalidInputError(f"the model refused the input: {clean_message(exc)}") from exc
+        except ort_errors.RuntimeException as exc:
+            message = clean_message(exc)
+            if _RESOURCE_FAILURE.search(message):
+                raise InferenceFailedError(message) from exc
+            # A kernel that throws on the values it was given (a Cast of "abc" to INT32, ...): the
+            # session ran the same graph for other requests, so the input is at fault, not us.
+            raise InvalidInputError(f"the model failed on this input: {message}") from exc
         except Exception as exc:
             raise InferenceFailedError(clean_message(exc)) from exc
         if self._bytes_outputs:

@@ -173,6 +173,22 @@ def test_simple_string_infer_client_calls(client: httpclient.InferenceServerClie
     assert [int(v) for v in result.as_numpy("OUTPUT1").reshape(-1)] == (a - b).reshape(-1).tolist()
 
 
+def test_a_string_the_model_cannot_parse_is_the_clients_error(client: httpclient.InferenceServerClient) -> None:
+    # ONNX Runtime's Cast throws on "abc" (a RUNTIME_EXCEPTION): the request's values are at
+    # fault, so it is a 400 that says so, not a 500, and the model goes on serving good requests.
+    bad = np.array([b"abc"] * 16, dtype=object).reshape(1, 16)
+    inputs = [httpclient.InferInput("INPUT0", [1, 16], "BYTES"), httpclient.InferInput("INPUT1", [1, 16], "BYTES")]
+    for tensor in inputs:
+        tensor.set_data_from_numpy(bad, binary_data=True)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("simple_string", inputs)
+    assert caught.value.status() == "400"
+    message = caught.value.message()
+    assert message.startswith("the model failed on this input:") and "Cast" in message
+    assert "\x1b" not in message and "onnxruntime" not in message.lower() and ".cc" not in message
+    test_simple_string_infer_client_calls(client)
+
+
 def identity_round_trip(client: httpclient.InferenceServerClient, data: np.ndarray, binary: bool) -> np.ndarray:
     tensor = httpclient.InferInput("INPUT0", list(data.shape), "BYTES")
     tensor.set_data_from_numpy(data, binary_data=binary)
