@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.registry.config import ConfigError
+from gateway.config_error import ConfigError
 from gateway.settings import load_settings
 from tests.onnx_models import identity, write_model
 from tests.rawhttp import request

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config_error import ConfigError
 from gateway.errors import BadRequest
-from gateway.registry.config import ConfigError, ModelConfig, load_model_config, parse_model_config
+from gateway.registry.config import ModelConfig, load_model_config, parse_model_config
 from gateway.registry.local import LocalRegistry, RegistryError
 from gateway.registry.names import check_model_name, is_model_name, parse_version
 from tests.onnx_models import identity, write_model

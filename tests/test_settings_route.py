@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.registry.config import ConfigError
+from gateway.config_error import ConfigError
 from gateway.settings import Settings, load_settings
 from routing.route import Route
 

@@ -20,7 +20,8 @@ import orjson
 import pytest
 import tritonclient.http as httpclient
 
-from gateway.registry.config import ConfigError, parse_model_config
+from gateway.config_error import ConfigError
+from gateway.registry.config import parse_model_config
 from tests.onnx_models import sigmoid_scorer, write_model
 from tests.rawhttp import Reply, request
 from tests.server import RunningServer, admin, prediction_log, serve, wait_for

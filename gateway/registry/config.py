@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 # Defined apart so that settings and the CLI catch it without importing the runtimes (fast --help).
-from gateway.config_error import ConfigError as ConfigError
+from gateway.config_error import ConfigError
 from gateway.registry.names import is_model_name
 from runtimes.onnxrt import GRAPH_OPTIMIZATION, OnnxOptions
 from runtimes.triton import TritonOptions

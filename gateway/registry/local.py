@@ -18,10 +18,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from gateway.config_error import ConfigError
 from gateway.registry.base import Artifact
 from gateway.registry.config import (
     CONFIG_FILE,
-    ConfigError,
     ModelConfig,
     load_model_config,
     merge_version_data,
