@@ -75,6 +75,18 @@ class BadGateway(GatewayError):
     status = 502
 
 
+class LoadFailed(GatewayError):
+    """502: the registry or the runtime could not produce a READY version."""
+
+    status = 502
+
+
+class LoadTimedOut(LoadFailed):
+    """504: a load failed because a slow remote or registry passed the gateway's deadline."""
+
+    status = 504
+
+
 class Unavailable(GatewayError):
     """503: not ready, loading or overloaded; always with ``Retry-After``."""
 
@@ -82,6 +94,10 @@ class Unavailable(GatewayError):
 
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message, {"Retry-After": str(retry_after_s)})
+
+
+class StoreFailed(Unavailable):
+    """503: an admin change could not be saved, so it was not applied."""
 
 
 class DeadlineExceeded(GatewayError):

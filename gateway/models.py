@@ -16,9 +16,8 @@ from gateway.batching.policy import ComputeTimes, DelayPolicy
 from gateway.config_error import ConfigError
 from gateway.errors import NotFound, Unavailable, unknown_model, unknown_version
 from gateway.predlog.records import RecordMeta
-from gateway.registry.base import Artifact, Registry
+from gateway.registry.base import Artifact, Registry, RegistryError
 from gateway.registry.config import ModelConfig
-from gateway.registry.local import RegistryError
 from gateway.registry.names import check_model_name
 from gateway.retry import RetryLoop
 from gateway.stats import VersionStats

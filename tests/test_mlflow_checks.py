@@ -12,8 +12,8 @@ import pytest
 from gateway.config_error import ConfigError
 from gateway.predlog.records import RecordEncoder, RecordMeta
 from gateway.registry.allow import AllowRule, allowed, default_rules, parse_rules
+from gateway.registry.base import RegistryError
 from gateway.registry.config import LoggingConfig, parse_model_config
-from gateway.registry.local import RegistryError
 from gateway.registry.mlflow import check_source, check_tree, onnx_model_file, private_directory
 from gateway.settings import load_settings, registry_names
 

@@ -10,8 +10,9 @@ import pytest
 
 from gateway.config_error import ConfigError
 from gateway.errors import BadRequest
+from gateway.registry.base import RegistryError
 from gateway.registry.config import ModelConfig, load_model_config, parse_model_config
-from gateway.registry.local import LocalRegistry, RegistryError
+from gateway.registry.local import LocalRegistry
 from gateway.registry.names import check_model_name, is_model_name, parse_version
 from tests.onnx_models import identity, write_model
 

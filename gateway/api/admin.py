@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,8 +14,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.body import BodyHeaders, read_body
-from gateway.api.dispatch import send_error
-from gateway.api.responses import json_response
+from gateway.api.responses import json_response, send_error
 from gateway.auth import BearerAuth
 from gateway.errors import BadRequest, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from gateway.registry.names import check_model_name, parse_version
@@ -55,8 +55,9 @@ class RequireToken:
 class AdminEndpoints:
     """Handlers of the admin API; the controller is attached by the app's lifespan."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: Callable[[], dict[str, Any]] | None = None) -> None:
         self._controller: ReleaseController | None = None
+        self._stats = stats  # the console's live figures (gateway.console.stats)
 
     def attach(self, controller: ReleaseController) -> None:
         """Called by the lifespan once the release controller exists."""
@@ -161,6 +162,12 @@ class AdminEndpoints:
         name = check_model_name(request.path_params["model"])
         return json_response({"model": name, "history": self.controller.history(name)})
 
+    async def stats(self, request: Request) -> Response:
+        """``GET /admin/stats``: per-version counters for the console (docs/console.md)."""
+        if self._stats is None:
+            raise Unavailable("the server is starting")
+        return json_response(self._stats(), headers={"Cache-Control": "no-store"})
+
     # -- Triton's model repository extension -------------------------------------------------
 
     async def repository_index(self, request: Request) -> Response:
@@ -229,6 +236,7 @@ def admin_mounts(endpoints: AdminEndpoints, auth: BearerAuth) -> list[Mount]:
             Route("/models/{model}/swap", e.swap, methods=["POST"]),
             Route("/models/{model}/rollback", e.rollback, methods=["POST"]),
             Route("/models/{model}/history", e.history, methods=["GET"]),
+            Route("/stats", e.stats, methods=["GET"]),
         ],
         middleware=token,
     )

@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -21,8 +22,10 @@ from gateway.api.admin import AdminEndpoints, admin_mounts
 from gateway.api.dispatch import InferenceDispatcher
 from gateway.api.endpoints import Endpoints
 from gateway.api.ports import AdminPortSplit
-from gateway.api.responses import gateway_error, http_error, internal_error
+from gateway.api.responses import handle_error
 from gateway.auth import BearerAuth, hash_key, provision_token
+from gateway.console.serve import Console
+from gateway.console.stats import stats_reader
 from gateway.drift.online import DriftMonitor
 from gateway.errors import GatewayError
 from gateway.exchange import RequestIds
@@ -149,7 +152,7 @@ def create_app(
         strict_readiness=settings.strict_readiness,
         max_decompressed_bytes=settings.max_decompressed_bytes,
     )
-    admin = AdminEndpoints()
+    admin = AdminEndpoints(stats_reader(collector.collect, time.time))  # GET /admin/stats: the console's figures
     auth = BearerAuth()  # denies everything until the lifespan has provisioned the token
 
     @asynccontextmanager
@@ -225,14 +228,15 @@ def create_app(
         Route("/v2/models/{model}/versions/{version}/ready", e.model_ready, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/config", e.model_config, methods=["GET"]),
         *admin_mounts(admin, auth),
+        *(Console().routes() if settings.console else []),  # GET /console (docs/console.md)
     ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
-            GatewayError: gateway_error,
-            HTTPException: http_error,
-            Exception: internal_error,
+            GatewayError: handle_error,
+            HTTPException: handle_error,
+            Exception: handle_error,
         },
     )
     dispatcher = InferenceDispatcher(

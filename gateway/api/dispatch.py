@@ -17,11 +17,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from time import perf_counter, time
 
-import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.body import BodyHeaders
+from gateway.api.responses import ErrorReply, error_reply, reply_for, send_error, send_reply
 from gateway.errors import ClientDisconnected, GatewayError
 from gateway.exchange import Exchange, RequestIds
 from gateway.lifecycle import Lifecycle
@@ -37,15 +37,6 @@ Handler = Callable[[Scope, Receive, Send, BodyHeaders, Exchange], Awaitable[None
 #: Status counted for a request whose client left before its answer (nginx's convention).
 CLIENT_CLOSED = 499
 _MAX_ECHOED_ID = 256
-
-
-async def send_error(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-    """Send a complete ``{"error": message}`` response."""
-    body = orjson.dumps({"error": message})
-    raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    raw.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items())
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 def echoable(request_id: str) -> bool:
@@ -111,11 +102,15 @@ class InferenceDispatcher:
         if life.draining:
             exchange.status = 503
             await self._error(
-                send, exchange, 503, "the server is shutting down", {"Retry-After": "1", "Connection": "close"}
+                send,
+                exchange,
+                error_reply(503, "the server is shutting down", {"Retry-After": "1", "Connection": "close"}),
             )
         elif life.inflight >= life.max_inflight:
             exchange.status = 503
-            await self._error(send, exchange, 503, "too many requests in flight; retry later", {"Retry-After": "1"})
+            await self._error(
+                send, exchange, error_reply(503, "too many requests in flight; retry later", {"Retry-After": "1"})
+            )
         else:
             predlog = self.predlog
             held = predlog is not None and not predlog.blocking  # block: once its place is reserved
@@ -128,13 +123,13 @@ class InferenceDispatcher:
                 exchange.status = 200
             except GatewayError as exc:
                 exchange.status = exc.status
-                await self._error(send, exchange, exc.status, exc.message, exc.headers)
+                await self._error(send, exchange, reply_for(exc))
             except (ClientDisconnect, ClientDisconnected):
                 exchange.status = CLIENT_CLOSED  # nobody to answer
-            except Exception:
+            except Exception as exc:
                 log.exception("unhandled error on POST %s", scope["path"])
                 exchange.status = 500
-                await self._error(send, exchange, 500, "internal error")
+                await self._error(send, exchange, reply_for(exc))
             finally:
                 life.inflight -= 1
             if predlog is not None and held:
@@ -160,10 +155,7 @@ class InferenceDispatcher:
         )  # fmt: skip
 
     @staticmethod
-    async def _error(
-        send: Send, exchange: Exchange, status: int, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        headers = dict(headers or {})
+    async def _error(send: Send, exchange: Exchange, reply: ErrorReply) -> None:
         if echoable(exchange.request_id):
-            headers["x-request-id"] = exchange.request_id
-        await send_error(send, status, message, headers)
+            reply.headers.append((b"x-request-id", exchange.request_id.encode("latin-1")))
+        await send_reply(send, reply)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api.dispatch import send_error
+from gateway.api.responses import send_error
 
-#: The path prefixes of the admin API: the release API and Triton's repository extension.
-ADMIN_PREFIXES = ("/admin", "/v2/repository")
+#: The path prefixes of the admin API: the release API, Triton's repository extension, and the
+#: console, whose page calls the admin API from its own origin (docs/console.md).
+ADMIN_PREFIXES = ("/admin", "/v2/repository", "/console")
 
 
 def is_admin_path(path: str) -> bool:

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httptools
-import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
+
+from gateway.api.responses import error_reply
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +199,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             answerable = cycle is None or cycle.response_complete
         self._phase, self._deadline = _IDLE, 0.0
         if answerable:
-            body = orjson.dumps({"error": message})
-            head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-            self.transport.write(b"".join([STATUS_LINE[status], head, body]))
+            reply = error_reply(status, message, {"connection": "close"})
+            head = b"".join(b"%s: %s\r\n" % pair for pair in reply.headers)
+            self.transport.write(b"".join([STATUS_LINE[status], head, b"\r\n", reply.body]))
         if cycle is not None and not cycle.response_complete:
             # The application sees a disconnect: it stops reading and its answer goes nowhere.
             cycle.disconnected = True

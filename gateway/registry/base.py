@@ -25,6 +25,18 @@ class Artifact:
     provenance: Mapping[str, Any] | None = None
 
 
+class RegistryError(Exception):
+    """A version cannot be fetched: missing, outside the root, unreadable, or the registry is down.
+
+    ``reason`` is the ``tensorgate_model_load_failures_total`` label: ``registry``, or
+    ``timeout`` when a remote registry did not answer in time (the admin call gets a 504).
+    """
+
+    def __init__(self, message: str, reason: str = "registry") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class Registry(Protocol):
     """Where model versions come from; names are validated by the caller beforehand."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config_error import ConfigError
-from gateway.registry.base import Artifact
+from gateway.registry.base import Artifact, RegistryError
 from gateway.registry.config import (
     CONFIG_FILE,
     ModelConfig,
@@ -34,18 +34,6 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 _CHUNK = 1 << 20
-
-
-class RegistryError(Exception):
-    """A version cannot be fetched: missing, outside the root, unreadable, or the registry is down.
-
-    ``reason`` is the ``tensorgate_model_load_failures_total`` label: ``registry``, or
-    ``timeout`` when a remote registry did not answer in time (the admin call gets a 504).
-    """
-
-    def __init__(self, message: str, reason: str = "registry") -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def sha256_file(path: Path) -> str:

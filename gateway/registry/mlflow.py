@@ -39,9 +39,9 @@ from urllib.parse import unquote, urlsplit
 
 from gateway.config_error import ConfigError
 from gateway.registry.allow import AllowRule, allowed, default_rules
-from gateway.registry.base import Artifact
+from gateway.registry.base import Artifact, RegistryError
 from gateway.registry.config import ModelConfig
-from gateway.registry.local import LocalRegistry, RegistryError, sha256_file
+from gateway.registry.local import LocalRegistry, sha256_file
 from gateway.registry.names import MAX_VERSION, is_model_name
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.errors import BadRequest, Conflict, GatewayError, NotFound, Unavailable
+from gateway.errors import BadRequest, Conflict, LoadFailed, LoadTimedOut, NotFound, StoreFailed
 from gateway.metadata import version_status
 from gateway.models import Model, ModelManager, ModelVersion, VersionState
 from gateway.release.shadow import ShadowRunner
@@ -25,16 +25,6 @@ from gateway.release.store import ModelRecord, StateStore
 from routing.route import Route, RouteError
 
 log = logging.getLogger(__name__)
-
-
-class LoadFailed(GatewayError):
-    """502: the registry or the runtime could not produce a READY version."""
-
-    status = 502
-
-
-class StoreFailed(Unavailable):
-    """503: the change could not be saved, so it was not applied."""
 
 
 class ReleaseController:
@@ -185,10 +175,9 @@ class ReleaseController:
                 raise NotFound(f"version {version} of model {model.name!r} is not in the repository")
         mv = await self._manager.load(model.name, version)
         if mv.state is not VersionState.READY:
-            failed = LoadFailed(f"version {version} of model {model.name!r} failed to load: {mv.error}")
-            if mv.failure == "timeout":
-                failed.status = 504  # a slow remote or registry: the gateway's deadline passed
-            raise failed
+            # A slow remote or registry (the gateway's deadline passed) is a 504, anything else a 502.
+            failed = LoadTimedOut if mv.failure == "timeout" else LoadFailed
+            raise failed(f"version {version} of model {model.name!r} failed to load: {mv.error}")
         return mv
 
     async def unload(self, name: str, version: int, actor: str, reason: str | None) -> None:

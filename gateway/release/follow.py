@@ -14,7 +14,7 @@ import logging
 
 from gateway.errors import GatewayError
 from gateway.models import Model, ModelManager
-from gateway.registry.local import RegistryError
+from gateway.registry.base import RegistryError
 from gateway.release.controller import ReleaseController
 
 log = logging.getLogger(__name__)
