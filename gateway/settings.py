@@ -29,6 +29,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     admin_port: int = 0
+    grpc_port: int = 8001
     state_dir: Path = Path(".tensorgate/state")
     log_dir: Path = Path(".tensorgate/predictions")
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -68,6 +69,7 @@ class Settings:
     registry_timeout_s: float = 10.0
     registry_poll_s: float = 30.0
     registry_artifact_allow: str = ""
+    console: bool = True
 
 
 #: One line per setting: the flag's help, and docs/configuration.md's description.
@@ -76,6 +78,7 @@ _HELP = {
     "host": "address to listen on (0.0.0.0 in a container)",
     "port": "port to listen on",
     "admin_port": "a port of its own for /admin and /v2/repository (0: they answer on port, as inference does)",
+    "grpc_port": "port for the Open Inference Protocol over gRPC (inference.GRPCInferenceService; 0: off)",
     "state_dir": "routes, history and the generated admin token",
     "log_dir": "the prediction log",
     "max_body_bytes": "request body limit in bytes, on the wire and decompressed",
@@ -118,6 +121,7 @@ _HELP = {
     "registry_poll_s": "mlflow: how often followed aliases are checked",
     "registry_artifact_allow": "mlflow: where versions may be downloaded from, comma-separated scheme://host[/prefix] "
     "or scheme: (default: the tracking server's own artifact store)",
+    "console": "serve the operator console at /console (on admin_port when that is set; docs/console.md)",
 }
 
 
@@ -201,6 +205,10 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError(f"port: must be 0-65535, got {settings.port}")
     if not 0 <= settings.admin_port <= 65535 or (settings.admin_port and settings.admin_port == settings.port):
         raise ConfigError(f"admin_port: must be 0 (off) or 1-65535 and differ from port, got {settings.admin_port}")
+    if not 0 <= settings.grpc_port <= 65535 or (settings.grpc_port and settings.grpc_port in (settings.port, settings.admin_port)):
+        raise ConfigError(
+            f"grpc_port: must be 0 (off) or 1-65535 and differ from port and admin_port, got {settings.grpc_port}"
+        )
     if settings.max_body_bytes < 1024:
         raise ConfigError(f"max_body_bytes: must be at least 1024, got {settings.max_body_bytes}")
     if settings.max_decompressed_bytes < 1024:

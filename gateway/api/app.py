@@ -23,6 +23,8 @@ from gateway.api.dispatch import InferenceDispatcher
 from gateway.api.endpoints import Endpoints
 from gateway.api.ports import AdminPortSplit
 from gateway.api.responses import handle_error
+from gateway.api_grpc.server import GrpcFrontEnd
+from gateway.api_grpc.service import CoreState
 from gateway.auth import BearerAuth, hash_key, provision_token
 from gateway.console.serve import Console
 from gateway.console.stats import stats_reader
@@ -133,16 +135,20 @@ def create_app(
     environ: Mapping[str, str] | None = None,
     lifecycle: Lifecycle | None = None,
     request_ids: RequestIds | None = None,
+    grpc: GrpcFrontEnd | None = None,
 ) -> ASGIApp:
     """Build the ASGI app; models load in the background once the lifespan starts.
 
-    ``lifecycle`` is shared with the server, whose signal handler starts the drain.
+    ``lifecycle`` is shared with the server, whose signal handler starts the drain. ``grpc``,
+    the gRPC listener the server runs beside uvicorn, is handed the same core once it exists.
     """
     lifecycle = lifecycle or Lifecycle(settings.max_concurrent_requests, settings.max_inflight_body_bytes)
     request_metrics = RequestMetrics()
     collector = GatewayCollector(request_metrics, lifecycle)
     metrics_registry = CollectorRegistry()
     metrics_registry.register(collector)
+    if grpc is not None:
+        metrics_registry.register(grpc.collector)
     ProcessCollector(registry=metrics_registry)
     PlatformCollector(registry=metrics_registry)
     endpoints = Endpoints(
@@ -180,7 +186,8 @@ def create_app(
             max_inflight_bytes=settings.shadow_max_inflight_bytes,
             predlog=predlog,
         )
-        endpoints.attach(manager, InferenceService(manager, rng=random_source, shadows=shadows))
+        service = InferenceService(manager, rng=random_source, shadows=shadows)
+        endpoints.attach(manager, service)
         dispatcher.predlog = predlog
         drift = None
         if predlog is not None:  # online drift reads the prediction log's stream
@@ -191,6 +198,8 @@ def create_app(
         controller = ReleaseController(manager, store, records, shadows=shadows)
         admin.attach(controller)
         auth.set_token(token)
+        if grpc is not None:
+            grpc.attach(CoreState(manager, service, controller, auth, predlog))
         manager.start()
         follower = AliasFollower(manager, controller, settings.registry_poll_s)
         follower.start()  # idle unless a model's [mlflow] table follows an alias

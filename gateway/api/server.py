@@ -13,6 +13,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from gateway.api.transport import GuardedHttpToolsProtocol, TransportLimits
+from gateway.api_grpc.server import GrpcBindError, GrpcFrontEnd
 from gateway.lifecycle import Lifecycle
 from gateway.settings import Settings
 
@@ -40,14 +41,40 @@ class GatewayServer(uvicorn.Server):
     shutdown, which flushes the prediction log. A second signal exits at once, with status 1.
     """
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, admin_port: int = 0) -> None:
+    def __init__(
+        self, config: uvicorn.Config, lifecycle: Lifecycle, admin_port: int = 0, grpc: GrpcFrontEnd | None = None
+    ) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
         #: With a port of its own, the admin API listens there as well (gateway/api/ports.py).
         self.admin_port = admin_port
+        #: The gRPC listener, served in this event loop; bound before the HTTP ports.
+        self.grpc = grpc
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        """Listen on the main port, and on the admin port when there is one."""
+        """Listen for gRPC (when on), on the main port, and on the admin port when there is one."""
+        if self.grpc is not None:
+            try:
+                await self.grpc.start()
+            except GrpcBindError as exc:
+                log.error("%s", exc)
+                sys.exit(3)  # as for a busy HTTP port
+        try:
+            await self._listen(sockets)
+        finally:
+            if not self.started and self.grpc is not None:  # the lifespan or a bind failed
+                await self.grpc.stop(0)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Drain gRPC (GOAWAY, in-flight calls finish), then HTTP, then run the lifespan's shutdown."""
+        if self.grpc is not None:
+            # Before uvicorn's own shutdown: its lifespan shutdown closes the prediction log and
+            # the models, which gRPC calls still in flight need. HTTP requests in flight go on
+            # meanwhile (new ones are refused since the drain began).
+            await self.grpc.stop(self.config.timeout_graceful_shutdown or 0)
+        await super().shutdown(sockets)
+
+    async def _listen(self, sockets: list[socket.socket] | None) -> None:
         if sockets is None and self.admin_port:
             host = self.config.host
             try:
@@ -96,8 +123,10 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_server(settings: Settings, app: ASGIApp, lifecycle: Lifecycle) -> GatewayServer:
-    """A server for ``app`` with every transport setting applied."""
+def build_server(
+    settings: Settings, app: ASGIApp, lifecycle: Lifecycle, grpc: GrpcFrontEnd | None = None
+) -> GatewayServer:
+    """A server for ``app`` with every transport setting applied (and ``grpc`` served beside it)."""
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -113,4 +142,4 @@ def build_server(settings: Settings, app: ASGIApp, lifecycle: Lifecycle) -> Gate
         proxy_headers=False,
         server_header=False,  # no "server: uvicorn": one header less per response, and less to fingerprint
     )
-    return GatewayServer(config, lifecycle, settings.admin_port)
+    return GatewayServer(config, lifecycle, settings.admin_port, grpc)

@@ -1,0 +1,1 @@
+"""The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``), beside the REST server."""

@@ -1,0 +1,125 @@
+"""The gRPC listener: grpc.aio in uvicorn's event loop, its limits, its metrics and its drain."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import grpc  # type: ignore[import-untyped]
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from tritonclient.grpc import service_pb2_grpc
+
+from gateway.api_grpc.service import CoreState, GrpcInference, status_code
+from gateway.exchange import RequestIds
+from gateway.lifecycle import Lifecycle
+from gateway.settings import Settings
+from gateway.telemetry.requests import RequestMetrics
+
+log = logging.getLogger(__name__)
+
+#: HTTP/2 streams one connection may have open at once (grpc's default is unlimited).
+MAX_STREAMS_PER_CONNECTION = 1024
+
+
+class GrpcBindError(Exception):
+    """The gRPC port could not be bound."""
+
+
+class GrpcMetrics(Collector):
+    """``tensorgate_grpc_requests_total`` and ``tensorgate_grpc_request_duration_seconds``.
+
+    Families of their own rather than a label on the REST ones: their ``code`` is the gRPC
+    status name (``OK``, ``INVALID_ARGUMENT``), which would make ``code=~"5.."`` queries on
+    the REST families silently miss gRPC errors, or mix two vocabularies in one label.
+    """
+
+    def __init__(self, requests: RequestMetrics) -> None:
+        self._requests = requests
+
+    def collect(self) -> Iterator[Metric]:
+        """Build the families from the counters."""
+        requests = CounterMetricFamily(
+            "tensorgate_grpc_requests_total", "gRPC ModelInfer calls answered, by version, role and gRPC status",
+            labels=["model", "version", "role", "code"],
+        )  # fmt: skip
+        duration = HistogramMetricFamily(
+            "tensorgate_grpc_request_duration_seconds", "End-to-end gRPC ModelInfer latency in the gateway",
+            labels=["model", "version", "role"],
+        )  # fmt: skip
+        for key, series in list(self._requests.series.items()):
+            by_code: dict[str, int] = {}
+            for status, count in series.codes.items():
+                name = status_code(status).name
+                by_code[name] = by_code.get(name, 0) + count
+            for name, count in sorted(by_code.items()):
+                requests.add_metric([*key, name], count)
+            buckets, total = series.latency.cumulative()
+            duration.add_metric(list(key), buckets, total)
+        yield requests
+        yield duration
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """grpc core's channel arguments for the listener: message size, streams, keepalive, no port sharing."""
+    return [
+        # A message larger than an inference body may be is refused by grpc itself (RESOURCE_EXHAUSTED).
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.max_concurrent_streams", min(MAX_STREAMS_PER_CONNECTION, settings.max_concurrent_requests)),
+        # grpc sets SO_REUSEPORT by default: a second server on the same port would share it silently.
+        ("grpc.so_reuseport", 0),
+        # Clients that ping too often (an abuse) get GOAWAY, as grpc's defaults intend.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+class GrpcFrontEnd:
+    """The gRPC server beside uvicorn: bound before serving, attached to the core by the lifespan.
+
+    ``start`` binds and serves (calls answer UNAVAILABLE until ``attach``); ``stop`` is the
+    drain: new calls are refused (GOAWAY), in-flight ones get ``grace_s`` to finish.
+    """
+
+    def __init__(self, settings: Settings, lifecycle: Lifecycle, ids: RequestIds | None = None) -> None:
+        self.settings = settings
+        self.metrics = RequestMetrics()
+        self.collector = GrpcMetrics(self.metrics)
+        self.servicer = GrpcInference(
+            lifecycle, self.metrics, ids or RequestIds(), strict_readiness=settings.strict_readiness
+        )
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+
+    def attach(self, core: CoreState | None) -> None:
+        """Hand the calls the core the lifespan built (None at shutdown)."""
+        self.servicer.attach(core)
+
+    async def start(self, port: int | None = None) -> int:
+        """Listen on ``port`` (default: ``grpc_port``; 0 there: any free port) and serve; the bound port."""
+        settings = self.settings
+        server = grpc.aio.server(
+            options=server_options(settings),
+            # Beyond this many calls at once, grpc answers RESOURCE_EXHAUSTED without running them.
+            maximum_concurrent_rpcs=settings.max_concurrent_requests,
+        )
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        want = settings.grpc_port if port is None else port
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        try:
+            bound = server.add_insecure_port(f"{host}:{want}")
+        except RuntimeError as exc:  # grpc raises a RuntimeError naming the address
+            raise GrpcBindError(f"cannot listen for gRPC on {host}:{want}: {exc}") from None
+        if not bound:
+            raise GrpcBindError(f"cannot listen for gRPC on {host}:{want}")
+        await server.start()
+        self._server = server
+        self.port = bound
+        log.info("gRPC listening on %s:%d", host, bound)
+        return bound
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new calls, let in-flight ones finish within ``grace_s``, then close."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace_s)
