@@ -1,0 +1,619 @@
+// tensorgate console: plain DOM, no framework, no build step (docs/console.md).
+// Everything the server sends is put into the page with textContent or as an attribute value,
+// never as HTML, so a model name or reason holding markup is shown as text.
+"use strict";
+
+(function () {
+  const POLL_MS = 3000;
+  const KEEP = 100; // snapshots kept per version for the sparklines: 5 minutes at 3 s
+  const WINDOW = 5; // intervals the figures are computed over (about 15 s)
+  const SVG = "http://www.w3.org/2000/svg";
+  const TOKEN_KEY = "tensorgate.token";
+  const ACTOR_KEY = "tensorgate.actor";
+
+  const state = {
+    models: [],
+    histories: {},
+    snapshots: [], // GET /admin/stats answers, oldest first
+    timer: null,
+    busy: false,
+    forms: {}, // model -> {key, dirty, node}
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const SIGN_IN = $("empty").textContent;
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  // -- the admin API ---------------------------------------------------------------------
+
+  function token() {
+    return sessionStorage.getItem(TOKEN_KEY) || "";
+  }
+
+  function actor() {
+    return ($("actor").value || "").trim() || "console";
+  }
+
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  async function api(method, path, body) {
+    const headers = { Authorization: "Bearer " + token(), Accept: "application/json" };
+    const init = { method, headers, credentials: "omit", cache: "no-store", redirect: "error" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (exc) {
+      throw new ApiError(0, "the gateway cannot be reached (" + exc.message + ")");
+    }
+    let doc = null;
+    try {
+      doc = await response.json();
+    } catch (exc) {
+      doc = null;
+    }
+    if (response.status === 401) {
+      throw new ApiError(401, "the admin token was refused (401 unauthorized); sign in with the right token");
+    }
+    if (!response.ok) {
+      const why = doc && typeof doc.error === "string" ? doc.error : response.statusText;
+      throw new ApiError(response.status, why + " (" + response.status + ")");
+    }
+    return doc;
+  }
+
+  const enc = encodeURIComponent;
+  const modelPath = (name) => "admin/models/" + enc(name);
+
+  // -- messages --------------------------------------------------------------------------
+
+  // source: "poll" for a failed refresh (cleared by the next good one), "action" otherwise.
+  function showError(message, source) {
+    const node = $("error");
+    node.textContent = message;
+    node.hidden = !message;
+    node.dataset.source = source || "action";
+  }
+
+  function showNotice(message) {
+    const node = $("notice");
+    node.textContent = message;
+    node.hidden = !message;
+  }
+
+  function setStatus(text) {
+    $("status").textContent = text;
+  }
+
+  // -- confirmation ----------------------------------------------------------------------
+
+  function confirmAction(text) {
+    const dialog = $("confirm");
+    $("confirm-text").textContent = text;
+    $("confirm-reason").value = "";
+    return new Promise((resolve) => {
+      const form = $("confirm-form");
+      const cancel = $("confirm-cancel");
+      const finish = (value) => {
+        form.removeEventListener("submit", onSubmit);
+        cancel.removeEventListener("click", onCancel);
+        dialog.removeEventListener("cancel", onCancel);
+        if (dialog.open) dialog.close();
+        resolve(value);
+      };
+      const onSubmit = (event) => {
+        event.preventDefault();
+        finish({ reason: $("confirm-reason").value.trim() });
+      };
+      const onCancel = (event) => {
+        event.preventDefault();
+        finish(null);
+      };
+      form.addEventListener("submit", onSubmit);
+      cancel.addEventListener("click", onCancel);
+      dialog.addEventListener("cancel", onCancel);
+      dialog.showModal();
+      $("confirm-reason").focus();
+    });
+  }
+
+  // Run one changing call after confirmation; refresh at once afterwards.
+  async function act(description, method, path, body) {
+    const answer = await confirmAction(description);
+    if (answer === null) return false;
+    const doc = Object.assign({}, body || {}, { actor: actor() });
+    if (answer.reason) doc.reason = answer.reason;
+    showNotice("");
+    let failure = null;
+    try {
+      await api(method, path, doc);
+    } catch (exc) {
+      // A 4xx is a refusal before any change; a 5xx or a lost connection may have changed something.
+      const outcome = exc.status >= 400 && exc.status < 500 ? "Nothing was changed." : "It may have taken effect: check the history.";
+      failure = "Refused: " + description + ": " + exc.message + ". " + outcome;
+    }
+    await refresh();
+    // After the refresh, so that its own message (say, the same 401) does not hide this one.
+    showError(failure || "");
+    showNotice(failure ? "" : "Done: " + description);
+    return !failure;
+  }
+
+  // -- figures ---------------------------------------------------------------------------
+
+  function sumCodes(requests, filter) {
+    let total = 0;
+    for (const codes of Object.values(requests || {})) {
+      for (const [code, count] of Object.entries(codes)) {
+        if (!filter || filter(Number(code))) total += count;
+      }
+    }
+    return total;
+  }
+
+  // Prometheus' histogram_quantile over the difference of two cumulative bucket lists.
+  function quantile(q, le, now, before) {
+    const counts = now.map((c, i) => c - (before ? before[i] || 0 : 0));
+    const total = counts[counts.length - 1];
+    if (!total) return null;
+    const rank = q * total;
+    let lower = 0;
+    let below = 0;
+    for (let i = 0; i < counts.length; i++) {
+      const bound = le[i] === "+Inf" ? Infinity : Number(le[i]);
+      if (counts[i] >= rank) {
+        if (bound === Infinity) return lower; // past the last bound: its value is all we know
+        const inBucket = counts[i] - below;
+        return inBucket ? lower + ((bound - lower) * (rank - below)) / inBucket : bound;
+      }
+      below = counts[i];
+      lower = bound;
+    }
+    return lower;
+  }
+
+  function versionStats(snapshot, model, version) {
+    return snapshot ? snapshot.versions.find((v) => v.model === model && v.version === version) : undefined;
+  }
+
+  // Figures over the last WINDOW intervals, and per-interval series for the sparklines.
+  function figures(model, version) {
+    const snaps = state.snapshots;
+    const last = snaps[snaps.length - 1];
+    const current = versionStats(last, model, version);
+    const result = { rate: null, errors: null, p50: null, p99: null, queue: current ? current.queue_depth : null, batch: null, rates: [], p99s: [] };
+    if (!current || snaps.length < 2) return result;
+    const first = snaps[Math.max(0, snaps.length - 1 - WINDOW)];
+    const old = versionStats(first, model, version);
+    const seconds = last.time - first.time;
+    const requests = sumCodes(current.requests) - (old ? sumCodes(old.requests) : 0);
+    const failures = sumCodes(current.requests, (c) => c >= 500) - (old ? sumCodes(old.requests, (c) => c >= 500) : 0);
+    if (seconds > 0) result.rate = requests / seconds;
+    if (requests > 0) result.errors = failures / requests;
+    const le = current.latency.le;
+    if (le.length) {
+      const before = old && old.latency.le.length ? old.latency.cumulative : null;
+      result.p50 = quantile(0.5, le, current.latency.cumulative, before);
+      result.p99 = quantile(0.99, le, current.latency.cumulative, before);
+    }
+    const calls = current.batch.count - (old ? old.batch.count : 0);
+    if (calls > 0) result.batch = (current.batch.sum - (old ? old.batch.sum : 0)) / calls;
+    for (let i = 1; i < snaps.length; i++) {
+      const a = versionStats(snaps[i - 1], model, version);
+      const b = versionStats(snaps[i], model, version);
+      const dt = snaps[i].time - snaps[i - 1].time;
+      if (!b || dt <= 0) {
+        result.rates.push(0);
+        result.p99s.push(0);
+        continue;
+      }
+      result.rates.push((sumCodes(b.requests) - (a ? sumCodes(a.requests) : 0)) / dt);
+      const p = b.latency.le.length ? quantile(0.99, b.latency.le, b.latency.cumulative, a && a.latency.le.length ? a.latency.cumulative : null) : null;
+      result.p99s.push(p || 0);
+    }
+    return result;
+  }
+
+  function sparkline(values, label) {
+    const width = 120;
+    const height = 24;
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+    svg.setAttribute("width", String(width));
+    svg.setAttribute("height", String(height));
+    svg.setAttribute("class", "spark");
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", label);
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = label;
+    svg.append(title);
+    if (values.length < 2) return svg;
+    const max = Math.max(...values) || 1;
+    const step = width / (Math.max(values.length, 20) - 1); // the first minute fills the width gradually
+    const start = width - step * (values.length - 1);
+    const points = values.map((v, i) => (start + i * step).toFixed(1) + "," + (height - 1 - (v / max) * (height - 2)).toFixed(1));
+    const line = document.createElementNS(SVG, "polyline");
+    line.setAttribute("points", points.join(" "));
+    line.setAttribute("fill", "none");
+    line.setAttribute("class", "spark-line");
+    svg.append(line);
+    return svg;
+  }
+
+  const fmt = {
+    rate: (v) => (v === null ? "–" : v >= 100 ? v.toFixed(0) : v.toFixed(1)),
+    percent: (v) => (v === null ? "–" : (v * 100).toFixed(v < 0.01 && v > 0 ? 2 : 1) + "%"),
+    ms: (v) => (v === null ? "–" : v * 1000 >= 10 ? (v * 1000).toFixed(0) + " ms" : (v * 1000).toFixed(2) + " ms"),
+    number: (v) => (v === null || v === undefined ? "–" : Number.isInteger(v) ? String(v) : v.toFixed(1)),
+  };
+
+  // -- rendering -------------------------------------------------------------------------
+
+  function routeText(route) {
+    if (!route) return "no route";
+    const parts = Object.entries(route.weights || {}).map(([v, w]) => "v" + v + " " + w + "%");
+    const shadows = Object.entries(route.shadow || {}).map(([v, f]) => "v" + v + " @" + f);
+    let text = parts.join(" · ") || "no traffic";
+    if (shadows.length) text += "; shadow " + shadows.join(", ");
+    if (route.sticky_header) text += "; sticky " + route.sticky_header;
+    return text;
+  }
+
+  const COLOURS = 6;
+
+  function colourOf(model, version) {
+    const index = model.available.concat(Object.keys(model.versions)).indexOf(version);
+    return "c" + ((index < 0 ? Number(version) : index) % COLOURS);
+  }
+
+  function renderRoute(model) {
+    const route = model.route;
+    const box = el("div", { class: "route" });
+    box.append(el("h3", {}, "Route", route ? el("span", { class: "muted" }, " #" + route.seq) : null));
+    if (!route) {
+      box.append(el("p", { class: "muted" }, "no route: " + (model.error || "no version loaded")));
+      return box;
+    }
+    const bar = el("div", { class: "weights", role: "img", "aria-label": "weights: " + routeText({ weights: route.weights }) });
+    for (const [version, weight] of Object.entries(route.weights)) {
+      if (!weight) continue;
+      const part = el("div", { class: "segment " + colourOf(model, version), title: "v" + version + ": " + weight + "%" }, "v" + version + " " + weight + "%");
+      part.style.flexGrow = String(weight); // CSSOM, allowed by the CSP (no inline style attribute)
+      bar.append(part);
+    }
+    box.append(bar);
+    const facts = el("dl", { class: "facts" });
+    facts.append(el("dt", {}, "sticky header"), el("dd", {}, route.sticky_header || "none (random by weight)"));
+    if (model.standby) facts.append(el("dt", {}, "standby"), el("dd", {}, "v" + model.standby));
+    box.append(facts);
+    const shadows = Object.entries(route.shadow || {});
+    if (shadows.length) {
+      const list = el("ul", { class: "shadows" });
+      for (const [version, fraction] of shadows) {
+        const stats = (model.shadow || {})[version] || {};
+        const agreement = stats.agreement === null || stats.agreement === undefined ? "–" : fmt.percent(stats.agreement);
+        const diff = stats.mean_abs_diff === null || stats.mean_abs_diff === undefined ? "–" : stats.mean_abs_diff.toPrecision(3);
+        list.append(
+          el("li", {},
+            el("strong", {}, "shadow v" + version), " mirrors " + fmt.percent(fraction) + " · agreement " + agreement +
+              " · mean |diff| " + diff + " · completed " + (stats.completed || 0) + ", failed " + (stats.failed || 0) +
+              ", timed out " + (stats.timed_out || 0) + ", dropped " + (stats.dropped || 0) + " ",
+            el("button", { class: "small secondary", onclick: () => removeShadow(model, version) }, "Remove shadow"))
+        );
+      }
+      box.append(list);
+    }
+    return box;
+  }
+
+  function provenanceText(provenance) {
+    if (!provenance) return "";
+    return Object.entries(provenance).map(([k, v]) => k + "=" + (typeof v === "string" ? v : JSON.stringify(v))).join(", ");
+  }
+
+  function renderVersions(model) {
+    const route = model.route || { weights: {}, shadow: {} };
+    const numbers = Array.from(new Set(model.available.concat(Object.keys(model.versions)))).sort((a, b) => Number(a) - Number(b));
+    const table = el("table", { class: "versions" });
+    table.append(
+      el("thead", {},
+        el("tr", {}, ["version", "state", "served by", "sha256", "provenance", "weight", "req/s", "errors", "p50", "p99", "queue", "batch", "req/s · p99, 5 min", ""].map((h) => el("th", { scope: "col" }, h))))
+    );
+    const body = el("tbody");
+    for (const number of numbers) {
+      const status = model.versions[number];
+      const f = figures(model.name, number);
+      const weight = route.weights[number];
+      const role = weight ? weight + "%" : route.shadow && route.shadow[number] !== undefined ? "shadow" : model.standby === number ? "standby" : "–";
+      const served = status ? (status.remote_ready !== undefined ? "remote " + (status.provider || "") + (status.circuit ? " (circuit " + status.circuit + ")" : "") : status.provider || "") : "";
+      const actions = el("td", { class: "actions wide", "data-label": "" });
+      if (!status || status.state === "FAILED") {
+        actions.append(el("button", { class: "small", onclick: () => loadVersion(model, number) }, "Load"));
+      }
+      if (status && status.state === "READY") {
+        if (!weight) actions.append(el("button", { class: "small", onclick: () => swapTo(model, number) }, "Swap to"));
+        if (!weight && !(route.shadow && route.shadow[number] !== undefined) && model.standby !== number) {
+          actions.append(el("button", { class: "small secondary", onclick: () => unloadVersion(model, number) }, "Unload"));
+        }
+      }
+      if (status && status.state === "FAILED") {
+        actions.append(el("button", { class: "small secondary", onclick: () => unloadVersion(model, number) }, "Unload"));
+      }
+      const stateCell = el("td", { "data-label": "state" }, el("span", { class: "state " + (status ? status.state.toLowerCase() : "unloaded") }, status ? status.state : "not loaded"));
+      if (status && status.error) stateCell.append(el("div", { class: "why" }, status.error));
+      const sha = status && status.sha256 ? status.sha256 : "";
+      body.append(
+        el("tr", { "data-version": number },
+          el("th", { scope: "row", "data-label": "version" }, el("span", { class: "dot " + colourOf(model, number) }), "v" + number),
+          stateCell,
+          el("td", { "data-label": "served by" }, served),
+          el("td", { "data-label": "sha256", class: "mono", title: sha }, sha ? sha.slice(0, 12) + "…" : ""),
+          el("td", { "data-label": "provenance", class: "small-text wide" }, provenanceText(status && status.provenance)),
+          el("td", { "data-label": "weight" }, role),
+          el("td", { "data-label": "req/s", class: "num" }, fmt.rate(f.rate)),
+          el("td", { "data-label": "errors", class: "num" + (f.errors ? " bad" : "") }, fmt.percent(f.errors)),
+          el("td", { "data-label": "p50", class: "num" }, fmt.ms(f.p50)),
+          el("td", { "data-label": "p99", class: "num" }, fmt.ms(f.p99)),
+          el("td", { "data-label": "queue", class: "num" }, fmt.number(f.queue)),
+          el("td", { "data-label": "batch", class: "num" }, fmt.number(f.batch)),
+          el("td", { "data-label": "req/s · p99", class: "wide" },
+            sparkline(f.rates, "requests per second, v" + number),
+            sparkline(f.p99s, "p99 latency, v" + number)),
+          actions)
+      );
+    }
+    table.append(body);
+    return el("div", { class: "scroll" }, table);
+  }
+
+  function renderDrift(model) {
+    const rows = (state.snapshots.length ? state.snapshots[state.snapshots.length - 1].drift : []).filter((d) => d.model === model.name);
+    if (!rows.length) return null;
+    const table = el("table", { class: "drift" },
+      el("thead", {}, el("tr", {}, ["version", "feature", "PSI"].map((h) => el("th", { scope: "col" }, h)))));
+    const body = el("tbody");
+    for (const row of rows) {
+      body.append(el("tr", {},
+        el("td", { "data-label": "version" }, "v" + row.version),
+        el("td", { "data-label": "feature" }, row.feature),
+        el("td", { "data-label": "PSI", class: "num" + (row.psi >= 0.2 ? " bad" : "") }, row.psi.toFixed(3))));
+    }
+    table.append(body);
+    return el("div", { class: "drift-box" }, el("h3", {}, "Online drift"),
+      el("p", { class: "muted" }, "PSI per feature against the reference; 0.2 and above (red) is a large shift."), el("div", { class: "scroll" }, table));
+  }
+
+  function renderHistory(model) {
+    const entries = (state.histories[model.name] || []).slice().reverse();
+    const box = el("div", { class: "history" });
+    box.append(el("h3", {}, "History"),
+      el("p", {}, el("button", { class: "secondary", onclick: () => rollback(model, null) }, "Roll back the last change")));
+    if (!entries.length) {
+      box.append(el("p", { class: "muted" }, "no changes yet"));
+      return box;
+    }
+    const table = el("table", { class: "audit" },
+      el("thead", {}, el("tr", {}, ["seq", "when", "who", "action", "why", "before", "after", ""].map((h) => el("th", { scope: "col" }, h)))));
+    const body = el("tbody");
+    for (const entry of entries.slice(0, 50)) {
+      const when = new Date(entry.time);
+      const changed = entry.before !== null && JSON.stringify(entry.before) !== JSON.stringify(entry.after);
+      body.append(el("tr", {},
+        el("td", { "data-label": "seq", class: "num" }, String(entry.seq)),
+        el("td", { "data-label": "when", title: entry.time }, isNaN(when) ? entry.time : when.toLocaleString()),
+        el("td", { "data-label": "who" }, entry.actor),
+        el("td", { "data-label": "action" }, entry.action + (entry.version ? " v" + entry.version : "")),
+        el("td", { "data-label": "why", class: "reason wide" }, entry.reason || ""),
+        el("td", { "data-label": "before" }, entry.before ? routeText(entry.before) : "–"),
+        el("td", { "data-label": "after" }, entry.after ? routeText(entry.after) : "–"),
+        el("td", { "data-label": "" }, changed ? el("button", { class: "small secondary", onclick: () => rollback(model, entry.seq) }, "Roll back to #" + entry.seq) : null)));
+    }
+    table.append(body);
+    box.append(el("div", { class: "scroll" }, table));
+    return box;
+  }
+
+  // The change form is rebuilt only when the route or the versions change and the operator has
+  // not started typing into it, so a refresh never throws away what is being typed.
+  function renderForm(model) {
+    const ready = Object.entries(model.versions).filter(([, s]) => s.state === "READY").map(([v]) => v);
+    const route = model.route || { weights: {}, shadow: {}, sticky_header: null };
+    const key = JSON.stringify([route, ready]);
+    const kept = state.forms[model.name];
+    if (kept && (kept.key === key || kept.dirty)) return kept.node;
+    const form = el("form", { class: "change", autocomplete: "off" });
+    const markDirty = () => {
+      state.forms[model.name].dirty = true;
+    };
+    form.addEventListener("input", markDirty);
+    const weights = el("fieldset", {}, el("legend", {}, "Weights (percent, summing to 100)"));
+    for (const version of ready) {
+      weights.append(el("label", { class: "weight" }, "v" + version + " ",
+        el("input", { type: "number", min: 0, max: 100, step: 1, name: "w" + version, "data-version": version, value: route.weights[version] || 0, inputmode: "numeric" })));
+    }
+    weights.append(el("label", { class: "weight" }, "sticky header ",
+      el("input", { type: "text", name: "sticky", value: route.sticky_header || "", placeholder: "none", maxlength: 256 })));
+    weights.append(el("button", { type: "submit" }, "Set weights"));
+    form.append(weights);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      setWeights(model, form);
+    });
+    const shadowable = ready.filter((v) => !route.weights[v] && route.shadow[v] === undefined);
+    const shadow = el("fieldset", {}, el("legend", {}, "Add a shadow (a copy of the traffic, never answered)"));
+    if (shadowable.length) {
+      const select = el("select", { name: "shadow" }, shadowable.map((v) => el("option", { value: v }, "v" + v)));
+      const fraction = el("input", { type: "number", name: "fraction", min: 0.01, max: 1, step: 0.01, value: 1 });
+      shadow.append(el("label", {}, "version ", select), el("label", {}, "fraction ", fraction),
+        el("button", { type: "button", class: "secondary", onclick: () => addShadow(model, select.value, Number(fraction.value)) }, "Add shadow"));
+    } else {
+      shadow.append(el("span", { class: "muted" }, "no READY version without a role: load one first"));
+    }
+    form.append(shadow);
+    state.forms[model.name] = { key, dirty: false, node: form };
+    return form;
+  }
+
+  function renderModel(model) {
+    const section = el("section", { class: "card model", "data-model": model.name });
+    section.append(el("h2", {}, model.name));
+    if (model.error) section.append(el("p", { class: "error-inline" }, model.error));
+    const columns = el("div", { class: "columns" }, renderRoute(model), el("div", { class: "change-box" }, el("h3", {}, "Change the route"), renderForm(model)));
+    section.append(columns, renderVersions(model));
+    const drift = renderDrift(model);
+    if (drift) section.append(drift);
+    section.append(renderHistory(model));
+    return section;
+  }
+
+  function render() {
+    const container = $("models");
+    // Keep focus and the typed values: form nodes are reused across renders (renderForm).
+    container.replaceChildren(...state.models.map(renderModel));
+    const empty = $("empty");
+    empty.textContent = token() ? "No models yet." : SIGN_IN;
+    empty.hidden = !!token() && state.models.length > 0;
+  }
+
+  // -- actions ---------------------------------------------------------------------------
+
+  async function setWeights(model, form) {
+    const weights = {};
+    let total = 0;
+    for (const input of form.querySelectorAll("input[data-version]")) {
+      const value = Number(input.value);
+      if (!Number.isInteger(value) || value < 0 || value > 100) {
+        showError("Weights are whole numbers from 0 to 100 (v" + input.dataset.version + ": " + input.value + "). Nothing was changed.");
+        return;
+      }
+      if (value) weights[input.dataset.version] = value;
+      total += value;
+    }
+    if (total !== 100) {
+      showError("The weights sum to " + total + ", not 100. Nothing was changed.");
+      return;
+    }
+    const route = model.route || { shadow: {} };
+    const sticky = form.querySelector("input[name=sticky]").value.trim();
+    const body = { weights, shadow: route.shadow || {}, sticky_header: sticky || null };
+    const done = await act("set the route of " + model.name + " to " + routeText(body), "PUT", modelPath(model.name) + "/route", body);
+    if (done) delete state.forms[model.name];
+  }
+
+  async function addShadow(model, version, fraction) {
+    const route = model.route;
+    if (!route) return;
+    if (!(fraction > 0 && fraction <= 1)) {
+      showError("A shadow's fraction is in (0, 1]. Nothing was changed.");
+      return;
+    }
+    const shadow = Object.assign({}, route.shadow, { [version]: fraction });
+    const body = { weights: route.weights, shadow, sticky_header: route.sticky_header };
+    const done = await act("add v" + version + " as a shadow of " + model.name + " (" + fmt.percent(fraction) + " of requests)", "PUT", modelPath(model.name) + "/route", body);
+    if (done) delete state.forms[model.name];
+  }
+
+  async function removeShadow(model, version) {
+    const route = model.route;
+    const shadow = Object.assign({}, route.shadow);
+    delete shadow[version];
+    const body = { weights: route.weights, shadow, sticky_header: route.sticky_header };
+    await act("stop shadowing " + model.name + " with v" + version, "PUT", modelPath(model.name) + "/route", body);
+  }
+
+  const loadVersion = (model, version) => act("load " + model.name + " v" + version + " (it gets no traffic yet)", "POST", modelPath(model.name) + "/versions/" + enc(version) + "/load", {});
+  const unloadVersion = (model, version) => act("unload " + model.name + " v" + version, "POST", modelPath(model.name) + "/versions/" + enc(version) + "/unload", {});
+  const swapTo = (model, version) => act("swap " + model.name + " to v" + version + " (100% of traffic at once)", "POST", modelPath(model.name) + "/swap", { version });
+
+  function rollback(model, seq) {
+    const what = seq === null ? "roll " + model.name + " back to the route before the last change" : "roll " + model.name + " back to the route of change #" + seq;
+    return act(what, "POST", modelPath(model.name) + "/rollback", seq === null ? {} : { to: seq });
+  }
+
+  // -- polling ---------------------------------------------------------------------------
+
+  async function refresh() {
+    if (!token()) return;
+    if (state.busy) return;
+    state.busy = true;
+    try {
+      const [models, stats] = await Promise.all([api("GET", "admin/models"), api("GET", "admin/stats")]);
+      const histories = await Promise.all(models.models.map((m) => api("GET", modelPath(m.name) + "/history").catch(() => ({ history: [] }))));
+      state.models = models.models;
+      state.histories = {};
+      models.models.forEach((m, i) => (state.histories[m.name] = histories[i].history));
+      state.snapshots.push(stats);
+      if (state.snapshots.length > KEEP) state.snapshots.shift();
+      if ($("error").dataset.source === "poll") showError("");
+      setStatus("updated " + new Date().toLocaleTimeString() + " · every " + POLL_MS / 1000 + " s");
+      render();
+    } catch (exc) {
+      showError("Cannot refresh: " + exc.message + (state.models.length ? " (showing the last figures)" : ""), "poll");
+      setStatus("refresh failed");
+    } finally {
+      state.busy = false;
+    }
+  }
+
+  function schedule() {
+    clearInterval(state.timer);
+    state.timer = null;
+    if (token() && !document.hidden) {
+      state.timer = setInterval(refresh, POLL_MS);
+      refresh();
+    }
+  }
+
+  function start() {
+    $("actor").value = sessionStorage.getItem(ACTOR_KEY) || "";
+    $("signin").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const value = $("token").value.trim();
+      if (!value) return;
+      sessionStorage.setItem(TOKEN_KEY, value);
+      sessionStorage.setItem(ACTOR_KEY, $("actor").value.trim());
+      $("token").value = "";
+      showError("");
+      setStatus("signed in");
+      schedule();
+    });
+    $("actor").addEventListener("change", () => sessionStorage.setItem(ACTOR_KEY, $("actor").value.trim()));
+    $("signout").addEventListener("click", () => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      state.models = [];
+      state.snapshots = [];
+      state.forms = {};
+      render();
+      setStatus("not signed in");
+      schedule();
+    });
+    // A hidden tab does not poll: the console costs nothing while nobody looks at it.
+    document.addEventListener("visibilitychange", schedule);
+    if (token()) setStatus("signed in");
+    schedule();
+  }
+
+  start();
+})();
