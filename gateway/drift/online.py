@@ -72,6 +72,16 @@ async def post_json(url: str, body: bytes, timeout_s: float = WEBHOOK_TIMEOUT_S)
         raise OSError(f"answered {status}")
 
 
+def _input_width(model: Model, name: str) -> int | None:
+    """The features per row of a loaded version's input (its last dimension), when fixed."""
+    for mv in model.versions.values():
+        spec = mv.inputs.get(name)
+        if spec is not None:
+            width = spec.shape[-1] if len(spec.shape) > 1 else 1
+            return width if width > 0 else None
+    return None
+
+
 def _psi_per_column(reference: np.ndarray, rows: np.ndarray, bins: int) -> list[float]:
     return [psi(reference[:, c], rows[:, c], bins) for c in range(rows.shape[1])]
 
@@ -256,6 +266,8 @@ class DriftMonitor:
 
     async def _load(self, model: Model, drift: DriftConfig, signature: Signature) -> _Watch | None:
         """The watch for ``model``; None while no version is loaded to name its input; raises if malformed."""
+        if not any(mv.inputs for mv in model.versions.values()):
+            return None  # nothing to watch yet, nor to check the reference against
         path = await asyncio.to_thread(self._manager.registry.model_file, model.name, drift.reference)
         columns = await asyncio.to_thread(read_reference, path)
         name = drift.input or next((n for n in columns.inputs if n), "")
@@ -271,6 +283,9 @@ class DriftMonitor:
             raise DriftDataError(f"expected rows of features, got an array of shape {reference.shape}")
         if not np.isfinite(reference).any():
             raise DriftDataError("it holds no finite number")
+        width = _input_width(model, name)
+        if width is not None and reference.shape[1] != width:  # else no row would ever be compared
+            raise DriftDataError(f"it has {reference.shape[1]} features; the input {name!r} has {width}")
         return _Watch(drift, name, np.asarray(reference, np.float64), signature)
 
     def _count(self, model: str, stage: str) -> None:
