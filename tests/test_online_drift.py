@@ -153,7 +153,8 @@ def test_the_window_keeps_the_last_rows() -> None:
 
 
 def test_a_reference_symlinked_out_of_the_model_directory_is_refused(tmp_path: Path) -> None:
-    from gateway.registry.local import LocalRegistry, RegistryError
+    from gateway.registry.base import RegistryError
+    from gateway.registry.local import LocalRegistry
 
     write_model(tmp_path / "models", "m", 1, identity("FP32"))
     secret = tmp_path / "secret.npy"
@@ -221,6 +222,8 @@ def test_a_malformed_reference_spares_the_monitor_and_is_retried_when_its_file_c
     )
     (tmp_path / "models" / "m" / "ref.jsonl").write_bytes(good)
     (tmp_path / "models" / "bad" / "ref.jsonl").write_bytes(b"[1, 2, 3]\n[4, 5, 6]\n")  # JSON, not records
+    write_model(tmp_path / "models", "narrow", 1, identity("FP32"), config=config.replace(".jsonl", ".npy"))
+    np.save(tmp_path / "models" / "narrow" / "ref.npy", rng.normal(size=(500, 3)))  # 3 features, the input has 4
     with serve(tmp_path / "models", log_dir=tmp_path / "log", predlog_flush_interval_s=0.01) as server:
         deadline = time.monotonic() + 20
         while metric(server, "tensorgate_drift_psi", model="m") is None:  # the other model is watched
@@ -231,6 +234,8 @@ def test_a_malformed_reference_spares_the_monitor_and_is_retried_when_its_file_c
         assert metric(server, "tensorgate_drift_errors_total", model="bad", stage="reference") == 1  # once
         assert metric(server, "tensorgate_drift_reference_loaded", model="bad") == 0
         assert metric(server, "tensorgate_drift_reference_loaded", model="m") == 1
+        assert metric(server, "tensorgate_drift_errors_total", model="narrow", stage="reference") == 1
+        assert metric(server, "tensorgate_drift_reference_loaded", model="narrow") == 0
         assert metric(server, "tensorgate_drift_psi", model="bad") is None
         (tmp_path / "models" / "bad" / "ref.jsonl").write_bytes(good)  # fixed: tried again
         deadline = time.monotonic() + 20
