@@ -34,7 +34,7 @@ from gateway.registry.config import DriftConfig
 
 log = logging.getLogger(__name__)
 
-#: The webhook call's deadline, all included (connect, TLS, request, answer).
+#: The webhook call's deadline by default (``[drift] webhook_timeout_s``), all included.
 WEBHOOK_TIMEOUT_S = 10.0
 
 #: POSTs a JSON body to a URL; injected so tests and deployments can change it.
@@ -141,11 +141,9 @@ class DriftMonitor:
         *,
         poster: Poster | None = None,
         clock: Callable[[], float] = time.monotonic,
-        webhook_timeout_s: float = WEBHOOK_TIMEOUT_S,
     ) -> None:
         self._manager = manager
         self._poster = poster
-        self._webhook_timeout_s = webhook_timeout_s
         self._clock = clock
         self._watches: dict[str, _Watch] = {}
         # model -> the (configuration, file signature) whose reference failed: retried when either changes
@@ -336,16 +334,17 @@ class DriftMonitor:
             "psi_threshold": config.psi_threshold, "window_rows": rows, "checks_over": watch.over[version],
         }  # fmt: skip
         # A task of its own: a slow receiver must not hold the other models' checks.
-        task = asyncio.create_task(self._post(model, config.webhook, orjson.dumps(event)), name="drift-webhook")
+        post = self._post(model, config.webhook, orjson.dumps(event), config.webhook_timeout_s)
+        task = asyncio.create_task(post, name="drift-webhook")
         self._hooks.add(task)
         task.add_done_callback(self._hooks.discard)
 
-    async def _post(self, model: str, url: str, body: bytes) -> None:
+    async def _post(self, model: str, url: str, body: bytes, timeout_s: float) -> None:
         try:
             if self._poster is not None:
                 await self._poster(url, body)
             else:
-                await post_json(url, body, self._webhook_timeout_s)
+                await post_json(url, body, timeout_s)
         except Exception as exc:
             self._count(model, "webhook")
             log.error("model %r: the drift webhook failed: %s", model, exc)

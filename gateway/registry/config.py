@@ -57,6 +57,8 @@ class DriftConfig:
     #: Consecutive checks over the threshold before the webhook is called.
     sustain: int = 3
     webhook: str = ""
+    #: The webhook call's deadline, everything included (connect, TLS, request, answer).
+    webhook_timeout_s: float = 10.0
     cooldown_s: float = 3600.0
     bins: int = 10
 
@@ -255,6 +257,7 @@ def _drift(t: _Table) -> DriftConfig:
         psi_threshold=t.number("psi_threshold", 0.2),
         sustain=t.integer("sustain", 3, 1, 1000),
         webhook=t.choice("webhook", "", _WEBHOOK) if "webhook" in t.data else "",
+        webhook_timeout_s=t.number("webhook_timeout_s", 10.0, 0.1),
         cooldown_s=t.number("cooldown_s", 3600.0),
         bins=t.integer("bins", 10, 2, 100),
     )
