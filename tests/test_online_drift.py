@@ -174,11 +174,13 @@ class Stalling:
 
     def __init__(self) -> None:
         self.stop = threading.Event()
-        stop = self.stop
+        self.hits: list[float] = []
+        stop, hits = self.stop, self.hits
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 self.request.recv(65536)
+                hits.append(time.monotonic())
                 for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 10_000:
                     if stop.wait(0.2):
                         return
@@ -283,3 +285,32 @@ def test_the_webhook_call_has_a_total_deadline() -> None:
     finally:
         stalling.close()
         moved.close()
+
+
+def test_a_stalling_webhook_is_given_up_after_its_deadline_and_checks_go_on(tmp_path: Path) -> None:
+    stalling = Stalling()
+    try:
+        rng = np.random.default_rng(4)
+        config = (
+            f'[drift]\nreference = "ref.npy"\nwindow = 100\ninterval_s = 0.2\nsustain = 1\n'
+            f'cooldown_s = 3600\nwebhook = "{stalling.url}"\nwebhook_timeout_s = 1\n'
+        )
+        write_model(tmp_path / "models", "m", 1, identity("FP32"), config=config)
+        np.save(tmp_path / "models" / "m" / "ref.npy", rng.normal(size=(1000, 4)).astype(np.float32))
+        with serve(tmp_path / "models", log_dir=tmp_path / "log", predlog_flush_interval_s=0.01) as server:
+            deadline = time.monotonic() + 20
+            while not stalling.hits:
+                assert time.monotonic() < deadline, "the webhook was never called"
+                send_to(server, "m", np.add(rng.normal(size=(50, 4)), [3, 0, 0, 0]))
+                time.sleep(0.3)
+            send_to(server, "m", rng.normal(size=(100, 4)))  # back to normal while the call stalls
+            while metric(server, "tensorgate_drift_errors_total", model="m", stage="webhook") is None:
+                assert time.monotonic() < deadline, "the stalled call was never given up"
+                time.sleep(0.1)
+            gave_up = time.monotonic() - stalling.hits[0]
+            calm = metric(server, "tensorgate_drift_psi", model="m", feature="INPUT0[0]")
+        assert 0.9 < gave_up < 5.0  # webhook_timeout_s = 1, though the receiver kept trickling
+        assert calm is not None and calm < 1.0  # checks went on while the call stalled
+        assert len(stalling.hits) == 1
+    finally:
+        stalling.close()
