@@ -155,12 +155,14 @@ def _run_server(settings: Settings) -> int:
 
     from gateway.api.app import create_app
     from gateway.api.server import build_server
+    from gateway.api_grpc.server import GrpcFrontEnd
     from gateway.lifecycle import Lifecycle
 
     log = logging.getLogger(__name__)
     log.info("tensorgate %s serving %s on http://%s:%d", __version__, settings.repository, settings.host, settings.port)
     lifecycle = Lifecycle(settings.max_concurrent_requests, settings.max_inflight_body_bytes)
-    server = build_server(settings, create_app(settings, lifecycle=lifecycle), lifecycle)
+    grpc = GrpcFrontEnd(settings, lifecycle) if settings.grpc_port else None
+    server = build_server(settings, create_app(settings, lifecycle=lifecycle, grpc=grpc), lifecycle, grpc)
 
     # uvicorn re-raises the signal it drained on to the handler that was there before it; ours
     # notes it, so that a graceful drain exits 0 as operators expect.

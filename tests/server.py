@@ -18,6 +18,7 @@ import orjson
 
 from gateway.api.app import create_app
 from gateway.api.server import GatewayServer, build_server, listen_socket
+from gateway.api_grpc.server import GrpcFrontEnd
 from gateway.lifecycle import Lifecycle
 from gateway.models import ModelManager, RuntimeLoader
 from gateway.registry.base import Registry
@@ -39,6 +40,12 @@ class RunningServer:
         self.settings = settings
         self.host = f"127.0.0.1:{port}"
         self.url = f"http://127.0.0.1:{port}"
+
+    @property
+    def grpc(self) -> str:
+        """``127.0.0.1:port`` of the gRPC listener (``serve(..., grpc=True)``), once it listens."""
+        assert self.server.grpc is not None and self.server.grpc.port, "no gRPC listener"
+        return f"127.0.0.1:{self.server.grpc.port}"
 
 
 def wait_for(url: str, status: int = 200, timeout_s: float = 30.0) -> None:
@@ -72,13 +79,15 @@ def serve(
     environ: dict[str, str] | None = None,
     rng: random.Random | None = None,
     admin_listener: bool = False,
+    grpc: bool = False,
     **settings: Any,
 ) -> Iterator[RunningServer]:
     """Serve ``repository`` with the real stack (uvloop, httptools) until the block ends.
 
     State (routes, history, a generated token) goes to a fresh temporary directory unless
     ``state_dir`` is given; the admin token is ``ADMIN_TOKEN`` unless ``environ`` says otherwise.
-    ``admin_listener`` gives the admin API a second ephemeral port (``admin_port``).
+    ``admin_listener`` gives the admin API a second ephemeral port (``admin_port``); ``grpc``
+    serves gRPC on an ephemeral port too (``grpc_port``; off otherwise).
     """
     scratch = None
     if "state_dir" not in settings or "log_dir" not in settings:
@@ -92,8 +101,10 @@ def serve(
         sockets.append(listen_socket("127.0.0.1", 0))
         settings["admin_port"] = sockets[1].getsockname()[1]
     settings.setdefault("log_level", "warning")
+    settings.setdefault("grpc_port", 0)
     config = Settings(repository=repository, port=port, **settings)
     lifecycle = Lifecycle(config.max_concurrent_requests, config.max_inflight_body_bytes)
+    front = GrpcFrontEnd(config, lifecycle, port=0) if grpc else None
     app = create_app(
         config,
         registry=registry,
@@ -102,8 +113,9 @@ def serve(
         environ={"TENSORGATE_ADMIN_TOKEN": ADMIN_TOKEN} if environ is None else environ,
         lifecycle=lifecycle,
         rng=rng,
+        grpc=front,
     )
-    server = build_server(config, app, lifecycle)
+    server = build_server(config, app, lifecycle, front)
     thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
     thread.start()
     running = RunningServer(port, server, config)

@@ -66,7 +66,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # A message larger than an inference body may be is refused by grpc itself (RESOURCE_EXHAUSTED).
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.max_send_message_length", -1),
-        ("grpc.max_concurrent_streams", min(MAX_STREAMS_PER_CONNECTION, settings.max_concurrent_requests)),
+        # Streams past this wait on the client's side (HTTP/2 flow control); past
+        # max_concurrent_requests in all, ModelInfer answers RESOURCE_EXHAUSTED.
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         # grpc sets SO_REUSEPORT by default: a second server on the same port would share it silently.
         ("grpc.so_reuseport", 0),
         # Clients that ping too often (an abuse) get GOAWAY, as grpc's defaults intend.
@@ -81,8 +83,12 @@ class GrpcFrontEnd:
     drain: new calls are refused (GOAWAY), in-flight ones get ``grace_s`` to finish.
     """
 
-    def __init__(self, settings: Settings, lifecycle: Lifecycle, ids: RequestIds | None = None) -> None:
+    def __init__(
+        self, settings: Settings, lifecycle: Lifecycle, ids: RequestIds | None = None, *, port: int | None = None
+    ) -> None:
         self.settings = settings
+        #: Where to listen: ``grpc_port`` unless given (0: any free port, for tests).
+        self.listen_port = settings.grpc_port if port is None else port
         self.metrics = RequestMetrics()
         self.collector = GrpcMetrics(self.metrics)
         self.servicer = GrpcInference(
@@ -95,19 +101,20 @@ class GrpcFrontEnd:
         """Hand the calls the core the lifespan built (None at shutdown)."""
         self.servicer.attach(core)
 
-    async def start(self, port: int | None = None) -> int:
-        """Listen on ``port`` (default: ``grpc_port``; 0 there: any free port) and serve; the bound port."""
+    async def start(self) -> int:
+        """Listen on ``listen_port`` and serve; the bound port."""
         settings = self.settings
         server = grpc.aio.server(
             options=server_options(settings),
-            # Beyond this many calls at once, grpc answers RESOURCE_EXHAUSTED without running them.
-            maximum_concurrent_rpcs=settings.max_concurrent_requests,
+            # grpc.aio makes calls past this wait (not refused): a bound on handler tasks, above
+            # max_concurrent_requests so that ModelInfer's own cap answers RESOURCE_EXHAUSTED first.
+            maximum_concurrent_rpcs=2 * settings.max_concurrent_requests + 16,
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
-        want = settings.grpc_port if port is None else port
+        want = self.listen_port
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         try:
-            bound = server.add_insecure_port(f"{host}:{want}")
+            bound: int = server.add_insecure_port(f"{host}:{want}")
         except RuntimeError as exc:  # grpc raises a RuntimeError naming the address
             raise GrpcBindError(f"cannot listen for gRPC on {host}:{want}: {exc}") from None
         if not bound:

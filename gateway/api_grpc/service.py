@@ -298,8 +298,8 @@ class GrpcInference(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ign
         try:
             if life.draining:
                 raise Unavailable("the server is shutting down")
-            if life.inflight >= life.max_inflight:
-                raise Unavailable("too many requests in flight; retry later")
+            if life.inflight >= life.max_inflight:  # REST and gRPC together: max_concurrent_requests
+                raise _Overloaded("too many requests in flight; retry later")
             if core is None:
                 raise Unavailable("the server is starting")
             if given is not None and len(given) > MAX_ID_LENGTH:
@@ -385,6 +385,12 @@ class GrpcInference(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ign
 
 class _Unauthenticated(GatewayError):
     status = 401
+
+
+class _Overloaded(GatewayError):
+    """Past max_concurrent_requests: RESOURCE_EXHAUSTED, as grpc's own servers answer their cap."""
+
+    status = 429
 
 
 async def _abort(context: Any, exc: GatewayError, request_id: str | None = None) -> NoReturn:

@@ -1,0 +1,513 @@
+"""End to end: the gRPC front end driven by tritonclient.grpc (sync and aio), unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from gateway.models import ModelManager
+from runtimes.datatypes import NUMPY_DTYPES
+from tests.gated import Runtimes
+from tests.onnx_models import add_sub, identity, write_model
+from tests.rawhttp import request
+from tests.server import ADMIN_TOKEN, RunningServer, admin, prediction_log, serve
+
+DATATYPES = sorted(NUMPY_DTYPES)
+MAX_BODY = 1024 * 1024
+BATCHED = """
+max_batch_size = 8
+inline_threshold_us = 0
+[batching]
+max_queue_delay_ms = 20
+max_queue_size = 4
+priority_levels = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    for datatype in DATATYPES:
+        write_model(root, f"identity_{datatype.lower()}", 1, identity(datatype))
+    write_model(root, "simple", 1, add_sub(0), config='version_policy = "all"\n')
+    write_model(root, "simple", 2, add_sub(100))
+    write_model(root, "batched", 1, identity("FP32"), config=BATCHED)
+    return root
+
+
+@pytest.fixture(scope="module")
+def runtimes() -> Runtimes:
+    return Runtimes()
+
+
+@pytest.fixture(scope="module")
+def managers() -> list[ModelManager]:
+    return []
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path, runtimes: Runtimes, managers: list[ModelManager]) -> Iterator[RunningServer]:
+    with serve(repository, grpc=True, loader=runtimes, on_ready=managers.append, max_body_bytes=MAX_BODY) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[grpcclient.InferenceServerClient]:
+    triton = grpcclient.InferenceServerClient(server.grpc)
+    yield triton
+    triton.close()
+
+
+@pytest.fixture
+def stub(server: RunningServer) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(server.grpc) as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def sample(datatype: str, rows: int = 2) -> np.ndarray:
+    rng = np.random.default_rng(len(datatype) * 7919)
+    if datatype == "BYTES":
+        values = [f"s{i}-é".encode() if i % 3 else b"" for i in range(rows * 4)]
+        values[1] = b"nul\x00 inside"  # binary BYTES travel as they are (ONNX strings must be UTF-8)
+        return np.array(values, dtype=object).reshape(rows, 4)
+    if datatype == "BOOL":
+        return rng.integers(0, 2, (rows, 4)).astype(bool)
+    dtype = NUMPY_DTYPES[datatype]
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.array([info.min, info.max, 0, 1] * rows, dtype=dtype).reshape(rows, 4)
+    return rng.normal(0, 100, (rows, 4)).astype(dtype)
+
+
+def simple_inputs(value: int = 1) -> list[grpcclient.InferInput]:
+    tensors = []
+    for name, data in (("INPUT0", np.full((1, 16), value, np.int32)), ("INPUT1", np.ones((1, 16), np.int32))):
+        tensor = grpcclient.InferInput(name, [1, 16], "INT32")
+        tensor.set_data_from_numpy(data)
+        tensors.append(tensor)
+    return tensors
+
+
+def code_of(call: pytest.ExceptionInfo[InferenceServerException]) -> str:
+    return str(call.value.status())
+
+
+# -- health and metadata ---------------------------------------------------------------------------
+
+
+def test_health_and_server_metadata(client: grpcclient.InferenceServerClient) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    metadata = client.get_server_metadata(as_json=True)
+    assert metadata["name"] == "tensorgate"
+    assert "model_repository" in metadata["extensions"] and "statistics" in metadata["extensions"]
+
+
+def test_model_readiness(client: grpcclient.InferenceServerClient) -> None:
+    assert client.is_model_ready("simple")
+    assert client.is_model_ready("simple", "1")
+    assert not client.is_model_ready("nope")
+    assert not client.is_model_ready("simple", "9")
+
+
+def test_model_metadata_and_config(client: grpcclient.InferenceServerClient) -> None:
+    metadata = client.get_model_metadata("simple", as_json=True)
+    assert metadata["name"] == "simple" and metadata["versions"] == ["1", "2"]
+    assert metadata["inputs"][0] == {"name": "INPUT0", "datatype": "INT32", "shape": ["-1", "16"]}
+    assert client.get_model_metadata("simple", "1").platform == "onnxruntime_onnx"
+    config = client.get_model_config("simple").config
+    assert config.name == "simple" and config.backend == "onnxruntime"
+    assert next((t.name, t.data_type, list(t.dims)) for t in config.input) == ("INPUT0", 8, [-1, 16])  # TYPE_INT32
+    batched = client.get_model_config("batched").config
+    assert batched.max_batch_size == 8 and list(batched.input[0].dims) == [4]
+    with pytest.raises(InferenceServerException) as raised:
+        client.get_model_metadata("nope")
+    assert code_of(raised) == "StatusCode.NOT_FOUND"
+    assert "Request for unknown model: 'nope' is not found" in raised.value.message()
+
+
+# -- inference -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("datatype", DATATYPES)
+def test_every_datatype_round_trips_raw(client: grpcclient.InferenceServerClient, datatype: str) -> None:
+    data = sample(datatype)
+    tensor = grpcclient.InferInput("INPUT0", list(data.shape), datatype)
+    tensor.set_data_from_numpy(data)
+    result = client.infer(f"identity_{datatype.lower()}", [tensor])
+    out = result.as_numpy("OUTPUT0")
+    assert out is not None and out.shape == data.shape
+    if datatype == "BYTES":
+        assert out.tolist() == data.tolist()
+    else:
+        assert out.dtype == data.dtype and np.array_equal(out, data)
+    response = result.get_response()
+    assert response.model_name == f"identity_{datatype.lower()}" and response.model_version == "1"
+
+
+TYPED = {
+    "BOOL": ("bool_contents", [True, False, True, True]),
+    "INT8": ("int_contents", [-128, 127, 0, 1]),
+    "INT16": ("int_contents", [-32768, 32767, 0, 1]),
+    "INT32": ("int_contents", [-(2**31), 2**31 - 1, 0, 1]),
+    "INT64": ("int64_contents", [-(2**63), 2**63 - 1, 0, 1]),
+    "UINT8": ("uint_contents", [0, 255, 1, 2]),
+    "UINT16": ("uint_contents", [0, 65535, 1, 2]),
+    "UINT32": ("uint_contents", [0, 2**32 - 1, 1, 2]),
+    "UINT64": ("uint64_contents", [0, 2**64 - 1, 1, 2]),
+    "FP32": ("fp32_contents", [0.5, -1.25, 3.0, 1e30]),
+    "FP64": ("fp64_contents", [0.1, -1e300, 3.0, 2.5]),
+    "BYTES": ("bytes_contents", [b"a", b"", b"\x00\x01", "é".encode()]),
+}
+
+
+def typed_request(
+    model: str, datatype: str, field: str, values: list[object], shape: tuple[int, ...] = (1, 4)
+) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model, id="typed-1")
+    tensor = request.inputs.add(name="INPUT0", datatype=datatype, shape=list(shape))
+    getattr(tensor.contents, field).extend(values)
+    return request
+
+
+@pytest.mark.parametrize("datatype", sorted(TYPED))
+def test_typed_contents_round_trip(stub: service_pb2_grpc.GRPCInferenceServiceStub, datatype: str) -> None:
+    field, values = TYPED[datatype]
+    response, call = stub.ModelInfer.with_call(typed_request(f"identity_{datatype.lower()}", datatype, field, values))
+    assert response.id == "typed-1" and response.model_version == "1"
+    assert list(response.outputs[0].shape) == [1, 4] and response.outputs[0].datatype == datatype
+    raw = response.raw_output_contents[0]
+    if datatype == "BYTES":
+        assert raw == b"".join(len(v).to_bytes(4, "little") + v for v in values)  # type: ignore[arg-type,operator]
+    else:
+        expected = np.array(values, dtype=NUMPY_DTYPES[datatype])
+        assert np.array_equal(np.frombuffer(raw, dtype=NUMPY_DTYPES[datatype]), expected)
+    assert ("x-model-version", "1") in call.trailing_metadata()
+
+
+def test_routed_pinned_request_id_and_trailing_metadata(
+    client: grpcclient.InferenceServerClient, stub: service_pb2_grpc.GRPCInferenceServiceStub
+) -> None:
+    routed = client.infer("simple", simple_inputs(5), request_id="rid-7")
+    assert routed.as_numpy("OUTPUT0")[0, 0] == 106 and routed.get_response().model_version == "2"  # type: ignore[index]
+    assert routed.get_response().id == "rid-7"
+    pinned = client.infer("simple", simple_inputs(5), model_version="1")
+    assert pinned.as_numpy("OUTPUT0")[0, 0] == 6 and pinned.get_response().model_version == "1"  # type: ignore[index]
+    only = client.infer("simple", simple_inputs(5), outputs=[grpcclient.InferRequestedOutput("OUTPUT1")])
+    assert [o.name for o in only.get_response().outputs] == ["OUTPUT1"]
+    request = pb.ModelInferRequest(model_name="simple")
+    for name in ("INPUT0", "INPUT1"):
+        request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+        request.raw_input_contents.append(np.ones(16, np.int32).tobytes())
+    _, call = stub.ModelInfer.with_call(request, metadata=[("x-request-id", "meta-id-1")])
+    trailing = dict(call.trailing_metadata())
+    assert trailing["x-model-version"] == "2" and trailing["x-request-id"] == "meta-id-1"
+
+
+def test_aio_client(server: RunningServer) -> None:
+    async def run() -> tuple[bool, np.ndarray | None, str]:
+        triton = aioclient.InferenceServerClient(server.grpc)
+        try:
+            live = await triton.is_server_live()
+            result = await triton.infer("simple", simple_inputs(2), model_version="1")
+            return live, result.as_numpy("OUTPUT0"), result.get_response().model_version
+        finally:
+            await triton.close()
+
+    live, out, version = asyncio.run(run())
+    assert live and out is not None and out[0, 0] == 3 and version == "1"
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+def raw_request(model: str, datatype: str, shape: list[int], data: bytes) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="INPUT0", datatype=datatype, shape=shape)
+    request.raw_input_contents.append(data)
+    return request
+
+
+def rpc_error(stub: service_pb2_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.ModelInfer(request, timeout=30)
+    return raised.value
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "text"),
+    [
+        (raw_request("identity_fp32", "FP32", [1, 4], b"\0" * 15), "INVALID_ARGUMENT", "unexpected total byte size 15"),
+        (raw_request("identity_fp32", "FP99", [1, 4], b"\0" * 16), "INVALID_ARGUMENT", "unknown datatype"),
+        (raw_request("identity_fp32", "FP64", [1, 4], b"\0" * 32), "INVALID_ARGUMENT", "does not match the model's"),
+        (raw_request("identity_fp32", "FP32", [2**40, 2**40], b"\0" * 16), "INVALID_ARGUMENT", "byte size"),
+        (raw_request("identity_fp32", "FP32", [-1, 4], b"\0" * 16), "INVALID_ARGUMENT", "non-negative"),
+        (raw_request("identity_bytes", "BYTES", [1, 4], b"\xff" * 7), "INVALID_ARGUMENT", "BYTES"),
+        (
+            raw_request("nope", "FP32", [1, 4], b"\0" * 16),
+            "NOT_FOUND",
+            "Request for unknown model: 'nope' is not found",
+        ),
+        (
+            typed_request("identity_fp32", "FP32", "fp32_contents", [1.0] * 3),
+            "INVALID_ARGUMENT",
+            "number of elements 3",
+        ),
+        (typed_request("identity_fp32", "FP32", "int_contents", [1] * 4), "INVALID_ARGUMENT", "contents.fp32_contents"),
+        (typed_request("identity_int8", "INT8", "int_contents", [1, 2, 3, 300]), "INVALID_ARGUMENT", "out of range"),
+        (typed_request("identity_fp16", "FP16", "fp32_contents", [1.0] * 4), "INVALID_ARGUMENT", "raw_input_contents"),
+        (
+            typed_request("identity_fp32", "FP32", "fp32_contents", [1.0] * 4, shape=(2**40, 2**40)),
+            "INVALID_ARGUMENT",
+            "expecting 1208925819614629174706176",
+        ),
+    ],
+)
+def test_bad_input_is_an_error_status(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, request_: pb.ModelInferRequest, code: str, text: str
+) -> None:
+    error = rpc_error(stub, request_)
+    assert error.code().name == code, error.details()
+    assert text in error.details()
+    assert "Traceback" not in error.details()
+
+
+def test_typed_and_raw_contents_together_is_invalid(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    request = typed_request("identity_fp32", "FP32", "fp32_contents", [1.0] * 4)
+    request.raw_input_contents.append(b"\0" * 16)
+    error = rpc_error(stub, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "contents field must not be specified when using raw_input_contents" in error.details()
+
+
+def test_oversized_message_is_resource_exhausted(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    error = rpc_error(stub, raw_request("identity_uint8", "UINT8", [MAX_BODY + 4, 4], b"\0" * (MAX_BODY + 16)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_bad_parameters_are_invalid(client: grpcclient.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("batched", [fp32_input(1.0)], priority=9)
+    assert code_of(raised) == "StatusCode.INVALID_ARGUMENT" and "priority" in raised.value.message()
+
+
+def test_garbage_on_the_port_leaves_the_server_serving(
+    server: RunningServer, client: grpcclient.InferenceServerClient
+) -> None:
+    host, port = server.grpc.split(":")
+    for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00" * 64 + b"PRI * HTTP/2.0", bytes(range(256)) * 8):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(garbage)
+            sock.settimeout(10)
+            try:
+                while sock.recv(4096):
+                    pass
+            except OSError:
+                pass
+    assert client.infer("simple", simple_inputs(1)).as_numpy("OUTPUT0") is not None
+
+
+# -- routing, shadows, the prediction log, statistics, metrics -----------------------------------
+
+
+def test_canary_weights_and_sticky_metadata(server: RunningServer, client: grpcclient.InferenceServerClient) -> None:
+    route = {"weights": {"1": 50, "2": 50}, "sticky_header": "x-user-id"}
+    assert admin(server, "PUT", "/admin/models/simple/route", route).status == 200
+    try:
+        seen = {client.infer("simple", simple_inputs()).get_response().model_version for _ in range(60)}
+        assert seen == {"1", "2"}
+        for user in ("alice", "bob", "carol"):
+            versions = {
+                client.infer("simple", simple_inputs(), headers={"x-user-id": user}).get_response().model_version
+                for _ in range(8)
+            }
+            assert len(versions) == 1, (user, versions)
+    finally:
+        assert admin(server, "PUT", "/admin/models/simple/route", {"weights": {"2": 100}}).status == 200
+
+
+def test_shadow_copies_and_the_prediction_log(server: RunningServer, client: grpcclient.InferenceServerClient) -> None:
+    route = {"weights": {"2": 100}, "shadow": {"1": 1.0}}
+    assert admin(server, "PUT", "/admin/models/simple/route", route).status == 200
+    try:
+        result = client.infer("simple", simple_inputs(3), request_id="grpc-logged-1")
+        assert result.get_response().model_version == "2"
+        deadline = time.monotonic() + 20
+        while True:
+            records = [r for r in prediction_log(server.settings.log_dir / "simple") if "grpc-logged-1" in str(r)]
+            roles = {r.get("role") for r in records}
+            if {"primary", "shadow"} <= roles or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert {"primary", "shadow"} <= roles, records
+        primary = next(r for r in records if r.get("role") == "primary")
+        assert primary["version"] == "2" and primary["status"] == 200
+    finally:
+        assert admin(server, "PUT", "/admin/models/simple/route", {"weights": {"2": 100}, "shadow": {}}).status == 200
+
+
+def test_statistics_and_metrics(server: RunningServer, client: grpcclient.InferenceServerClient) -> None:
+    client.infer("identity_int64", [int64_input()])
+    stats = client.get_inference_statistics("identity_int64", as_json=True)["model_stats"]
+    assert stats[0]["name"] == "identity_int64" and int(stats[0]["inference_stats"]["success"]["count"]) >= 1
+    assert len(client.get_inference_statistics().model_stats) >= len(DATATYPES)
+    with pytest.raises(InferenceServerException):
+        client.infer("nope", [int64_input()])
+    text = request(server.port, "GET", "/metrics").body.decode()
+    assert 'tensorgate_grpc_requests_total{code="OK",model="identity_int64",role="primary",version="1"}' in text
+    assert 'tensorgate_grpc_requests_total{code="NOT_FOUND",model="",role="",version=""}' in text
+    assert "tensorgate_grpc_request_duration_seconds_bucket" in text
+
+
+def int64_input() -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput("INPUT0", [1, 4], "INT64")
+    tensor.set_data_from_numpy(np.arange(4, dtype=np.int64).reshape(1, 4))
+    return tensor
+
+
+def fp32_input(value: float, rows: int = 1) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput("INPUT0", [rows, 4], "FP32")
+    tensor.set_data_from_numpy(np.full((rows, 4), value, np.float32))
+    return tensor
+
+
+# -- the repository extension, behind the admin token ----------------------------------------------
+
+
+def test_repository_calls_need_the_admin_token(client: grpcclient.InferenceServerClient) -> None:
+    for call in (
+        client.get_model_repository_index,
+        lambda: client.load_model("simple"),
+        lambda: client.unload_model("simple"),
+        lambda: client.get_model_repository_index(headers={"authorization": "Bearer wrong-token-0123456789"}),
+    ):
+        with pytest.raises(InferenceServerException) as raised:
+            call()
+        assert code_of(raised) == "StatusCode.UNAUTHENTICATED"
+    auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    index = client.get_model_repository_index(headers=auth, as_json=True)["models"]
+    assert {"name": "simple", "version": "1", "state": "READY"} in index
+    client.load_model("simple", headers=auth)
+    with pytest.raises(InferenceServerException) as raised:
+        client.load_model("simple", headers=auth, config='{"max_batch_size": 4}')
+    assert code_of(raised) == "StatusCode.INVALID_ARGUMENT" and "nothing was loaded" in raised.value.message()
+    with pytest.raises(InferenceServerException) as raised:
+        client.load_model("nope", headers=auth)
+    assert code_of(raised) == "StatusCode.NOT_FOUND"
+
+
+# -- batching: priority, deadlines, cancellation ---------------------------------------------------
+
+
+def wait_queued(managers: list[ModelManager], count: int, timeout_s: float = 20.0) -> None:
+    batcher = managers[0].model("batched").versions[1].batcher
+    assert batcher is not None
+    deadline = time.monotonic() + timeout_s
+    while batcher.queued != count:
+        assert time.monotonic() < deadline, f"queue holds {batcher.queued}, not {count}"
+        time.sleep(0.005)
+
+
+def test_priority_timeout_and_deadline(
+    server: RunningServer, client: grpcclient.InferenceServerClient, runtimes: Runtimes
+) -> None:
+    assert client.infer("batched", [fp32_input(1.5)], priority=1, timeout=10_000_000).as_numpy("OUTPUT0")[0, 0] == 1.5  # type: ignore[index]
+    runtime = runtimes.by_model["batched"]
+    runtime.hold()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(client.infer, "batched", [fp32_input(1.0, rows=8)])
+            runtime.wait_entered()
+            # Behind the held batch: the queue timeout (us) and the gRPC deadline both end it.
+            with pytest.raises(InferenceServerException) as raised:
+                client.infer("batched", [fp32_input(2.0)], timeout=30_000)
+            assert code_of(raised) == "StatusCode.DEADLINE_EXCEEDED" and "deadline" in raised.value.message()
+            with pytest.raises(InferenceServerException) as raised:
+                client.infer("batched", [fp32_input(3.0)], client_timeout=0.3)
+            assert code_of(raised) == "StatusCode.DEADLINE_EXCEEDED"
+            runtime.release()
+            assert first.result(timeout=30).as_numpy("OUTPUT0").shape == (8, 4)
+    finally:
+        runtime.release()
+    calls = [float(call["INPUT0"].reshape(-1)[0]) for call in runtime.calls]
+    assert 2.0 not in calls and 3.0 not in calls
+
+
+def test_a_cancelled_queued_call_is_never_computed(
+    server: RunningServer, runtimes: Runtimes, managers: list[ModelManager]
+) -> None:
+    runtime = runtimes.by_model["batched"]
+
+    async def run() -> None:
+        triton = aioclient.InferenceServerClient(server.grpc)
+        try:
+            held = asyncio.ensure_future(triton.infer("batched", [fp32_input(1.0, rows=8)]))
+            await asyncio.to_thread(runtime.wait_entered)
+            queued = asyncio.ensure_future(triton.infer("batched", [fp32_input(77.0)], request_id="cancel-me"))
+            await asyncio.to_thread(wait_queued, managers, 1)
+            queued.cancel()
+            await asyncio.to_thread(wait_queued, managers, 0)
+            runtime.release()
+            await held
+        finally:
+            runtime.release()
+            await triton.close()
+
+    runtime.hold()
+    asyncio.run(run())
+    assert all(float(call["INPUT0"].reshape(-1)[0]) != 77.0 for call in runtime.calls)
+    deadline = time.monotonic() + 20
+    while True:
+        records = [r for r in prediction_log(server.settings.log_dir / "batched") if "cancel-me" in str(r)]
+        if records or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert records and records[0]["status"] == 499
+
+
+# -- drain and the concurrency cap (a server of their own) ----------------------------------------
+
+
+def test_drain_refuses_new_calls_and_finishes_in_flight_ones(repository: Path) -> None:
+    runtimes = Runtimes()
+    with serve(repository, grpc=True, loader=runtimes, max_concurrent_requests=2) as running:
+        runtime = runtimes.by_model["batched"]
+        client = grpcclient.InferenceServerClient(running.grpc)
+        runtime.hold()
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                first = pool.submit(client.infer, "batched", [fp32_input(1.0, rows=8)])
+                runtime.wait_entered()
+                second = pool.submit(client.infer, "batched", [fp32_input(2.0)])
+                deadline = time.monotonic() + 20
+                while running.server.lifecycle.inflight < 2:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.005)
+                # Two calls in flight: a third is refused (max_concurrent_requests).
+                with pytest.raises(InferenceServerException) as raised:
+                    client.infer("simple", simple_inputs())
+                assert code_of(raised) == "StatusCode.RESOURCE_EXHAUSTED" and "in flight" in raised.value.message()
+                running.server.lifecycle.begin_drain()
+                assert not client.is_server_ready()
+                runtime.release()
+                assert first.result(timeout=30).as_numpy("OUTPUT0").shape == (8, 4)
+                assert second.result(timeout=30).as_numpy("OUTPUT0")[0, 0] == 2.0  # type: ignore[index]
+            with pytest.raises(InferenceServerException) as raised:
+                client.infer("simple", simple_inputs())
+            assert code_of(raised) == "StatusCode.UNAVAILABLE" and "shutting down" in raised.value.message()
+        finally:
+            runtime.release()
+            client.close()
