@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,12 +21,16 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from gateway.config_error import ConfigError
 from gateway.models import ModelManager
+from gateway.settings import load_settings
 from runtimes.datatypes import NUMPY_DTYPES
 from tests.gated import Runtimes
 from tests.onnx_models import add_sub, identity, write_model
 from tests.rawhttp import request
-from tests.server import ADMIN_TOKEN, RunningServer, admin, prediction_log, serve
+from tests.server import ADMIN_TOKEN, RunningServer, admin, prediction_log, serve, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 DATATYPES = sorted(NUMPY_DTYPES)
 MAX_BODY = 1024 * 1024
@@ -511,3 +518,57 @@ def test_drain_refuses_new_calls_and_finishes_in_flight_ones(repository: Path) -
         finally:
             runtime.release()
             client.close()
+
+
+# -- settings and tensorgate serve -----------------------------------------------------------------
+
+
+def test_grpc_port_setting() -> None:
+    assert load_settings(environ={}).grpc_port == 8001  # Triton's gRPC port
+    assert load_settings(environ={"TENSORGATE_GRPC_PORT": "9001"}).grpc_port == 9001
+    assert load_settings(environ={}, overrides={"grpc_port": "0"}).grpc_port == 0
+    for bad in ("8000", "70000"):
+        with pytest.raises(ConfigError, match="grpc_port"):
+            load_settings(environ={}, overrides={"grpc_port": bad})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_tensorgate_serve_answers_grpc_and_drains_on_sigterm(tmp_path: Path) -> None:
+    port, grpc_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--repository", "examples/models", "--port", str(port),
+         "--grpc-port", str(grpc_port), "--state-dir", str(tmp_path / "state"), "--log-dir", str(tmp_path / "log")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(f"http://127.0.0.1:{port}/v2/health/ready")
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:
+            tensor = grpcclient.InferInput("features", [1, 16], "FP32")
+            tensor.set_data_from_numpy(np.full((1, 16), 0.5, np.float32))
+            result = client.infer("fraud", [tensor])
+            assert result.get_response().model_version == "2"
+            # A second server cannot take the port (grpc would share it by default: SO_REUSEPORT).
+            busy = subprocess.run(
+                [sys.executable, "-m", "gateway", "serve", "--repository", "examples/models", "--port",
+                 str(free_port()), "--grpc-port", str(grpc_port), "--state-dir", str(tmp_path / "state2"),
+                 "--log-dir", str(tmp_path / "log2")],
+                cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert busy.returncode == 3, busy.stderr
+            assert "cannot listen for gRPC" in busy.stderr and "Traceback" not in busy.stderr
+        finally:
+            client.close()
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert f"gRPC listening on 127.0.0.1:{grpc_port}" in output
+    assert "Traceback" not in output
