@@ -33,7 +33,7 @@ COPY --from=build /opt/tensorgate /opt/tensorgate
 USER tensorgate
 WORKDIR /data
 VOLUME ["/models", "/data"]
-EXPOSE 8000
+EXPOSE 8000 8001
 # Asks the port the server listens on, however it was configured (file, variable).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; from gateway.settings import load_settings; urllib.request.urlopen(f'http://127.0.0.1:{load_settings().port}/v2/health/ready', timeout=2)"]

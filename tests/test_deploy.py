@@ -236,7 +236,9 @@ def test_the_image_writes_only_under_its_volumes(tmp_path: Path) -> None:
     for what, path in written_paths(settings).items():
         assert mount_of(path, volumes) is not None and not path.is_relative_to("/models"), f"{what} {path}"
     assert mount_of(PurePosixPath(settings.repository), volumes) == {"mountPath": "/models", "name": "/models"}
-    assert (settings.host, settings.port) == ("0.0.0.0", 8000)
+    assert (settings.host, settings.port, settings.grpc_port) == ("0.0.0.0", 8000, 8001)
+    # Both ports the image serves are declared (docker run -P publishes them).
+    assert instructions(dockerfile_stages()[-1], "EXPOSE") == [f"{settings.port} {settings.grpc_port}"]
     # No server setting in the image's ENV: it would override every config file (the 0.1.0 bug).
     assert [k for k in image_env() if k.startswith("TENSORGATE_")] == ["TENSORGATE_CONFIG"]
     # The runtime user's home is the data volume, so nothing writes to the root file system.
@@ -262,7 +264,7 @@ def test_the_pods_probes_ports_volumes_and_drain_fit_the_server(tmp_path: Path) 
     settings = pod_settings(tmp_path)
     spec, container = pod()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": settings.port, "admin": settings.admin_port}
+    assert ports == {"http": settings.port, "admin": settings.admin_port, "grpc": settings.grpc_port}
     paths = served_paths()
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
@@ -291,7 +293,9 @@ def test_services_servicemonitor_and_budget_select_the_pods() -> None:
     statefulset = one("StatefulSet")
     labels = statefulset["spec"]["template"]["metadata"]["labels"]
     service = one("Service", "tensorgate")
-    assert service["spec"]["selector"] == labels and [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    assert service["spec"]["selector"] == labels
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http", "grpc"]
+    assert service["spec"]["ports"][1]["appProtocol"] == "kubernetes.io/h2c"  # gRPC is HTTP/2 cleartext
     headless = one("Service", statefulset["spec"]["serviceName"])
     assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["selector"] == labels
     assert [p["targetPort"] for p in headless["spec"]["ports"]] == ["admin"]
@@ -309,8 +313,9 @@ def test_the_network_policy_opens_inference_to_all_and_admin_to_the_pipeline() -
     labels = one("StatefulSet")["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"] == labels and policy["spec"]["policyTypes"] == ["Ingress"]
     rules = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}
-    assert set(rules) == {"http", "admin"} and all(len(rule["ports"]) == 1 for rule in rules.values())
-    assert "from" not in rules["http"]  # clients: inference, health, metadata, metrics
+    assert set(rules) == {"http", "admin"} and len(rules["admin"]["ports"]) == 1
+    assert [p["port"] for p in rules["http"]["ports"]] == ["http", "grpc"]
+    assert "from" not in rules["http"]  # clients: inference, health, metadata, metrics, and gRPC
     (source,) = rules["admin"]["from"]
     assert source["podSelector"]["matchLabels"] == {"tensorgate.io/admin-client": "true"}
 
