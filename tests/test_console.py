@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import orjson
 import pytest
 
-from tests.onnx_models import add_sub, write_model
+from tests.onnx_models import add_sub, identity, write_model
 from tests.rawhttp import request
 from tests.required import import_or_unavailable, server_unavailable
 from tests.server import ADMIN_TOKEN, RunningServer, admin, serve
@@ -214,9 +215,7 @@ def test_the_console_shows_the_route_changes_it_and_rolls_it_back(
         for _ in range(10):
             request(server.port, "POST", "/v2/models/simple/infer", INPUTS)
         model.locator("tr[data-version='2'] polyline").first.wait_for()
-        overview = screenshot(console, tmp_path, "overview-1280x800")
-        if os.environ.get("TENSORGATE_CONSOLE_DOCS_SCREENSHOT"):  # refresh docs/console.png on purpose only
-            shutil.copyfile(overview, ROOT / "docs" / "console.png")
+        screenshot(console, tmp_path, "overview-1280x800")
 
         # 90/10 from the page, with a reason that holds HTML.
         model.locator("input[name=w1]").fill("90")
@@ -233,7 +232,9 @@ def test_the_console_shows_the_route_changes_it_and_rolls_it_back(
         history = admin(server, "GET", "/admin/models/simple/history").json()["history"]
         assert history[-1]["actor"] == "alice" and history[-1]["reason"] == HOSTILE
         assert history[-1]["after"]["weights"] == {"1": 90, "2": 10}
-        screenshot(console, tmp_path, "after-90-10")
+        canary = screenshot(console, tmp_path, "canary-1280x800")
+        if os.environ.get("TENSORGATE_CONSOLE_DOCS_SCREENSHOT"):  # the tree is written to on purpose only
+            shutil.copyfile(canary, ROOT / "docs" / "console.png")
         model.locator(".history").scroll_into_view_if_needed()
         screenshot(console, tmp_path, "history")
 
@@ -305,3 +306,31 @@ def test_weights_that_do_not_sum_to_100_are_refused_in_the_page(
         assert width <= 390
     finally:
         console.close()
+
+
+def test_online_drift_shows_per_feature(browser: Any, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    config = '[drift]\nreference = "reference.npy"\nwindow = 200\ninterval_s = 0.2\nsustain = 1000\n'
+    write_model(tmp_path / "models", "m", 1, identity("FP32"), config=config)
+    np.save(tmp_path / "models" / "m" / "reference.npy", rng.normal(size=(2000, 4)).astype(np.float32))
+    with serve(tmp_path / "models", predlog_flush_interval_s=0.01) as server:
+
+        def drifted() -> bool:
+            for row in np.add(rng.normal(size=(50, 4)), [0, 0, 0, 2]):  # feature 3 moves
+                doc = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": row.tolist()}]}
+                assert request(server.port, "POST", "/v2/models/m/infer", orjson.dumps(doc)).status == 200
+            drift = admin(server, "GET", "/admin/stats").json()["drift"]
+            return len(drift) == 4 and max(d["psi"] for d in drift) > 1.0
+
+        wait_until(drifted, "the drift gauges")
+        console = Console(browser, server)
+        try:
+            console.sign_in()
+            rows = console.model("m").locator(".drift tbody tr")
+            console.expect(rows).to_have_count(4)
+            shifted = console.model("m").locator(".drift tbody tr", has_text="INPUT0[3]")
+            console.expect(shifted.locator("td.bad")).to_have_count(1)
+            screenshot(console, tmp_path, "drift")
+            assert console.errors == []
+        finally:
+            console.close()

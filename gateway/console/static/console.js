@@ -328,9 +328,18 @@
     return box;
   }
 
-  function provenanceText(provenance) {
+  // MLflow's provenance can be large (the run's parameters, metrics, data sets): a short line
+  // with what identifies the version, and the whole record behind a disclosure.
+  function provenanceCell(provenance) {
     if (!provenance) return "";
-    return Object.entries(provenance).map(([k, v]) => k + "=" + (typeof v === "string" ? v : JSON.stringify(v))).join(", ");
+    const short = (v) => (typeof v === "string" && v.length > 12 ? v.slice(0, 12) + "…" : v);
+    const parts = [];
+    if (provenance.registered_model) parts.push(provenance.registered_model + (provenance.model_version ? " v" + provenance.model_version : ""));
+    if (provenance.aliases && provenance.aliases.length) parts.push("@" + provenance.aliases.join(", @"));
+    if (provenance.run_id) parts.push("run " + short(provenance.run_id));
+    if (provenance.git_commit) parts.push("git " + short(provenance.git_commit));
+    if (provenance.user) parts.push("by " + provenance.user);
+    return el("details", {}, el("summary", {}, parts.join(" · ") || "provenance"), el("pre", {}, JSON.stringify(provenance, null, 1)));
   }
 
   function renderVersions(model) {
@@ -370,7 +379,7 @@
           stateCell,
           el("td", { "data-label": "served by" }, served),
           el("td", { "data-label": "sha256", class: "mono", title: sha }, sha ? sha.slice(0, 12) + "…" : ""),
-          el("td", { "data-label": "provenance", class: "small-text wide" }, provenanceText(status && status.provenance)),
+          el("td", { "data-label": "provenance", class: "small-text wide" }, provenanceCell(status && status.provenance)),
           el("td", { "data-label": "weight" }, role),
           el("td", { "data-label": "req/s", class: "num" }, fmt.rate(f.rate)),
           el("td", { "data-label": "errors", class: "num" + (f.errors ? " bad" : "") }, fmt.percent(f.errors)),
