@@ -189,6 +189,8 @@ class PredictionLog:
         sample = entry[12].logging.sample
         if sample < 1.0 and self._rng.random() >= sample:
             self._drop(entry, "sampled")
+            if reserved and self._waiting and self._room is not None:
+                self._room.set()  # its place is free again, and nothing else would say so
             return
         size = entry_bytes(entry)
         if not self.blocking:
