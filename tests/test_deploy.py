@@ -440,7 +440,7 @@ def exposed(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     root = tmp_path_factory.mktemp("repo")
     write_model(root, "m", 1, identity("FP32"), config="max_batch_size = 4\n")
     body = orjson.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
-    with serve(root) as server:
+    with serve(root, grpc=True) as server:  # the gRPC families are registered with the listener
         assert request(server.port, "POST", "/v2/models/m/infer", body).status == 200
         text = request(server.port, "GET", "/metrics").body.decode()
     names = set()
