@@ -1,12 +1,16 @@
 """What an open console costs the gateway: its polling against the inference throughput.
 
-The console (docs/console.md) polls every 3 s: ``GET /admin/models``, ``GET /admin/stats`` and
-``GET /admin/models/{m}/history`` per model. Two measurements, the gateway pinned to one core
-(``--server-cpu``) and wrk and the pollers to the other (``--client-cpu``):
+The console (docs/console.md) polls every 3 s: ``GET /admin/models`` and ``GET /admin/stats``,
+and ``GET /admin/models/{m}/history`` per model when that model changed and every 10th poll.
+The example model's history is first given ``--history`` route changes (the store keeps up to
+1,000), so that its reads cost what they would in a long-lived deployment. Two measurements,
+the gateway pinned to one core (``--server-cpu``) and wrk and the pollers to the other
+(``--client-cpu``):
 
-1. CPU per poll: ``--polls`` poll cycles back to back against the idle gateway, and the
-   gateway's CPU time they took. One open page then uses ``cpu_per_poll / 3 s`` of the core
-   that serves inference: the share of a saturated gateway's throughput it takes away.
+1. CPU per poll: ``--polls`` poll cycles back to back against the idle gateway (every 10th with
+   the histories, as the page does), and the gateway's CPU time they took. One open page then
+   uses ``cpu_per_poll / 3 s`` of the core that serves inference: the share of a saturated
+   gateway's throughput it takes away.
 2. Under load: wrk at ``--concurrency`` against the example model, alternating rounds without
    and with ``--consoles`` pages polling (each its own keep-alive connection), medians compared.
    This machine's noise is a few percent, so this only shows that nothing is far off; the CPU
@@ -36,6 +40,7 @@ from common import ROOT, Sample, cpu_seconds, free_port, require_wrk, run_wrk, s
 
 MODELS = ROOT / "examples" / "models"
 POLL_S = 3.0  # the page's interval (POLL_MS in gateway/console/static/console.js)
+HISTORY_EVERY = 10  # polls between full history reads (HISTORY_EVERY in console.js)
 
 
 class Page:
@@ -44,23 +49,27 @@ class Page:
     def __init__(self, port: int, token: str) -> None:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         self.headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        self.models: list[str] = []
         self.bytes = 0
+        self.polls = 0
 
-    def get(self, path: str) -> bytes:
-        self.connection.request("GET", path, headers=self.headers)
+    def get(self, path: str, method: str = "GET", body: bytes | None = None) -> bytes:
+        headers = self.headers if body is None else {**self.headers, "Content-Type": "application/json"}
+        self.connection.request(method, path, body, headers=headers)
         response = self.connection.getresponse()
         body = response.read()
         if response.status != 200:
-            raise SystemExit(f"GET {path}: {response.status} {body[:200]!r}")
+            raise SystemExit(f"{method} {path}: {response.status} {body[:200]!r}")
         self.bytes += len(body)
         return body
 
     def poll(self) -> None:
+        """One tick of the page: the histories too on every HISTORY_EVERY-th (nothing changes here)."""
         models = json.loads(self.get("/admin/models"))["models"]
         self.get("/admin/stats")
-        for model in models:
-            self.get(f"/admin/models/{model['name']}/history")
+        if self.polls % HISTORY_EVERY == 0:
+            for model in models:
+                self.get(f"/admin/models/{model['name']}/history")
+        self.polls += 1
 
     def close(self) -> None:
         self.connection.close()
@@ -89,6 +98,7 @@ def main() -> None:
     parser = wrk_parser(__doc__, [64])
     parser.add_argument("--consoles", type=int, nargs="+", default=[1, 10], help="open pages polling at once")
     parser.add_argument("--polls", type=int, default=300, help="poll cycles for the CPU-per-poll figure")
+    parser.add_argument("--history", type=int, default=200, help="route changes made first (history entries)")
     args = parser.parse_args()
     require_wrk()
     os.sched_setaffinity(0, {args.client_cpu})  # the pollers run beside wrk, not on the server's core
@@ -108,7 +118,11 @@ def main() -> None:
         run_wrk(url + "/v2/models/fraud/infer", 8, 2, args.client_cpu, body_file)  # warm up, and figures to show
 
         page = Page(port, token)
-        for _ in range(5):
+        page.get("/admin/models/fraud/versions/1/load", "POST", b"{}")  # both versions in the route changes
+        routes = [{"weights": {"1": 10, "2": 90}}, {"weights": {"2": 100}}]
+        for change in range(args.history):
+            page.get("/admin/models/fraud/route", "PUT", json.dumps({**routes[change % 2], "reason": "bench"}).encode())
+        for _ in range(HISTORY_EVERY):
             page.poll()
         page.bytes = 0
         cpu = cpu_seconds(server.pid)
@@ -140,11 +154,13 @@ def main() -> None:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
 
-    print("CPU per poll cycle (GET /admin/models + /admin/stats + one history per model), idle gateway:\n")
-    print("| polls | gateway CPU per poll | wall per poll | bytes per poll | share of one core at one poll per 3 s |")
-    print("|---|---|---|---|---|")
+    print(f"CPU per poll (/admin/models + /admin/stats; every {HISTORY_EVERY}th also the history), idle gateway:\n")
     print(
-        f"| {args.polls} | {cpu_per_poll * 1e3:.2f} ms | {wall / args.polls * 1e3:.2f} ms | "
+        "| polls | history entries | gateway CPU per poll | wall per poll | bytes per poll | share of a core per page |"
+    )
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| {args.polls} | {args.history} | {cpu_per_poll * 1e3:.2f} ms | {wall / args.polls * 1e3:.2f} ms | "
         f"{bytes_per_poll:,.0f} | {cpu_per_poll / POLL_S:.4%} |"
     )
     print(f"\nwrk c{args.concurrency[0]}, {args.duration} s runs, median of {args.rounds} alternating rounds:\n")

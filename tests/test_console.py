@@ -155,6 +155,7 @@ class Console:
         # Playwright's expect() polls the DOM; wait_for_function would evaluate a string, which
         # the page's CSP (no 'unsafe-eval') refuses, as it should.
         self.expect = import_or_unavailable("playwright.sync_api", "playwright").expect
+        self.expect.set_options(timeout=30_000)  # a loaded CI machine; the page polls every 3 s
         self.server = server
         self.context = browser.new_context(viewport={"width": width, "height": height})
         self.page = self.context.new_page()
@@ -240,10 +241,19 @@ def test_the_console_shows_the_route_changes_it_and_rolls_it_back(
 
         # Roll back from the page: the route before the change is back.
         model.get_by_role("button", name="Roll back the last change").click()
+        assert "v2 100%" in console.page.locator("#confirm-text").inner_text()
         console.confirm("canary looked wrong")
         wait_until(lambda: route_of(server)["weights"] == {"2": 100}, "the rollback")
         console.expect(model.locator(".weights")).to_have_text("v2 100%")
         assert admin(server, "GET", "/admin/models/simple/history").json()["history"][-1]["action"] == "rollback"
+
+        # A chosen change: the route in force after it comes back.
+        seq = next(e["seq"] for e in admin(server, "GET", "/admin/models/simple/history").json()["history"]
+                   if e["action"] == "route")  # fmt: skip
+        model.get_by_role("button", name=f"Restore #{seq}").click()
+        console.confirm("try the canary again")
+        wait_until(lambda: route_of(server)["weights"] == {"1": 90, "2": 10}, f"the route of change #{seq}")
+        console.expect(model.locator(".weights")).to_contain_text("v1 90%")
 
         assert console.foreign_requests() == []
         assert any(u.endswith("/admin/stats") for u in console.requests)

@@ -7,6 +7,7 @@
   const POLL_MS = 3000;
   const KEEP = 100; // snapshots kept per version for the sparklines: 5 minutes at 3 s
   const WINDOW = 5; // intervals the figures are computed over (about 15 s)
+  const HISTORY_EVERY = 10; // polls between full reads of every history (30 s)
   const SVG = "http://www.w3.org/2000/svg";
   const TOKEN_KEY = "tensorgate.token";
   const ACTOR_KEY = "tensorgate.actor";
@@ -16,7 +17,11 @@
     histories: {},
     snapshots: [], // GET /admin/stats answers, oldest first
     timer: null,
-    busy: false,
+    inflight: null, // the refresh under way (a promise)
+    polls: 0,
+    signatures: {}, // model -> its route, versions and standby when its history was last read
+    forceHistory: false,
+    again: false,
     forms: {}, // model -> {key, dirty, node}
   };
 
@@ -154,6 +159,7 @@
       const outcome = exc.status >= 400 && exc.status < 500 ? "Nothing was changed." : "It may have taken effect: check the history.";
       failure = "Refused: " + description + ": " + exc.message + ". " + outcome;
     }
+    state.forceHistory = true;
     await refresh();
     // After the refresh, so that its own message (say, the same 401) does not hide this one.
     showError(failure || "");
@@ -437,7 +443,7 @@
         el("td", { "data-label": "why", class: "reason wide" }, entry.reason || ""),
         el("td", { "data-label": "before" }, entry.before ? routeText(entry.before) : "–"),
         el("td", { "data-label": "after" }, entry.after ? routeText(entry.after) : "–"),
-        el("td", { "data-label": "" }, changed ? el("button", { class: "small secondary", onclick: () => rollback(model, entry.seq) }, "Roll back to #" + entry.seq) : null)));
+        el("td", { "data-label": "" }, changed ? el("button", { class: "small secondary", title: "restore the route in force after this change", onclick: () => rollback(model, entry.seq) }, "Restore #" + entry.seq) : null)));
     }
     table.append(body);
     box.append(el("div", { class: "scroll" }, table));
@@ -557,22 +563,64 @@
   const swapTo = (model, version) => act("swap " + model.name + " to v" + version + " (100% of traffic at once)", "POST", modelPath(model.name) + "/swap", { version });
 
   function rollback(model, seq) {
-    const what = seq === null ? "roll " + model.name + " back to the route before the last change" : "roll " + model.name + " back to the route of change #" + seq;
+    const history = state.histories[model.name] || [];
+    let what;
+    if (seq === null) {
+      // The server's rule: the latest entry that changed the route; its "before" comes back.
+      const last = history.filter((e) => e.before !== null && JSON.stringify(e.before) !== JSON.stringify(e.after)).pop();
+      what = "roll " + model.name + " back to the route before the last change" + (last ? " (#" + last.seq + "): " + routeText(last.before) : "");
+    } else {
+      const entry = history.find((e) => e.seq === seq);
+      what = "roll " + model.name + " back to the route in force after change #" + seq + (entry && entry.after ? ": " + routeText(entry.after) : "");
+    }
     return act(what, "POST", modelPath(model.name) + "/rollback", seq === null ? {} : { to: seq });
   }
 
   // -- polling ---------------------------------------------------------------------------
 
-  async function refresh() {
-    if (!token()) return;
-    if (state.busy) return;
-    state.busy = true;
+  function signature(model) {
+    return JSON.stringify([model.route, model.versions, model.standby]);
+  }
+
+  // One refresh at a time; a call during one (say, right after an action) runs another after it,
+  // so what the action changed is shown at once rather than at the next tick.
+  function refresh() {
+    if (!token()) return Promise.resolve();
+    if (state.inflight) {
+      state.again = true;
+      return state.inflight;
+    }
+    state.inflight = (async () => {
+      do {
+        state.again = false;
+        await refreshOnce();
+      } while (state.again && token());
+      state.inflight = null;
+    })();
+    return state.inflight;
+  }
+
+  async function refreshOnce() {
     try {
       const [models, stats] = await Promise.all([api("GET", "admin/models"), api("GET", "admin/stats")]);
-      const histories = await Promise.all(models.models.map((m) => api("GET", modelPath(m.name) + "/history").catch(() => ({ history: [] }))));
+      // A history (up to 1,000 entries) is read again only when its model's route, versions or
+      // standby changed (every change the history records changes one of them), after an
+      // action, and every HISTORY_EVERY polls in any case.
+      const full = state.polls % HISTORY_EVERY === 0 || state.forceHistory;
+      state.forceHistory = false;
+      state.polls += 1;
+      const stale = models.models.filter((m) => full || state.signatures[m.name] !== signature(m) || !(m.name in state.histories));
+      const histories = await Promise.all(stale.map((m) => api("GET", modelPath(m.name) + "/history").catch(() => null)));
+      const kept = {};
+      for (const m of models.models) if (m.name in state.histories) kept[m.name] = state.histories[m.name];
+      stale.forEach((m, i) => {
+        if (histories[i] !== null) {
+          kept[m.name] = histories[i].history;
+          state.signatures[m.name] = signature(m);
+        }
+      });
       state.models = models.models;
-      state.histories = {};
-      models.models.forEach((m, i) => (state.histories[m.name] = histories[i].history));
+      state.histories = kept;
       state.snapshots.push(stats);
       if (state.snapshots.length > KEEP) state.snapshots.shift();
       if ($("error").dataset.source === "poll") showError("");
@@ -581,8 +629,6 @@
     } catch (exc) {
       showError("Cannot refresh: " + exc.message + (state.models.length ? " (showing the last figures)" : ""), "poll");
       setStatus("refresh failed");
-    } finally {
-      state.busy = false;
     }
   }
 
@@ -614,6 +660,8 @@
       state.models = [];
       state.snapshots = [];
       state.forms = {};
+      state.histories = {};
+      state.signatures = {};
       render();
       setStatus("not signed in");
       schedule();
