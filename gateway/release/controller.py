@@ -46,6 +46,12 @@ class ReleaseController:
         self._wall_clock = wall_clock
         self._locks: dict[str, asyncio.Lock] = {}
         self._save_lock = asyncio.Lock()
+        #: Called with (model, history entry) after every applied route change (rollouts pause on one).
+        self._route_listeners: list[Callable[[str, dict[str, Any]], None]] = []
+
+    def add_route_listener(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
+        """Call ``listener(model, entry)`` after each route change is saved and applied."""
+        self._route_listeners.append(listener)
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -133,7 +139,9 @@ class ReleaseController:
         change = self._last_change(model.name)
         if change is None or model.route is None:
             return None
-        previous = Route.from_json(change["before"]).primary
+        # A promoted rollout names the old primary (before it, the candidate may have had the most weight).
+        standby = change.get("standby")
+        previous = int(standby) if isinstance(standby, str) else Route.from_json(change["before"]).primary
         return None if previous in model.route.versions else previous
 
     def _role(self, model: Model, version: int) -> str | None:
@@ -203,7 +211,7 @@ class ReleaseController:
             await self._manager.unload(model, version)
 
     async def set_route(
-        self, name: str, doc: Any, actor: str, reason: str | None, details: dict[str, str] | None = None
+        self, name: str, doc: Any, actor: str, reason: str | None, details: dict[str, Any] | None = None
     ) -> Route:
         """Replace the route; every version it names must be loaded and READY."""
         model = self._manager.model(name)
@@ -216,7 +224,7 @@ class ReleaseController:
             return await self._apply(model, route, "route", actor, reason, details=details)
 
     async def swap(
-        self, name: str, version: int, actor: str, reason: str | None, details: dict[str, str] | None = None
+        self, name: str, version: int, actor: str, reason: str | None, details: dict[str, Any] | None = None
     ) -> Route:
         """Blue-green: load ``version`` if needed, then give it 100% in one step."""
         model = await self._manager.discover(name)
@@ -247,6 +255,14 @@ class ReleaseController:
                 await self._load_ready(model, version)  # reload what was unloaded since
             return await self._apply(model, route, "rollback", actor, reason)
 
+    async def audit(self, name: str, action: str, actor: str, reason: str | None, details: dict[str, Any]) -> None:
+        """Add a history entry that changes nothing (a rollout's analysis or decision, with its figures)."""
+        model = self._manager.model(name)
+        async with self._lock(name):
+            if model.route is None:
+                raise Conflict(f"model {name!r} has no route")
+            await self._record(model, action, actor=actor, reason=reason, before=model.route, details=details)
+
     # -- helpers -----------------------------------------------------------------------------
 
     @staticmethod
@@ -266,7 +282,7 @@ class ReleaseController:
         actor: str,
         reason: str | None,
         *,
-        details: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> Route:
         before = model.route
         seq = self._next_seq(model)
@@ -290,7 +306,7 @@ class ReleaseController:
         reason: str | None,
         before: Route | None,
         after: Route | None = None,
-        details: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
         seq: int | None = None,
     ) -> None:
         """Save the history with a new entry, then make ``after`` (default: unchanged) the route.
@@ -340,6 +356,9 @@ class ReleaseController:
             self._records[model.name] = record
             if after is not model.route:
                 self._manager.set_route(model, after)
+                if entry["before"] != entry["after"]:
+                    for listener in self._route_listeners:
+                        listener(model.name, entry)
 
 
 #: What the audit history keeps of each version's provenance (the metadata has all of it).
