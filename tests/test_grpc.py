@@ -572,3 +572,39 @@ def test_tensorgate_serve_answers_grpc_and_drains_on_sigterm(tmp_path: Path) -> 
     assert process.returncode == 0, output
     assert f"gRPC listening on 127.0.0.1:{grpc_port}" in output
     assert "Traceback" not in output
+
+
+# -- gRPC all the way: tensorgate's gRPC in front of Triton's gRPC in front of ONNX Runtime ------
+
+
+def test_grpc_in_front_of_a_remote_triton_over_grpc(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.onnx_models import sigmoid_scorer
+    from tests.triton_server import TritonServer, scorer_weights
+
+    triton = TritonServer(tmp_path_factory.mktemp("triton"))
+    triton.start()
+    try:
+        root = tmp_path_factory.mktemp("remote-models")
+        # Version 1 here on ONNX Runtime, version 2 on Triton (over gRPC): the same weights.
+        write_model(root, "scorer", 1, sigmoid_scorer(scorer_weights()), config='version_policy = "all"\n')
+        (root / "scorer" / "2").mkdir()
+        (root / "scorer" / "2" / "config.toml").write_text(
+            f'runtime = "triton"\n[triton]\nurl = "{triton.grpc_url}"\nmodel = "scorer"\nversion = "1"\n'
+        )
+        features = np.random.default_rng(3).random((5, 16), dtype=np.float32)
+        with serve(root, grpc=True) as running:
+            client = grpcclient.InferenceServerClient(running.grpc)
+            try:
+                answers = {}
+                for version in ("1", "2"):
+                    tensor = grpcclient.InferInput("features", [5, 16], "FP32")
+                    tensor.set_data_from_numpy(features)
+                    result = client.infer("scorer", [tensor], model_version=version)
+                    assert result.get_response().model_version == version
+                    answers[version] = result.as_numpy("score")
+                np.testing.assert_allclose(answers["2"], answers["1"], rtol=1e-5)  # type: ignore[arg-type]
+                assert client.get_model_metadata("scorer", "2").platform == "python"  # PyTriton's, via Triton
+            finally:
+                client.close()
+    finally:
+        triton.stop()
