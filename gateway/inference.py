@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from time import perf_counter_ns
@@ -16,10 +16,11 @@ import numpy as np
 from gateway.batching.queue import ClientWatch
 from gateway.errors import BadGateway, BadRequest, DeadlineExceeded, GatewayError, InternalError, Unavailable
 from gateway.exchange import Exchange
-from gateway.models import ModelManager, ModelVersion
+from gateway.models import Model, ModelManager, ModelVersion, no_servable_version
 from gateway.protocol.codec import InferRequest, decode_request, encode_response
 from gateway.registry.names import parse_version
 from gateway.release.shadow import ShadowRunner
+from routing.router import Router
 from runtimes.base import (
     InferenceFailedError,
     InvalidInputError,
@@ -104,7 +105,7 @@ class InferenceService:
     def __init__(self, manager: ModelManager, *, rng: random.Random, shadows: ShadowRunner | None = None) -> None:
         self._manager = manager
         self._shadows = shadows
-        self._rng = rng
+        self._router = Router(rng.random)
         self._decoding = asyncio.Semaphore(DECODE_THREADS)
 
     async def infer(
@@ -123,11 +124,16 @@ class InferenceService:
         A request waiting in a batch queue is withdrawn when its ``client`` goes away. What
         served it (model, version, role, route) is written into ``exchange``.
         """
-        version = None if version_text is None else parse_version(version_text)
-        mv, role, route = self._manager.serving(model_name, version, None if client is None else client.header)
+        pinned = None if version_text is None else parse_version(version_text)
+        model = self._manager.model(model_name)
+        if pinned is None and model.route is None:
+            raise Unavailable(no_servable_version(model))
+        decision = self._router.choose(model.route, None if client is None else client.header, pinned)
+        mv = self._manager.servable(model, decision.version)
+        role = decision.role
         if exchange is not None:
             exchange.model, exchange.version, exchange.role, exchange.served = model_name, mv.label, role, mv
-            exchange.route_seq = route.seq if route is not None else 0
+            exchange.route_seq = decision.route_seq
         if len(body) <= DECODE_INLINE_BYTES:
             request = decode_request(
                 body, header_length, mv.inputs, mv.outputs, model_name=model_name,
@@ -180,9 +186,12 @@ class InferenceService:
         if exchange is not None:
             exchange.outputs = list(zip(names, arrays, strict=True))
         after = None
-        if version is None and route is not None and route.shadow and self._shadows is not None:
-            origin = (exchange.request_id if exchange is not None else request.id or request_id or "", route.seq)
-            after = self._mirror(model_name, mv, route.shadow, request, body, header_length, names, arrays, origin)
+        if decision.shadows and self._shadows is not None:
+            origin = (
+                exchange.request_id if exchange is not None else request.id or request_id or "",
+                decision.route_seq,
+            )
+            after = self._mirror(model, mv, decision.shadows, request, body, header_length, names, arrays, origin)
         outputs = [
             (mv.outputs[name], array, binary) for (name, binary), array in zip(request.outputs, arrays, strict=True)
         ]
@@ -192,9 +201,9 @@ class InferenceService:
 
     def _mirror(  # noqa: PLR0917 - the request's parts, passed on as they are
         self,
-        model_name: str,
+        model: Model,
         primary: ModelVersion,
-        shadow: Mapping[int, float],
+        shadows_owed: tuple[int, ...],
         request: InferRequest,
         body: bytes,
         header_length: str | None,
@@ -202,20 +211,19 @@ class InferenceService:
         arrays: list[np.ndarray],
         origin: tuple[str, int],
     ) -> Callable[[], None] | None:
-        """The shadow copies this request owes (each drawn with its fraction), to run after the response."""
+        """The shadow copies the router drew for this request, admitted by the runner, to run after the response."""
         shadows = self._shadows
         assert shadows is not None
-        versions = self._manager.model(model_name).versions
+        versions = model.versions
         admitted = []
-        for version, fraction in shadow.items():
-            if fraction >= 1.0 or self._rng.random() < fraction:
-                stats = shadows.admit(model_name, version)
-                if stats is not None:
-                    admitted.append((versions.get(version), stats))
+        for version in shadows_owed:
+            stats = shadows.admit(model.name, version)
+            if stats is not None:
+                admitted.append((versions.get(version), stats))
         if not admitted:
             return None
 
         return partial(
-            shadows.run_all, admitted, primary, request.inputs, (body, header_length, model_name),
+            shadows.run_all, admitted, primary, request.inputs, (body, header_length, model.name),
             outputs=names, answers=arrays, origin=origin,
         )  # fmt: skip

@@ -22,7 +22,7 @@ from gateway.registry.names import check_model_name
 from gateway.retry import RetryLoop
 from gateway.stats import VersionStats
 from gateway.warmup import warm_up_version
-from routing.route import Route, sticky_bucket
+from routing.route import Route
 from runtimes.base import ModelInfo, RemoteRuntime, Runtime, RuntimeLoadError, TensorSpec
 from runtimes.executor import AnyExecutor, Executor, RemoteExecutor
 from runtimes.warmup import CostModel
@@ -572,32 +572,15 @@ class ModelManager:
             raise unknown_version(model.name, version)
         return mv
 
-    def serving(
-        self, name: str, version: int | None, header: Callable[[str], str | None] | None = None
-    ) -> tuple[ModelVersion, str, Route | None]:
-        """The READY version that serves a request, its role and the route that chose it.
-
-        Routed requests (``version`` None) follow the model's route: by the sticky header's
-        bucket when the route has one and the request carries it (``header`` looks it up),
-        else at random by weight; the role is ``primary`` or ``canary``. Pinned: ``pinned``.
-        """
-        model = self.model(name)
-        route = model.route
-        if version is None:
-            if route is None:
-                raise Unavailable(no_servable_version(model))
-            value = header(route.sticky_header) if route.sticky_header and header is not None else None
-            version = route.draw(self._rng.random) if value is None else route.pick(sticky_bucket(value))
-            role = "primary" if version == route.primary else "canary"
-        else:
-            role = "pinned"
+    def servable(self, model: Model, version: int) -> ModelVersion:
+        """The version the router chose, if it can serve now: else a 404 (not loaded) or 503 (not READY)."""
         mv = model.versions.get(version)
         if mv is None:
-            raise unknown_version(name, version)
+            raise unknown_version(model.name, version)
         if mv.state is not VersionState.READY:
             if mv.state is VersionState.FAILED:  # why is for operators (GET /admin/models), not clients
                 raise Unavailable(
-                    f"version {mv.version} of model {name!r} failed to load (reason in /admin/models)", 30
+                    f"version {mv.version} of model {model.name!r} failed to load (reason in /admin/models)", 30
                 )
-            raise Unavailable(f"version {mv.version} of model {name!r} is {mv.state.value.lower()}")
-        return mv, role, route
+            raise Unavailable(f"version {mv.version} of model {model.name!r} is {mv.state.value.lower()}")
+        return mv

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.drift.data import progress_printer, read_log
 from gateway.drift.stats import compare, psi
-from gateway.predlog.records import RecordEncoder, RecordMeta
+from gateway.predlog.records import PredictionRecord, RecordEncoder, RecordMeta
 from gateway.registry.config import LoggingConfig
 from tests.onnx_models import identity, write_model
 from tests.rawhttp import request
@@ -43,7 +43,7 @@ def write_log(directory: Path, rows: np.ndarray, *, ts: float = 1_764_237_600.0,
     with (target / f"{int(ts)}-1-0001.jsonl").open("ab") as sink:
         for i, row in enumerate(rows):
             x = row.reshape(1, -1).astype(np.float32)
-            entry = (ts + i * step, f"r{i}", "m", "1", "primary", 1, {"x": x}, {"x": "FP32"},
+            entry = PredictionRecord(ts + i * step, f"r{i}", "m", "1", "primary", 1, {"x": x}, {"x": "FP32"},
                      [("y", x[:, :1] * 2)], {"y": "FP32"}, 200, 0.001, RecordMeta(LoggingConfig()))  # fmt: skip
             sink.write(encoder.encode(entry))
 

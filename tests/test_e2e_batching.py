@@ -54,7 +54,7 @@ def server(
 
 def wait_queued(managers: list[ModelManager], count: int, timeout_s: float = 10.0) -> None:
     """Wait until the batched model's queue holds exactly ``count`` requests."""
-    batcher = managers[0].serving("batched", 1)[0].batcher
+    batcher = managers[0].model("batched").versions[1].batcher
     assert batcher is not None
     deadline = time.monotonic() + timeout_s
     while batcher.queued != count:
@@ -137,7 +137,7 @@ def test_a_client_that_disconnects_while_queued_is_never_computed(
     server: RunningServer, runtimes: Runtimes, managers: list[ModelManager]
 ) -> None:
     runtime = runtimes.by_model["batched"]
-    batcher = managers[0].serving("batched", 1)[0].batcher
+    batcher = managers[0].model("batched").versions[1].batcher
     assert batcher is not None
     with held_batch(server, runtime):
         payload = body(77.0)

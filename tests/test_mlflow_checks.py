@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from gateway.config_error import ConfigError
-from gateway.predlog.records import RecordEncoder, RecordMeta
+from gateway.predlog.records import PredictionRecord, RecordEncoder, RecordMeta
 from gateway.registry.allow import AllowRule, allowed, default_rules, parse_rules
 from gateway.registry.base import RegistryError
 from gateway.registry.config import LoggingConfig, parse_model_config
@@ -222,7 +222,7 @@ def test_the_mlflow_table_of_a_model() -> None:
 def test_records_name_the_run_only_when_known() -> None:
     encoder = RecordEncoder(b"k" * 32)
     for run_id in ("0123abcd", None):
-        entry = (1.0, "r1", "m", "1", "primary", 0, None, {}, None, {}, 200, 0.001,
+        entry = PredictionRecord(1.0, "r1", "m", "1", "primary", 0, None, {}, None, {}, 200, 0.001,
                  RecordMeta(LoggingConfig(), run_id))  # fmt: skip
         record = orjson.loads(encoder.encode(entry))
         assert record.get("run_id") == run_id and ("run_id" in record) == (run_id is not None)

@@ -20,7 +20,7 @@ import pytest
 
 from gateway.auth import SecretError, hash_key, secret_file
 from gateway.predlog.files import LogFile
-from gateway.predlog.records import Entry, RecordEncoder, RecordMeta
+from gateway.predlog.records import PredictionRecord, RecordEncoder, RecordMeta
 from gateway.predlog.writer import PredictionLog, entry_bytes
 from gateway.registry.config import LoggingConfig
 from tests.onnx_models import add_sub, write_model
@@ -235,10 +235,10 @@ def test_the_block_policy_holds_requests_until_the_sink_recovers_and_loses_nothi
 # -- the writer itself: rotation, compression, encoding -------------------------------------------
 
 
-def entry(i: int, model: str = "m", ts: float = 1_764_237_600.5) -> Entry:
+def entry(i: int, model: str = "m", ts: float = 1_764_237_600.5) -> PredictionRecord:
     x = np.full((1, 4), i, np.float32)
-    return (ts, f"id{i}", model, "1", "primary", 1, {"x": x}, {"x": "FP32"}, [("y", x * 2)], {"y": "FP32"},
-            200, 0.001, RecordMeta(LoggingConfig()))  # fmt: skip
+    return PredictionRecord(ts, f"id{i}", model, "1", "primary", 1, {"x": x}, {"x": "FP32"}, [("y", x * 2)],
+                            {"y": "FP32"}, 200, 0.001, RecordMeta(LoggingConfig()))  # fmt: skip
 
 
 def test_rotation_by_size_and_time_with_compression(tmp_path: Path) -> None:
@@ -284,7 +284,7 @@ def test_bytes_cannot_break_or_forge_a_line_and_nan_is_null() -> None:
     text = np.array([[forged, b"ok"]], dtype=object)
     binary = np.array([b"\xff\xfe\n"], dtype=object)
     line = encoder.encode(
-        (0.0, "r\n1", "m", "1", "primary", 0, {"t": text, "b": binary}, {"t": "BYTES", "b": "BYTES"},
+        PredictionRecord(0.0, "r\n1", "m", "1", "primary", 0, {"t": text, "b": binary}, {"t": "BYTES", "b": "BYTES"},
          [("y", np.array([np.nan, np.inf, 1.5], np.float32))], {"y": "FP32"}, 200, 0.0, RecordMeta(LoggingConfig()))
     )  # fmt: skip
     assert line.count(b"\n") == 1 and line.endswith(b"\n")
@@ -408,9 +408,9 @@ def test_block_waiters_count_in_flight_and_get_503_after_the_deadline(repository
 # -- byte budgets ----------------------------------------------------------------------------------
 
 
-def big_entry(i: int, columns: int = 1000) -> Entry:
+def big_entry(i: int, columns: int = 1000) -> PredictionRecord:
     x = np.full((1, columns), i, np.float32)
-    return (0.0, f"big{i}", "m", "1", "primary", 1, {"x": x}, {"x": "FP32"}, [("y", x)], {"y": "FP32"},
+    return PredictionRecord(0.0, f"big{i}", "m", "1", "primary", 1, {"x": x}, {"x": "FP32"}, [("y", x)], {"y": "FP32"},
             200, 0.001, RecordMeta(LoggingConfig()))  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from gateway.api.responses import ErrorReply, error_reply, reply_for, send_error
 from gateway.errors import ClientDisconnected, GatewayError
 from gateway.exchange import Exchange, RequestIds
 from gateway.lifecycle import Lifecycle
+from gateway.predlog.records import prediction_record
 from gateway.predlog.writer import PredictionLog
 from gateway.telemetry.logs import AccessLog
 from gateway.telemetry.requests import RequestMetrics
@@ -147,12 +148,11 @@ class InferenceDispatcher:
             if predlog.blocking:
                 predlog.release()
             return
-        predlog.offer(
-            (time(), exchange.request_id, exchange.model, exchange.version, exchange.role, exchange.route_seq,
-             exchange.inputs, mv.input_types, exchange.outputs, mv.output_types, exchange.status, seconds,
-             mv.record_meta),
-            reserved=predlog.blocking,
+        record = prediction_record(
+            time(), exchange.request_id, mv, exchange.role, exchange.route_seq, exchange.inputs, exchange.outputs,
+            exchange.status, seconds,
         )  # fmt: skip
+        predlog.offer(record, reserved=predlog.blocking)
 
     @staticmethod
     async def _error(send: Send, exchange: Exchange, reply: ErrorReply) -> None:

@@ -29,7 +29,7 @@ import orjson
 from gateway.drift.data import DriftDataError, read_reference
 from gateway.drift.stats import psi
 from gateway.models import Model, ModelManager
-from gateway.predlog.records import Entry
+from gateway.predlog.records import PredictionRecord
 from gateway.registry.config import DriftConfig
 
 log = logging.getLogger(__name__)
@@ -178,11 +178,11 @@ class DriftMonitor:
 
     # -- the writer thread -------------------------------------------------------------------
 
-    def observe(self, entry: Entry) -> None:
+    def observe(self, entry: PredictionRecord) -> None:
         """Called with every record the prediction log takes: keep the watched input's rows."""
-        watch = self._watches.get(entry[2])
-        inputs = entry[6]
-        if watch is None or inputs is None or entry[10] != 200 or entry[4] == "shadow":
+        watch = self._watches.get(entry.model)
+        inputs = entry.inputs
+        if watch is None or inputs is None or entry.status != 200 or entry.role == "shadow":
             return
         array = inputs.get(watch.input)
         if array is None or array.dtype.kind not in "fiub":
@@ -190,9 +190,9 @@ class DriftMonitor:
         rows = array.reshape(-1, array.shape[-1] if array.ndim > 1 else 1)
         if rows.shape[1] != watch.reference.shape[1]:
             return
-        window = watch.windows.get(entry[3])
+        window = watch.windows.get(entry.version)
         if window is None:
-            window = watch.windows.setdefault(entry[3], Window(watch.config.window, rows.shape[1]))
+            window = watch.windows.setdefault(entry.version, Window(watch.config.window, rows.shape[1]))
         window.add(rows)
 
     # -- the event loop ----------------------------------------------------------------------

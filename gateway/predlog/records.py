@@ -7,7 +7,7 @@ import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -24,24 +24,57 @@ class RecordMeta:
     run_id: str | None = None
 
 
-#: What the request path hands over: everything needed to build the record later.
-#: (ts, request_id, model, version, role, route_seq, inputs, input datatypes, outputs,
-#:  output datatypes, status, latency_s, the version's RecordMeta)
-Entry = tuple[
-    float,
-    str,
-    str,
-    str,
-    str,
-    int,
-    Mapping[str, np.ndarray] | None,
-    Mapping[str, str],
-    Sequence[tuple[str, np.ndarray]] | None,
-    Mapping[str, str],
-    int,
-    float,
-    RecordMeta,
-]
+class Served(Protocol):
+    """What a record takes of the version that served (a ``ModelVersion``)."""
+
+    model: str
+    #: The version number as text.
+    label: str
+    input_types: dict[str, str]
+    output_types: dict[str, str]
+    record_meta: RecordMeta
+
+
+@dataclass(slots=True)
+class PredictionRecord:
+    """What the request path hands the prediction log: everything needed to write the line later.
+
+    Slotted, not frozen: a frozen dataclass's ``__init__`` costs twice as much, and nothing
+    changes a record once built (``prediction_record`` is the one place that builds them).
+    """
+
+    ts: float
+    request_id: str
+    model: str
+    version: str
+    #: primary, canary, pinned or shadow.
+    role: str
+    route_seq: int
+    inputs: Mapping[str, np.ndarray] | None
+    input_types: Mapping[str, str]
+    outputs: Sequence[tuple[str, np.ndarray]] | None
+    output_types: Mapping[str, str]
+    status: int
+    latency_s: float
+    meta: RecordMeta
+
+
+def prediction_record(  # noqa: PLR0917 - one record's fields, in the order the line shows them
+    ts: float,
+    request_id: str,
+    served: Served,
+    role: str,
+    route_seq: int,
+    inputs: Mapping[str, np.ndarray] | None,
+    outputs: Sequence[tuple[str, np.ndarray]] | None,
+    status: int,
+    latency_s: float,
+) -> PredictionRecord:
+    """The record of one answered request (the dispatcher) or one shadow copy (the shadow runner)."""
+    return PredictionRecord(
+        ts, request_id, served.model, served.label, role, route_seq, inputs, served.input_types,
+        outputs, served.output_types, status, latency_s, served.record_meta,
+    )  # fmt: skip
 
 
 class Timestamps:
@@ -112,9 +145,10 @@ class RecordEncoder:
         self._heads: dict[tuple[str, str, str, int, str | None], bytes] = {}
         self._tensor_heads: dict[tuple[str, tuple[int, ...], np.dtype[Any]], bytes] = {}
 
-    def encode(self, entry: Entry) -> bytes:
+    def encode(self, record: PredictionRecord) -> bytes:
         """One complete line, newline included."""
-        ts, request_id, model, version, role, seq, inputs, in_types, outputs, out_types, status, latency, meta = entry
+        model, version, role, seq, meta = record.model, record.version, record.role, record.route_seq, record.meta
+        inputs, outputs = record.inputs, record.outputs
         cfg = meta.logging
         key = (model, version, role, seq, meta.run_id)
         head = self._heads.get(key)
@@ -126,18 +160,18 @@ class RecordEncoder:
         if inputs is None:
             logged_inputs = b"null"
         elif cfg.exclude_inputs or cfg.hash_inputs:
-            logged_inputs = self._redacted(inputs, in_types, cfg)
+            logged_inputs = self._redacted(inputs, record.input_types, cfg)
         else:
-            logged_inputs = self._tensors(inputs.items(), in_types)
-        logged_outputs = b"null" if outputs is None else self._tensors(outputs, out_types)
+            logged_inputs = self._tensors(inputs.items(), record.input_types)
+        logged_outputs = b"null" if outputs is None else self._tensors(outputs, record.output_types)
         return b'{"ts":"%s","request_id":%s,%s,"inputs":%s,"outputs":%s,"status":%d,"latency_ms":%.3f}\n' % (
-            self._ts.format(ts),
-            orjson.dumps(request_id),
+            self._ts.format(record.ts),
+            orjson.dumps(record.request_id),
             head,
             logged_inputs,
             logged_outputs,
-            status,
-            latency * 1e3,
+            record.status,
+            record.latency_s * 1e3,
         )
 
     def _tensors(self, named: Iterable[tuple[str, np.ndarray]], types: Mapping[str, str]) -> bytes:

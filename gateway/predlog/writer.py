@@ -40,7 +40,7 @@ import numpy as np
 
 from gateway.errors import Unavailable
 from gateway.predlog.files import LogFile
-from gateway.predlog.records import Entry, RecordEncoder
+from gateway.predlog.records import PredictionRecord, RecordEncoder
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,13 @@ _READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 _ENTRY_OVERHEAD = 512
 
 #: Called by the writer thread with each entry it takes (the online drift monitor).
-Observer = Callable[[Entry], None]
+Observer = Callable[[PredictionRecord], None]
 
 
-def entry_bytes(entry: Entry) -> int:
+def entry_bytes(entry: PredictionRecord) -> int:
     """The memory a queued record keeps alive: its input and output arrays, and an overhead."""
     size = _ENTRY_OVERHEAD
-    inputs, outputs = entry[6], entry[8]
+    inputs, outputs = entry.inputs, entry.outputs
     if inputs is not None:
         for array in inputs.values():
             size += _array_bytes(array)
@@ -117,7 +117,7 @@ class PredictionLog:
         self._clock = clock
         self._observers = list(observers)
         self._encoder = RecordEncoder(hash_key)
-        self._queue: deque[tuple[Entry, int]] = deque()  # (entry, entry_bytes(entry))
+        self._queue: deque[tuple[PredictionRecord, int]] = deque()  # (entry, entry_bytes(entry))
         # Bytes queued = in - out; each counter has one writer thread (in: the loop, out: the
         # writer), so neither needs a lock. "out" counts a batch once it is written, not taken:
         # its arrays stay in memory until then.
@@ -175,7 +175,7 @@ class PredictionLog:
 
     # -- the request path --------------------------------------------------------------------
 
-    def offer(self, entry: Entry, *, reserved: bool = False) -> None:
+    def offer(self, entry: PredictionRecord, *, reserved: bool = False) -> None:
         """Queue one record (sampling and the drop policy applied); never blocks, never raises.
 
         ``reserved``: the record fills a place taken with :meth:`reserve` (``block`` policy).
@@ -186,7 +186,7 @@ class PredictionLog:
         """
         if reserved and self._reserved > 0:
             self._reserved -= 1
-        sample = entry[12].logging.sample
+        sample = entry.meta.logging.sample
         if sample < 1.0 and self._rng.random() >= sample:
             self._drop(entry, "sampled")
             if reserved and self._waiting and self._room is not None:
@@ -292,8 +292,8 @@ class PredictionLog:
                 except OSError as exc:
                     log.error("prediction log: closing %s failed: %s", file.directory, exc)
 
-    def _write(self, batch: list[Entry]) -> None:
-        groups: dict[tuple[str, str], tuple[list[bytes], list[Entry]]] = {}
+    def _write(self, batch: list[PredictionRecord]) -> None:
+        groups: dict[tuple[str, str], tuple[list[bytes], list[PredictionRecord]]] = {}
         for entry in batch:
             for observer in self._observers:
                 try:
@@ -306,7 +306,7 @@ class PredictionLog:
                 self._drop(entry, "encode_error")
                 self._report("encode_error", repr(exc))
                 continue
-            lines, entries = groups.setdefault((entry[2], entry[3]), ([], []))
+            lines, entries = groups.setdefault((entry.model, entry.version), ([], []))
             lines.append(line)
             entries.append(entry)
         for key, (lines, entries) in groups.items():
@@ -319,7 +319,7 @@ class PredictionLog:
                 )  # fmt: skip
             self._write_group(file, key[0], lines, entries)
 
-    def _write_group(self, file: LogFile, model: str, lines: list[bytes], entries: list[Entry]) -> None:
+    def _write_group(self, file: LogFile, model: str, lines: list[bytes], entries: list[PredictionRecord]) -> None:
         backoff = 0.05
         while True:
             try:
@@ -349,8 +349,8 @@ class PredictionLog:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _drop(self, entry: Entry, reason: str) -> None:
-        key = (entry[2], reason)
+    def _drop(self, entry: PredictionRecord, reason: str) -> None:
+        key = (entry.model, reason)
         with self._counts_lock:
             self._dropped[key] = self._dropped.get(key, 0) + 1
 

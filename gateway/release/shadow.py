@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 
 from gateway.models import ModelVersion, VersionState
+from gateway.predlog.records import prediction_record
 from gateway.predlog.writer import PredictionLog
 from gateway.protocol.codec import decode_request
+from routing.router import Role
 from runtimes.base import RemoteTimeoutError
 
 log = logging.getLogger(__name__)
@@ -248,10 +250,7 @@ class ShadowRunner:
             if results is not None:
                 outputs = results if len(pending.inputs) == 1 else [(n, a[offset : offset + rows]) for n, a in results]
             offset += rows
-            predlog.offer(
-                (now, request_id, mv.model, mv.label, "shadow", seq, feed, mv.input_types, outputs, mv.output_types,
-                 status, seconds, mv.record_meta)
-            )  # fmt: skip
+            predlog.offer(prediction_record(now, request_id, mv, Role.SHADOW, seq, feed, outputs, status, seconds))
 
     def inflight_bytes(self) -> int:
         """Bytes held by the shadow copies queued or running."""
