@@ -16,9 +16,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.api.body import BodyHeaders, read_body
 from gateway.api.responses import json_response, send_error
 from gateway.auth import BearerAuth
-from gateway.errors import BadRequest, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from gateway.errors import BadRequest, NotFound, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from gateway.registry.names import check_model_name, parse_version
 from gateway.release.controller import ReleaseController
+from gateway.rollouts.runner import RolloutManager
 
 ADMIN_BODY_LIMIT = 64 * 1024
 _ACTOR_LIMIT = 256
@@ -57,11 +58,23 @@ class AdminEndpoints:
 
     def __init__(self, stats: Callable[[], dict[str, Any]] | None = None) -> None:
         self._controller: ReleaseController | None = None
+        self._rollouts: RolloutManager | None = None
         self._stats = stats  # the console's live figures (gateway.console.stats)
 
     def attach(self, controller: ReleaseController) -> None:
         """Called by the lifespan once the release controller exists."""
         self._controller = controller
+
+    def attach_rollouts(self, rollouts: RolloutManager) -> None:
+        """Called by the lifespan once the rollout manager has started."""
+        self._rollouts = rollouts
+
+    @property
+    def rollouts(self) -> RolloutManager:
+        """The rollout manager; 503 until start-up has built it."""
+        if self._rollouts is None:
+            raise Unavailable("the server is starting")
+        return self._rollouts
 
     @property
     def controller(self) -> ReleaseController:
@@ -162,6 +175,26 @@ class AdminEndpoints:
         name = check_model_name(request.path_params["model"])
         return json_response({"model": name, "history": self.controller.history(name)})
 
+    # -- rollouts (docs/rollouts.md) -----------------------------------------------------------
+
+    async def start_rollout(self, request: Request) -> Response:
+        """``POST /admin/models/{m}/rollouts``: 201 with the rollout; 409 while one runs."""
+        call = await self._call(request)
+        return json_response(await self.rollouts.create(call.model, call.doc, call.actor), status=201)
+
+    async def current_rollout(self, request: Request) -> Response:
+        """``GET /admin/models/{m}/rollouts/current``: the running or the last rollout."""
+        name = check_model_name(request.path_params["model"])
+        return json_response(self.rollouts.current(name), headers={"Cache-Control": "no-store"})
+
+    async def control_rollout(self, request: Request) -> Response:
+        """``POST /admin/models/{m}/rollouts/current/pause|resume|abort|promote``."""
+        action = request.path_params["action"]
+        if action not in ("pause", "resume", "abort", "promote"):
+            raise NotFound(f"no rollout action {action[:50]!r}: pause, resume, abort or promote")
+        call = await self._call(request)
+        return json_response(await self.rollouts.control(call.model, action, call.actor, call.reason))
+
     async def stats(self, request: Request) -> Response:
         """``GET /admin/stats``: per-version counters for the console (docs/console.md)."""
         if self._stats is None:
@@ -236,6 +269,9 @@ def admin_mounts(endpoints: AdminEndpoints, auth: BearerAuth) -> list[Mount]:
             Route("/models/{model}/swap", e.swap, methods=["POST"]),
             Route("/models/{model}/rollback", e.rollback, methods=["POST"]),
             Route("/models/{model}/history", e.history, methods=["GET"]),
+            Route("/models/{model}/rollouts", e.start_rollout, methods=["POST"]),
+            Route("/models/{model}/rollouts/current", e.current_rollout, methods=["GET"]),
+            Route("/models/{model}/rollouts/current/{action}", e.control_rollout, methods=["POST"]),
             Route("/stats", e.stats, methods=["GET"]),
         ],
         middleware=token,

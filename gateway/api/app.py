@@ -42,6 +42,8 @@ from gateway.release.controller import ReleaseController
 from gateway.release.follow import AliasFollower
 from gateway.release.shadow import ShadowRunner
 from gateway.release.store import StateStore
+from gateway.rollouts.figures import Figures
+from gateway.rollouts.runner import rollout_manager
 from gateway.settings import Settings, registry_names
 from gateway.telemetry.collector import GatewayCollector
 from gateway.telemetry.logs import AccessLog
@@ -203,6 +205,11 @@ def create_app(
         manager.start()
         follower = AliasFollower(manager, controller, settings.registry_poll_s)
         follower.start()  # idle unless a model's [mlflow] table follows an alias
+        # Metric-gated rollouts (docs/rollouts.md): one task per running rollout, owned here.
+        figures = Figures(request_metrics, lambda: shadows.stats, drift.psi if drift is not None else None)
+        rollouts = rollout_manager(settings.state_dir, controller, figures, started=manager.wait_started)
+        await rollouts.start()
+        admin.attach_rollouts(rollouts)
         settle = asyncio.create_task(_freeze_after_startup(manager), name="gc-freeze")
         if on_ready is not None:
             on_ready(manager)
@@ -210,6 +217,7 @@ def create_app(
             yield
         finally:
             settle.cancel()
+            await rollouts.close()
             await follower.close()
             if drift is not None:
                 await drift.close()

@@ -126,3 +126,23 @@ def _entry_ok(entry: Any) -> bool:
         and isinstance(entry.get("seq"), int)
         and all(key in entry and isinstance(entry[key], dict | None) for key in ("before", "after"))
     )
+
+
+def write_atomic(directory: Path, name: str, data: bytes) -> None:
+    """Write ``data`` to ``directory/name`` atomically and durably (temporary file, fsync, rename, fsync)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{name}-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, directory / name)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
