@@ -90,6 +90,8 @@ class RolloutManager:
         self._started = started
         self._events = events
         self._rollouts: dict[str, Rollout] = {}
+        #: What GET .../current shows: each rollout as of its last applied change (never mid-change).
+        self._published: dict[str, dict[str, Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._wakes: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -103,6 +105,7 @@ class RolloutManager:
     async def start(self) -> None:
         """Read the saved rollouts; running ones resume (once the models have loaded)."""
         self._rollouts = await asyncio.to_thread(self._store.load)
+        self._published = {name: r.to_json() for name, r in self._rollouts.items()}
         for name, rollout in self._rollouts.items():
             if rollout.active:
                 self._spawn(name, resume=True)
@@ -120,11 +123,11 @@ class RolloutManager:
 
     def current(self, name: str) -> dict[str, Any]:
         """The model's running rollout, else its last one; 404 if it never had one."""
-        rollout = self._rollouts.get(name)
-        if rollout is None:
+        published = self._published.get(name)
+        if published is None:
             self._controller.history(name)  # 404 for an unknown model, 400 for a bad name
             raise NotFound(f"model {name!r} has had no rollout")
-        return rollout.to_json()
+        return published
 
     # -- actions -----------------------------------------------------------------------------
 
@@ -153,8 +156,7 @@ class RolloutManager:
 
     async def control(self, name: str, action: str, actor: str, reason: str | None) -> dict[str, Any]:
         """``pause``, ``resume``, ``abort`` or ``promote`` the running rollout; 409 when none runs."""
-        rollout = self._rollouts.get(name)
-        if rollout is None:
+        if name not in self._rollouts:
             self.current(name)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
@@ -263,6 +265,7 @@ class RolloutManager:
             if effect.event is not None and self._events is not None:
                 self._events(rollout.to_json(), effect.event)
         self._baselines[rollout.model] = self._snapshots(rollout)
+        self._published[rollout.model] = rollout.to_json()
         await self._save()
 
     async def _save(self) -> None:
