@@ -44,6 +44,14 @@ class AdminError(Exception):
     """The server refused the call, or could not be reached; the message says which."""
 
 
+class Outcome:
+    """A command's answer with an exit status of its own (``rollout wait``: 0, 1 or 2)."""
+
+    def __init__(self, doc: Any, status: int) -> None:
+        self.doc = doc
+        self.status = status
+
+
 def _epilog(name: str) -> str:
     return f"example:\n  {_EXAMPLES[name]}\n\n{_AUTH_NOTE}"
 
@@ -103,6 +111,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     history = command(commands, "history", False, "the audit trail of a model")
     history.add_argument("model", metavar="MODEL", help="the model, e.g. fraud")
     history.set_defaults(run=_history)
+    from gateway.rollouts.cli import add_commands as add_rollout_commands  # rollout, apply, validate
+
+    add_rollout_commands(commands, url, audit)
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -137,6 +148,11 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
         raise AdminError(f"cannot reach {args.url}: {exc.reason}") from None
     except (OSError, ValueError) as exc:  # a reset connection, a bad --url
         raise AdminError(f"cannot call {args.url}: {exc}") from None
+
+
+def call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One admin API call (``--url``, the token from the environment, ``--actor``/``--reason`` if any)."""
+    return _call(args, method, path, body)
 
 
 def _pairs(items: list[str], cast: type, what: str) -> dict[str, Any]:
@@ -243,5 +259,9 @@ def run(args: argparse.Namespace) -> int:
     except AdminError as exc:
         print(f"tensorgate: {exc}", file=sys.stderr)
         return 1
+    if isinstance(result, Outcome):
+        if result.doc is not None:
+            print(json.dumps(result.doc, indent=2))
+        return result.status
     print(json.dumps(result, indent=2))
     return 0
