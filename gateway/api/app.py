@@ -207,7 +207,8 @@ def create_app(
         follower.start()  # idle unless a model's [mlflow] table follows an alias
         # Metric-gated rollouts (docs/rollouts.md): one task per running rollout, owned here.
         figures = Figures(request_metrics, lambda: shadows.stats, drift.psi if drift is not None else None)
-        rollouts = rollout_manager(settings.state_dir, controller, figures, started=manager.wait_started)
+        started = manager.wait_started
+        rollouts = rollout_manager(settings.state_dir, controller, figures, started=started, environ=environ)
         await rollouts.start()
         admin.attach_rollouts(rollouts)
         settle = asyncio.create_task(_freeze_after_startup(manager), name="gc-freeze")

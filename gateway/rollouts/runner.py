@@ -14,8 +14,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
 from gateway.release.controller import ReleaseController
 from gateway.release.store import write_atomic
 from gateway.rollouts.analysis import Counters, Result, evaluate
+from gateway.rollouts.events import Webhooks, webhook_secret
 from gateway.rollouts.figures import Figures
 from gateway.rollouts.machine import Effect, Rollout
 from gateway.rollouts.spec import SpecError, parse_spec
@@ -32,8 +35,6 @@ log = logging.getLogger(__name__)
 ROLLOUTS_FILE = "rollouts.json"
 FORMAT = 1
 ACTOR = "rollout"
-#: Signature of the optional event sink: (rollout JSON, event name) -> None, never blocking.
-EventSink = Callable[[dict[str, Any], str], None]
 
 
 class RolloutStore:
@@ -81,14 +82,14 @@ class RolloutManager:
         *,
         clock: Callable[[], float] = time.time,
         started: Callable[[], Awaitable[None]] | None = None,
-        events: EventSink | None = None,
+        webhooks: Webhooks | None = None,
     ) -> None:
         self._controller = controller
         self._figures = figures
         self._store = store
         self._clock = clock
         self._started = started
-        self._events = events
+        self._webhooks = webhooks
         self._rollouts: dict[str, Rollout] = {}
         #: What GET .../current shows: each rollout as of its last applied change (never mid-change).
         self._published: dict[str, dict[str, Any]] = {}
@@ -104,6 +105,8 @@ class RolloutManager:
 
     async def start(self) -> None:
         """Read the saved rollouts; running ones resume (once the models have loaded)."""
+        if self._webhooks is not None:
+            self._webhooks.start()
         self._rollouts = await asyncio.to_thread(self._store.load)
         self._published = {name: r.to_json() for name, r in self._rollouts.items()}
         for name, rollout in self._rollouts.items():
@@ -118,6 +121,8 @@ class RolloutManager:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self._helpers.clear()
+        if self._webhooks is not None:
+            await self._webhooks.close()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -262,8 +267,8 @@ class RolloutManager:
                 elif effect.route is not None:
                     pending = rollout.abort(self._clock(), f"{effect.action} failed: {exc.message}", ACTOR)
                 continue
-            if effect.event is not None and self._events is not None:
-                self._events(rollout.to_json(), effect.event)
+            if effect.event is not None and self._webhooks is not None:
+                self._webhooks(rollout.to_json(), effect.event)
         self._baselines[rollout.model] = self._snapshots(rollout)
         self._published[rollout.model] = rollout.to_json()
         await self._save()
@@ -302,7 +307,9 @@ def rollout_manager(
     figures: Figures,
     *,
     started: Callable[[], Awaitable[None]] | None = None,
-    events: EventSink | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> RolloutManager:
-    """The app's rollout manager, saving to ``state_dir`` (the lifespan starts and closes it)."""
-    return RolloutManager(controller, figures, RolloutStore(state_dir), started=started, events=events)
+    """The app's rollout manager, saving to ``state_dir``, with its webhook sender (the lifespan owns both)."""
+    env = os.environ if environ is None else environ
+    webhooks = Webhooks(partial(webhook_secret, state_dir, env))
+    return RolloutManager(controller, figures, RolloutStore(state_dir), started=started, webhooks=webhooks)
