@@ -65,7 +65,7 @@ ROLLOUT = {"model": "m", "id": "abc", "to": "2", "phase": "progressing", "step":
 
 def test_events_are_signed_and_retried_until_delivered() -> None:
     async def scenario(url: str) -> Webhooks:
-        hooks = Webhooks(lambda: SECRET.encode(), backoff_s=0.01, clock=lambda: 1_800_000_000.0)
+        hooks = Webhooks(SECRET.encode, backoff_s=0.01, clock=lambda: 1_800_000_000.0)
         hooks.start()
         hooks({**ROLLOUT, "spec": {"webhook": url}}, "step")
         hooks({**ROLLOUT, "spec": {"webhook": None}}, "step")  # no webhook: nothing sent
