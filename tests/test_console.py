@@ -311,6 +311,16 @@ def test_weights_that_do_not_sum_to_100_are_refused_in_the_page(
         assert "sum to 130" in console.page.locator("#error").inner_text()
         assert console.page.locator("#confirm[open]").count() == 0
         assert route_of(server)["weights"] == {"2": 100}
+        # A refresh (every 3 s) keeps what is being typed, and the focus and cursor in it.
+        sticky = console.model().locator("input[name=sticky]")
+        sticky.click()
+        console.page.keyboard.type("x-us")
+        status = console.page.locator("#status")
+        console.expect(status).to_contain_text("updated")
+        console.expect(status).not_to_have_text(status.inner_text())
+        console.page.keyboard.type("er-id")
+        assert sticky.input_value() == "x-user-id"
+        assert sticky.evaluate("node => node === document.activeElement")
         # Nothing on a phone is wider than the screen but the tables' own scroll boxes.
         width = console.page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390

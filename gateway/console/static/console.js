@@ -336,7 +336,7 @@
 
   // MLflow's provenance can be large (the run's parameters, metrics, data sets): a short line
   // with what identifies the version, and the whole record behind a disclosure.
-  function provenanceCell(provenance) {
+  function provenanceCell(provenance, key) {
     if (!provenance) return "";
     const short = (v) => (typeof v === "string" && v.length > 12 ? v.slice(0, 12) + "…" : v);
     const parts = [];
@@ -345,7 +345,7 @@
     if (provenance.run_id) parts.push("run " + short(provenance.run_id));
     if (provenance.git_commit) parts.push("git " + short(provenance.git_commit));
     if (provenance.user) parts.push("by " + provenance.user);
-    return el("details", {}, el("summary", {}, parts.join(" · ") || "provenance"), el("pre", {}, JSON.stringify(provenance, null, 1)));
+    return el("details", { "data-key": key }, el("summary", {}, parts.join(" · ") || "provenance"), el("pre", {}, JSON.stringify(provenance, null, 1)));
   }
 
   function renderVersions(model) {
@@ -385,7 +385,7 @@
           stateCell,
           el("td", { "data-label": "served by" }, served),
           el("td", { "data-label": "sha256", class: "mono", title: sha }, sha ? sha.slice(0, 12) + "…" : ""),
-          el("td", { "data-label": "provenance", class: "small-text wide" }, provenanceCell(status && status.provenance)),
+          el("td", { "data-label": "provenance", class: "small-text wide" }, provenanceCell(status && status.provenance, model.name + "/" + number)),
           el("td", { "data-label": "weight" }, role),
           el("td", { "data-label": "req/s", class: "num" }, fmt.rate(f.rate)),
           el("td", { "data-label": "errors", class: "num" + (f.errors ? " bad" : "") }, fmt.percent(f.errors)),
@@ -505,8 +505,17 @@
 
   function render() {
     const container = $("models");
-    // Keep focus and the typed values: form nodes are reused across renders (renderForm).
+    // Keep what the operator is doing across a refresh: the typed values (the change forms are
+    // reused nodes, renderForm), the focused field and its cursor, and the open disclosures.
+    const active = document.activeElement;
+    const caret = active && typeof active.selectionStart === "number" ? [active.selectionStart, active.selectionEnd] : null;
+    const open = new Set(Array.from(container.querySelectorAll("details[open]"), (d) => d.dataset.key));
     container.replaceChildren(...state.models.map(renderModel));
+    for (const details of container.querySelectorAll("details")) details.open = open.has(details.dataset.key);
+    if (active && active !== document.body && container.contains(active) && document.activeElement !== active) {
+      active.focus();
+      if (caret) active.setSelectionRange(caret[0], caret[1]);
+    }
     const empty = $("empty");
     empty.textContent = token() ? "No models yet." : SIGN_IN;
     empty.hidden = !!token() && state.models.length > 0;
