@@ -144,10 +144,13 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"tensorgate: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return _run_server(settings)
+    grpc_chosen = (
+        args.grpc_port is not None or "TENSORGATE_GRPC_PORT" in os.environ or settings.grpc_port != Settings().grpc_port
+    )
+    return _run_server(settings, grpc_chosen=grpc_chosen)
 
 
-def _run_server(settings: Settings) -> int:
+def _run_server(settings: Settings, *, grpc_chosen: bool = True) -> int:
     # Imported here: the admin subcommands need none of the server (nor ONNX Runtime).
     import logging
     import signal
@@ -161,7 +164,8 @@ def _run_server(settings: Settings) -> int:
     log = logging.getLogger(__name__)
     log.info("tensorgate %s serving %s on http://%s:%d", __version__, settings.repository, settings.host, settings.port)
     lifecycle = Lifecycle(settings.max_concurrent_requests, settings.max_inflight_body_bytes)
-    grpc = GrpcFrontEnd(settings, lifecycle) if settings.grpc_port else None
+    # A busy gRPC port stops the server when grpc_port was chosen; the default one is skipped.
+    grpc = GrpcFrontEnd(settings, lifecycle, required=grpc_chosen) if settings.grpc_port else None
     server = build_server(settings, create_app(settings, lifecycle=lifecycle, grpc=grpc), lifecycle, grpc)
 
     # uvicorn re-raises the signal it drained on to the handler that was there before it; ours

@@ -81,7 +81,8 @@ def test_tensorgate_serve_listens_on_both_ports(repository: Path, tmp_path: Path
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--repository", str(repository), "--port", str(port),
          "--admin-port", str(admin_port), "--state-dir", str(tmp_path / "state"), "--log-dir", str(tmp_path / "log")],
-        cwd=ROOT, env={"PATH": "/usr/bin:/bin", "TENSORGATE_ADMIN_TOKEN": AUTH["Authorization"].split()[1]},
+        cwd=ROOT, env={"PATH": "/usr/bin:/bin", "TENSORGATE_ADMIN_TOKEN": AUTH["Authorization"].split()[1],
+                 "TENSORGATE_GRPC_PORT": "0"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -107,7 +108,8 @@ def test_a_busy_admin_port_is_one_line_and_exit_3(repository: Path, tmp_path: Pa
             [sys.executable, "-m", "gateway", "serve", "--repository", str(repository), "--port", str(free_port()),
              "--admin-port", str(taken.getsockname()[1]), "--state-dir", str(tmp_path / "state"),
              "--log-dir", str(tmp_path / "log")],
-            cwd=ROOT, env={"PATH": "/usr/bin:/bin", "TENSORGATE_ADMIN_TOKEN": AUTH["Authorization"].split()[1]},
+            cwd=ROOT, env={"PATH": "/usr/bin:/bin", "TENSORGATE_ADMIN_TOKEN": AUTH["Authorization"].split()[1],
+                 "TENSORGATE_GRPC_PORT": "0"},
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
     # As uvicorn itself answers a busy main port: status 3, the reason logged, no traceback.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -608,3 +610,31 @@ def test_grpc_in_front_of_a_remote_triton_over_grpc(tmp_path_factory: pytest.Tem
                 client.close()
     finally:
         triton.stop()
+
+
+def test_a_busy_default_grpc_port_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    # Port 8001 busy (held here, or by someone else already): a server that did not ask for it
+    # serves without gRPC, as servers started with only --port always did.
+    holder = socket.socket()
+    try:
+        with contextlib.suppress(OSError):
+            holder.bind(("127.0.0.1", 8001))
+            holder.listen()
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if k != "TENSORGATE_GRPC_PORT"}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--repository", "examples/models", "--port", str(port),
+             "--state-dir", str(tmp_path / "state"), "--log-dir", str(tmp_path / "log")],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            wait_for(f"http://127.0.0.1:{port}/v2/health/ready")
+            process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    finally:
+        holder.close()
+    assert process.returncode == 0, output
+    assert "cannot listen for gRPC on 127.0.0.1:8001" in output and "serving without gRPC" in output

@@ -57,8 +57,13 @@ class GatewayServer(uvicorn.Server):
             try:
                 await self.grpc.start()
             except GrpcBindError as exc:
-                log.error("%s", exc)
-                sys.exit(3)  # as for a busy HTTP port
+                if self.grpc.required:
+                    log.error("%s", exc)
+                    sys.exit(3)  # as for a busy HTTP port
+                # The default port, not asked for: a second server on one host (another
+                # --port) keeps working as it did before gRPC existed, without gRPC.
+                log.warning("%s: serving without gRPC (set grpc_port to choose a port, 0 for none)", exc)
+                self.grpc = None
         try:
             await self._listen(sockets)
         finally:

@@ -84,11 +84,19 @@ class GrpcFrontEnd:
     """
 
     def __init__(
-        self, settings: Settings, lifecycle: Lifecycle, ids: RequestIds | None = None, *, port: int | None = None
+        self,
+        settings: Settings,
+        lifecycle: Lifecycle,
+        ids: RequestIds | None = None,
+        *,
+        port: int | None = None,
+        required: bool = True,
     ) -> None:
         self.settings = settings
         #: Where to listen: ``grpc_port`` unless given (0: any free port, for tests).
         self.listen_port = settings.grpc_port if port is None else port
+        #: False for the default port nobody asked for: busy, it is skipped with a warning.
+        self.required = required
         self.metrics = RequestMetrics()
         self.collector = GrpcMetrics(self.metrics)
         self.servicer = GrpcInference(
