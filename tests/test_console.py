@@ -354,3 +354,63 @@ def test_online_drift_shows_per_feature(browser: Any, tmp_path: Path) -> None:
             assert console.errors == []
         finally:
             console.close()
+
+
+def test_every_action_from_the_page(browser: Any, tmp_path: Path) -> None:
+    root = build_repository(tmp_path / "models")
+    write_model(root, "simple", 3, add_sub(200))
+    with serve(root) as server:
+        assert route_of(server)["weights"] == {"3": 100}
+        console = Console(browser, server)
+        try:
+            console.sign_in()
+            model = console.model()
+            row = lambda v: model.locator(f"tr[data-version='{v}']")  # noqa: E731
+
+            row(1).get_by_role("button", name="Unload").click()
+            console.confirm("not needed")
+            console.expect(row(1).locator(".state")).to_have_text("not loaded")
+            assert "1" not in admin(server, "GET", "/admin/models").json()["models"][0]["versions"]
+
+            row(1).get_by_role("button", name="Load").click()
+            console.confirm("needed after all")
+            console.expect(row(1).locator(".state")).to_have_text("READY")
+
+            model.locator("select[name=shadow]").select_option("1")
+            model.locator("input[name=fraction]").fill("0.5")
+            model.get_by_role("button", name="Add shadow").click()
+            console.confirm("mirror half")
+            wait_until(lambda: route_of(server)["shadow"] == {"1": 0.5}, "the shadow")
+            console.expect(model.locator(".shadows")).to_contain_text("shadow v1")
+
+            # Weights and a sticky header: the shadow stays.
+            console.expect(model.locator("input[name=w2]")).to_be_visible()
+            model.locator("input[name=w2]").fill("10")
+            model.locator("input[name=w3]").fill("90")
+            model.locator("input[name=sticky]").fill("x-user-id")
+            model.get_by_role("button", name="Set weights").click()
+            console.confirm("canary")
+            wait_until(lambda: route_of(server)["weights"] == {"2": 10, "3": 90}, "the canary")
+            route = route_of(server)
+            assert route["shadow"] == {"1": 0.5} and route["sticky_header"] == "x-user-id"
+
+            # Removing the shadow keeps the weights and the sticky header.
+            console.expect(model.locator(".shadows")).to_contain_text("shadow v1")
+            model.get_by_role("button", name="Remove shadow").click()
+            console.confirm("enough")
+            wait_until(lambda: route_of(server)["shadow"] == {}, "no shadow")
+            route = route_of(server)
+            assert route["weights"] == {"2": 10, "3": 90} and route["sticky_header"] == "x-user-id"
+
+            console.expect(row(1).get_by_role("button", name="Swap to")).to_be_visible()
+            row(1).get_by_role("button", name="Swap to").click()
+            console.confirm("promote")
+            wait_until(lambda: route_of(server)["weights"] == {"1": 100}, "the swap")
+            console.expect(model.locator(".weights")).to_have_text("v1 100%")
+            screenshot(console, tmp_path, "after-swap")
+
+            actions = [e["action"] for e in admin(server, "GET", "/admin/models/simple/history").json()["history"]]
+            assert actions == ["unload", "load", "route", "route", "route", "swap"]
+            assert console.foreign_requests() == [] and console.errors == []
+        finally:
+            console.close()

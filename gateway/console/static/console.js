@@ -145,7 +145,8 @@
   }
 
   // Run one changing call after confirmation; refresh at once afterwards.
-  async function act(description, method, path, body) {
+  // resetForm: the model whose change form is rebuilt from the new route once this succeeds.
+  async function act(description, method, path, body, resetForm) {
     const answer = await confirmAction(description);
     if (answer === null) return false;
     const doc = Object.assign({}, body || {}, { actor: actor() });
@@ -154,6 +155,7 @@
     let failure = null;
     try {
       await api(method, path, doc);
+      if (resetForm) delete state.forms[resetForm];
     } catch (exc) {
       // A 4xx is a refusal before any change; a 5xx or a lost connection may have changed something.
       const outcome = exc.status >= 400 && exc.status < 500 ? "Nothing was changed." : "It may have taken effect: check the history.";
@@ -523,7 +525,14 @@
 
   // -- actions ---------------------------------------------------------------------------
 
-  async function setWeights(model, form) {
+  // The model as the last refresh saw it: a form or button built earlier must not act on an
+  // older route (its shadows, its sticky header) than the one in force.
+  function current(model) {
+    return state.models.find((m) => m.name === model.name) || model;
+  }
+
+  async function setWeights(stale, form) {
+    const model = current(stale);
     const weights = {};
     let total = 0;
     for (const input of form.querySelectorAll("input[data-version]")) {
@@ -542,11 +551,11 @@
     const route = model.route || { shadow: {} };
     const sticky = form.querySelector("input[name=sticky]").value.trim();
     const body = { weights, shadow: route.shadow || {}, sticky_header: sticky || null };
-    const done = await act("set the route of " + model.name + " to " + routeText(body), "PUT", modelPath(model.name) + "/route", body);
-    if (done) delete state.forms[model.name];
+    await act("set the route of " + model.name + " to " + routeText(body), "PUT", modelPath(model.name) + "/route", body, model.name);
   }
 
-  async function addShadow(model, version, fraction) {
+  async function addShadow(stale, version, fraction) {
+    const model = current(stale);
     const route = model.route;
     if (!route) return;
     if (!(fraction > 0 && fraction <= 1)) {
@@ -555,21 +564,21 @@
     }
     const shadow = Object.assign({}, route.shadow, { [version]: fraction });
     const body = { weights: route.weights, shadow, sticky_header: route.sticky_header };
-    const done = await act("add v" + version + " as a shadow of " + model.name + " (" + fmt.percent(fraction) + " of requests)", "PUT", modelPath(model.name) + "/route", body);
-    if (done) delete state.forms[model.name];
+    await act("add v" + version + " as a shadow of " + model.name + " (" + fmt.percent(fraction) + " of requests)", "PUT", modelPath(model.name) + "/route", body, model.name);
   }
 
-  async function removeShadow(model, version) {
+  async function removeShadow(stale, version) {
+    const model = current(stale);
     const route = model.route;
     const shadow = Object.assign({}, route.shadow);
     delete shadow[version];
     const body = { weights: route.weights, shadow, sticky_header: route.sticky_header };
-    await act("stop shadowing " + model.name + " with v" + version, "PUT", modelPath(model.name) + "/route", body);
+    await act("stop shadowing " + model.name + " with v" + version, "PUT", modelPath(model.name) + "/route", body, model.name);
   }
 
-  const loadVersion = (model, version) => act("load " + model.name + " v" + version + " (it gets no traffic yet)", "POST", modelPath(model.name) + "/versions/" + enc(version) + "/load", {});
-  const unloadVersion = (model, version) => act("unload " + model.name + " v" + version, "POST", modelPath(model.name) + "/versions/" + enc(version) + "/unload", {});
-  const swapTo = (model, version) => act("swap " + model.name + " to v" + version + " (100% of traffic at once)", "POST", modelPath(model.name) + "/swap", { version });
+  const loadVersion = (model, version) => act("load " + model.name + " v" + version + " (it gets no traffic yet)", "POST", modelPath(model.name) + "/versions/" + enc(version) + "/load", {}, model.name);
+  const unloadVersion = (model, version) => act("unload " + model.name + " v" + version, "POST", modelPath(model.name) + "/versions/" + enc(version) + "/unload", {}, model.name);
+  const swapTo = (model, version) => act("swap " + model.name + " to v" + version + " (100% of traffic at once)", "POST", modelPath(model.name) + "/swap", { version }, model.name);
 
   function rollback(model, seq) {
     const history = state.histories[model.name] || [];
@@ -582,7 +591,7 @@
       const entry = history.find((e) => e.seq === seq);
       what = "roll " + model.name + " back to the route in force after change #" + seq + (entry && entry.after ? ": " + routeText(entry.after) : "");
     }
-    return act(what, "POST", modelPath(model.name) + "/rollback", seq === null ? {} : { to: seq });
+    return act(what, "POST", modelPath(model.name) + "/rollback", seq === null ? {} : { to: seq }, model.name);
   }
 
   // -- polling ---------------------------------------------------------------------------
