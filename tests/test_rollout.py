@@ -201,6 +201,7 @@ def test_pause_holds_and_resume_starts_a_fresh_window() -> None:
     assert r.pause(11.0, "again") == []
     effects = r.resume(500.0, "alice")
     assert effects[0].action == "rollout-resume" and r.phase == "progressing"
+    assert effects[0].route == {"weights": {"1": 95, "2": 5}, "shadow": {}, "sticky_header": None}
     assert r.stage_started_at == 500.0 and r.next_analysis_at == 530.0
 
 

@@ -278,6 +278,9 @@ def test_pause_resume_abort_and_a_manual_route_change_pauses(tmp_path: Path) -> 
         doc = wait_phase(server, {"paused"}, timeout_s=30)
         assert "manual route change" in doc["message"]
         assert route(server)["weights"] == {"1": 80, "2": 20}
+        # Resuming hands the wheel back: the rollout's own weights again.
+        resumed = admin(server, "POST", "/admin/models/m/rollouts/current/resume").json()
+        assert resumed["phase"] == "progressing" and route(server)["weights"] == {"1": 90, "2": 10}
         aborted: Any = admin(server, "POST", "/admin/models/m/rollouts/current/abort", {"reason": "enough"}).json()
         assert aborted["phase"] == "aborted" and route(server)["weights"] == {"1": 100}
         assert admin(server, "POST", "/admin/models/m/rollouts/current/promote").status == 409

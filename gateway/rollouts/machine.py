@@ -251,13 +251,14 @@ class Rollout:
         return [Effect("rollout-pause", self._details(why=why, by=actor), event="paused")]
 
     def resume(self, now: float, actor: str = "admin") -> list[Effect]:
-        """Continue the paused stage with a fresh window; its pause_s counts again from now."""
+        """Continue the paused stage with a fresh window, its route set again (a hand may have changed it)."""
         if self.phase != PAUSED:
             return []
         self.phase, self.resume_phase = self.resume_phase or PROGRESSING, None
         self._fresh_window(now)
         self.message = f"resumed by {actor}"
-        return [Effect("rollout-resume", self._details(by=actor), event="resumed")]
+        route = self.route_for_step() if self.step >= 0 or self.phase == SHADOWING else None
+        return [Effect("rollout-resume", self._details(by=actor), route, "resumed")]
 
     def restarted(self, now: float) -> list[Effect]:
         """After a restart: the same stage again with a fresh window (the counters started over)."""

@@ -253,11 +253,14 @@ class RolloutManager:
         while pending:
             effect = pending.pop(0)
             details = {**effect.details, "rollout_action": effect.action}
+            route = effect.route
+            if isinstance(route, dict) and (self._in_force(rollout.model, route) or self._overtaken(rollout, effect)):
+                route = None  # nothing to change, or a person paused it while this was decided: theirs stands
             try:
-                if effect.route == "promote":
+                if route == "promote":
                     await self._controller.swap(rollout.model, rollout.spec.to, actor, reason, details=details)
-                elif isinstance(effect.route, dict):
-                    await self._controller.set_route(rollout.model, effect.route, actor, reason, details=details)
+                elif isinstance(route, dict):
+                    await self._controller.set_route(rollout.model, route, actor, reason, details=details)
                 else:
                     await self._controller.audit(rollout.model, effect.action, actor, reason, details)
             except GatewayError as exc:
@@ -272,6 +275,20 @@ class RolloutManager:
         self._baselines[rollout.model] = self._snapshots(rollout)
         self._published[rollout.model] = rollout.to_json()
         await self._save()
+
+    def _in_force(self, name: str, route: dict[str, Any]) -> bool:
+        """Whether ``route`` is the model's route already (weights, shadows and sticky header)."""
+        try:
+            current = self._controller.route(name)
+        except GatewayError:
+            return False
+        keys = ("weights", "shadow", "sticky_header")
+        return {k: current.get(k) or None for k in keys} == {k: route.get(k) or None for k in keys}
+
+    @staticmethod
+    def _overtaken(rollout: Rollout, effect: Effect) -> bool:
+        """A step decided before a manual change paused the rollout: not applied (resume applies it)."""
+        return rollout.phase == "paused" and effect.action in ("rollout-step", "rollout-shadow")
 
     async def _save(self) -> None:
         async with self._save_lock:
