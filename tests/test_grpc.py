@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -238,6 +239,53 @@ def test_aio_client(server: RunningServer) -> None:
 
     live, out, version = asyncio.run(run())
     assert live and out is not None and out[0, 0] == 3 and version == "1"
+
+
+def test_stream_infer_answers_every_request_and_errors_do_not_end_the_stream(server: RunningServer) -> None:
+    answers: queue.Queue[tuple[object, object]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc)
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        for i in range(6):
+            client.async_stream_infer(
+                "simple", simple_inputs(i), request_id=f"s{i}", model_version="1" if i % 2 else ""
+            )
+        client.async_stream_infer("nope", simple_inputs(), request_id="bad")
+        got = [answers.get(timeout=30) for _ in range(7)]
+        client.stop_stream()
+    finally:
+        client.close()
+    results = {r.get_response().id: r for r, e in got if r is not None}  # type: ignore[attr-defined]
+    errors = [e for r, e in got if e is not None]
+    assert sorted(results) == [f"s{i}" for i in range(6)]
+    for i in range(6):
+        response = results[f"s{i}"].get_response()  # type: ignore[attr-defined]
+        assert response.model_version == ("1" if i % 2 else "2")
+        out = results[f"s{i}"].as_numpy("OUTPUT0")  # type: ignore[attr-defined]
+        assert out[0, 0] == i + 1 + (0 if i % 2 else 100)
+    assert len(errors) == 1 and "Request for unknown model: 'nope'" in str(errors[0])
+
+
+def test_aio_stream_infer(server: RunningServer) -> None:
+    async def run() -> list[str]:
+        triton = aioclient.InferenceServerClient(server.grpc)
+
+        async def requests() -> AsyncIterator[dict[str, object]]:
+            for i in range(4):
+                yield {"model_name": "batched", "inputs": [fp32_input(float(i))], "request_id": f"a{i}"}
+
+        try:
+            seen = []
+            async for result, error in triton.stream_infer(requests()):
+                assert error is None, error
+                seen.append(result.get_response().id)
+                if len(seen) == 4:
+                    break
+            return sorted(seen)
+        finally:
+            await triton.close()
+
+    assert asyncio.run(run()) == ["a0", "a1", "a2", "a3"]
 
 
 # -- bad input -------------------------------------------------------------------------------------
