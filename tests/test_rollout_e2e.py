@@ -172,7 +172,15 @@ def test_a_healthy_candidate_shadows_steps_and_is_promoted(tmp_path: Path) -> No
             "to": "2",
             "shadow_first": {"fraction": 1.0, "duration_s": 1},
             "steps": [{"weight": 25, "pause_s": 1}, {"weight": 50, "pause_s": 1}],
-            "analysis": {**FAST, "max_error_rate": 0.01, "max_p99_ratio": 20, "min_shadow_agreement": 0.99},
+            # The same model on both sides: a ratio only a stalled CI machine could reach, and
+            # failures tolerated (an event-loop stall on a loaded 2-core runner is not a verdict).
+            "analysis": {
+                **FAST,
+                "max_error_rate": 0.01,
+                "max_p99_ratio": 1000,
+                "min_shadow_agreement": 0.99,
+                "failure_limit": 3,
+            },
             "reason": "weekly retrain",
         }
         doc = start(server, spec)
