@@ -10,8 +10,9 @@ time per request (the protocol's own cost, whichever client is the faster).
 
     python loadtests/grpc.py --duration 5 --rounds 3
 
-The driver alone: ``python loadtests/grpc.py --driver HOST:PORT MODEL REQUEST_FILE C SECONDS``
-prints one JSON line (calls, errors, p50/p99 ms).
+"gRPC" is unary ``ModelInfer`` calls, C at a time; "gRPC stream" is ``ModelStreamInfer``: one
+stream with C requests in flight. The driver alone: ``python loadtests/grpc.py --driver HOST:PORT
+unary|stream REQUEST_FILE C SECONDS`` prints one JSON line (calls, errors, req/s, p50/p99 ms).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ sys.path.insert(0, str(_HERE))
 from common import ROOT, Sample, cpu_seconds, free_port, run_wrk, wait_ready  # noqa: E402
 from mlp import LAYERS, mlp  # noqa: E402
 
+PROTOCOLS = ("REST binary", "gRPC", "gRPC stream")
 MODELS = {
     # The example scorer (examples/models/fraud): 16 features in, one score out, unbatched.
     "scorer": ("features", 16, None),
@@ -56,7 +58,39 @@ MODELS = {
 # -- the gRPC driver (its own process) ------------------------------------------------------------
 
 
-async def _drive(target: str, payload: bytes, concurrency: int, seconds: float) -> dict[str, float]:
+async def _drive_stream(
+    channel: grpc.aio.Channel, payload: bytes, window: int, deadline: float, latencies: list[float]
+) -> int:
+    """ModelStreamInfer: ``window`` requests in flight on one stream; the errors."""
+    request = pb.ModelInferRequest.FromString(payload)
+    call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")()
+    room = asyncio.Semaphore(window)
+    sent: dict[str, float] = {}
+    errors = 0
+
+    async def read() -> None:
+        nonlocal errors
+        async for raw in call:
+            answer = pb.ModelStreamInferResponse.FromString(raw)
+            if answer.error_message:
+                errors += 1
+            latencies.append(time.perf_counter() - sent.pop(answer.infer_response.id))
+            room.release()
+
+    reader = asyncio.ensure_future(read())
+    number = 0
+    while time.perf_counter() < deadline:
+        await room.acquire()
+        number += 1
+        request.id = str(number)  # responses come as they finish: matched by id
+        sent[request.id] = time.perf_counter()
+        await call.write(request.SerializeToString())
+    await call.done_writing()
+    await reader
+    return errors
+
+
+async def _drive(target: str, payload: bytes, concurrency: int, seconds: float, stream: bool) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
     options = [("grpc.max_receive_message_length", -1)]
@@ -78,7 +112,10 @@ async def _drive(target: str, payload: bytes, concurrency: int, seconds: float) 
                 latencies.append(clock() - started)
 
         began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        if stream:
+            errors = await _drive_stream(channel, payload, concurrency, deadline, latencies)
+        else:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
     latencies.sort()
     n = len(latencies)
@@ -92,13 +129,14 @@ async def _drive(target: str, payload: bytes, concurrency: int, seconds: float) 
 
 
 def driver_main(argv: list[str]) -> None:
-    target, _model, request_file, concurrency, seconds = argv
-    result = asyncio.run(_drive(target, Path(request_file).read_bytes(), int(concurrency), float(seconds)))
+    target, mode, request_file, concurrency, seconds = argv
+    payload = Path(request_file).read_bytes()
+    result = asyncio.run(_drive(target, payload, int(concurrency), float(seconds), mode == "stream"))
     print(json.dumps(result))
 
 
-def run_driver(target: str, model: str, request_file: Path, concurrency: int, seconds: int, cpu: int | None) -> Sample:
-    command = [sys.executable, __file__, "--driver", target, model, str(request_file), str(concurrency), str(seconds)]
+def run_driver(target: str, mode: str, request_file: Path, concurrency: int, seconds: int, cpu: int | None) -> Sample:
+    command = [sys.executable, __file__, "--driver", target, mode, str(request_file), str(concurrency), str(seconds)]
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
@@ -150,8 +188,9 @@ def main() -> None:
         cwd=ROOT,
     )  # fmt: skip
     # (model, protocol) -> concurrency -> runs, with the server's CPU us per request beside each.
+    # The prediction log is on (the default), for every protocol alike.
     samples: dict[tuple[str, str], dict[int, list[tuple[Sample, float]]]] = {
-        (m, p): {c: [] for c in args.concurrency} for m in MODELS for p in ("REST binary", "gRPC")
+        (m, p): {c: [] for c in args.concurrency} for m in MODELS for p in PROTOCOLS
     }
     try:
         wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process=server)
@@ -159,8 +198,9 @@ def main() -> None:
         def measure(model: str, protocol: str, connections: int, seconds: int) -> tuple[Sample, float]:
             body, header_length, grpc_file = requests[model]
             before = cpu_seconds(server.pid)
-            if protocol == "gRPC":
-                sample = run_driver(f"127.0.0.1:{grpc_port}", model, grpc_file, connections, seconds, args.client_cpu)
+            if protocol != "REST binary":
+                mode = "stream" if protocol == "gRPC stream" else "unary"
+                sample = run_driver(f"127.0.0.1:{grpc_port}", mode, grpc_file, connections, seconds, args.client_cpu)
             else:
                 url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
                 sample = run_wrk(url, connections, seconds, args.client_cpu, body, header_length=header_length)
@@ -183,7 +223,7 @@ def main() -> None:
     for model in MODELS:
         for connections in args.concurrency:
             base = statistics.median(s.rps for s, _ in samples[(model, "REST binary")][connections])
-            for protocol in ("REST binary", "gRPC"):
+            for protocol in PROTOCOLS:
                 runs = samples[(model, protocol)][connections]
                 rps = statistics.median(s.rps for s, _ in runs)
                 print(
