@@ -42,8 +42,9 @@ class Asset:
         return cls(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
 
     def headers(self) -> dict[str, str]:
-        """Security headers, and ``no-cache``: the browser revalidates (a 304 by ETag) so that the
-        page and its script always come from the same release after an upgrade."""
+        """The security and cache headers of every file of the page."""
+        # no-cache, not max-age: the browser revalidates (a 304 by ETag), so that after an upgrade
+        # the page and its script always come from the same release.
         return {
             "Content-Security-Policy": CONTENT_SECURITY_POLICY,
             "X-Content-Type-Options": "nosniff",
@@ -64,8 +65,8 @@ class Console:
 
     async def serve(self, request: Request) -> Response:
         """``GET /console`` and ``/console/console.{js,css}``; any other name under it: 404."""
-        asset = self.assets.get(request.path_params.get("asset", ""))
-        if asset is None or request.path_params.get("asset") == "":
+        asset = self.assets.get(request.path_params.get("asset", ""))  # "": the page itself
+        if asset is None:
             raise HTTPException(404, "not found: the console's files are /console, /console/console.js and .css")
         headers = asset.headers()
         if asset.etag in (tag.strip() for tag in request.headers.get("if-none-match", "").split(",")):
