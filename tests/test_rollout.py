@@ -6,10 +6,13 @@ from typing import Any
 
 import pytest
 
+from gateway.release.shadow import ShadowStats
 from gateway.rollouts.analysis import FAIL, INCONCLUSIVE, PASS, Counters, Result, evaluate, quantile
+from gateway.rollouts.figures import Figures
 from gateway.rollouts.machine import Rollout
 from gateway.rollouts.spec import Analysis, SpecError, parse_spec
 from gateway.telemetry.histogram import LATENCY_BUCKETS
+from gateway.telemetry.requests import RequestMetrics, Series
 
 BEFORE: dict[str, Any] = {"weights": {"1": 100}, "shadow": {}, "sticky_header": None}
 SPEC: dict[str, Any] = {
@@ -132,9 +135,21 @@ def test_drift_is_judged_when_there_is_a_figure() -> None:
     assert evaluate(analysis, Counters(requests=10), Counters(), shadowing=False).verdict == PASS
 
 
-def test_4xx_are_not_in_the_figures_errors() -> None:
-    # Figures counts 5xx only (tests/test_rollout_e2e.py serves 400s); here: no errors, passes.
-    assert evaluate(Analysis(max_error_rate=0.0), traffic(10), traffic(10), shadowing=False).verdict == PASS
+def test_figures_count_5xx_and_timeouts_not_4xx_nor_shadow_copies() -> None:
+    metrics = RequestMetrics()
+    for role, codes in (("canary", {200: 90, 400: 5, 500: 1, 504: 2}), ("pinned", {200: 2}), ("shadow", {500: 50})):
+        series = metrics.series[("m", "2", role)] = Series()
+        series.codes.update(codes)
+        series.latency.counts[3] += sum(codes.values())
+    metrics.series[("other", "2", "canary")] = Series()
+    metrics.series[("other", "2", "canary")].codes[500] = 7
+    stats = ShadowStats(mirrored=10, failed=1, timed_out=1, agree_rows=7.0, compared_rows=8)
+    scores = {("m", "2", "x0"): 0.1, ("m", "2", "x1"): 0.3, ("m", "1", "x0"): 0.9}
+    snapshot = Figures(metrics, lambda: {("m", 2): stats}, lambda: scores).snapshot("m", 2)
+    assert (snapshot.requests, snapshot.errors, sum(snapshot.latency)) == (100, 3, 100)
+    assert (snapshot.shadow_mirrored, snapshot.shadow_failed, snapshot.shadow_agree) == (10, 2, 7.0)
+    assert snapshot.drift_psi == 0.3
+    assert Figures(metrics).snapshot("m", 3) == Counters(latency=(0,) * len(snapshot.latency), bounds=LATENCY_BUCKETS)
 
 
 # -- the state machine -------------------------------------------------------------------------
@@ -232,6 +247,16 @@ def test_a_saved_rollout_resumes_its_step_with_a_fresh_window() -> None:
     assert effects[0].action == "rollout-restart" and saved.step == 1 and saved.failures == 1
     assert saved.stage_started_at == 1000.0 and saved.next_analysis_at == 1030.0
     assert saved.weights() == {"1": 50, "2": 50}
+
+
+def test_a_paused_rollout_stays_paused_after_a_restart() -> None:
+    r = rollout(shadow_first=None)
+    r.start(0.0)
+    r.pause(10.0, "by hand")
+    saved = Rollout.from_json(r.to_json())
+    effects = saved.restarted(1000.0)
+    assert effects[0].action == "rollout-restart" and saved.phase == "paused" and saved.message == "paused: by hand"
+    assert not saved.due(5000.0)
 
 
 def test_the_json_has_the_phase_at_the_top_and_the_last_analysis() -> None:

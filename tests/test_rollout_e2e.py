@@ -230,6 +230,38 @@ def test_a_failing_candidate_is_aborted_at_the_first_analysis_and_rolled_back(tm
     assert entry["after"]["weights"] == {"1": 100} and "error_rate" in entry["why"]
 
 
+TIMEOUTS = """
+max_batch_size = 1
+instance_count = 1
+[batching]
+max_queue_delay_ms = 0
+timeout_ms = 10
+[onnx]
+graph_optimization = "disable"
+intra_op_threads = 1
+"""
+
+
+def test_a_candidate_whose_requests_time_out_is_aborted_504s_count(tmp_path: Path) -> None:
+    # One instance, a 10 ms queue deadline: behind a slow candidate's call, requests get 504.
+    root = tmp_path / "models"
+    write_model(root, "m", 1, identity(), config=TIMEOUTS)
+    spec = {"to": "2", "steps": [{"weight": 50, "pause_s": 60}],
+            "analysis": {"interval_s": 1.0, "min_requests": 5, "max_error_rate": 0.05}}  # fmt: skip
+    with (
+        gateway((root, slow_matmul(size=384, repeats=4)), tmp_path / "state") as server,
+        Traffic(server) as one,
+        Traffic(server) as two,
+        Traffic(server) as three,
+    ):
+        start(server, spec)
+        done = wait_phase(server, {"aborted", "promoted"}, timeout_s=60)
+        assert route(server)["weights"] == {"1": 100}
+    assert done["phase"] == "aborted" and "error_rate" in done["message"], done["message"]
+    statuses = {s.status for s in (*one.sent, *two.sent, *three.sent)}
+    assert 504 in statuses and statuses <= {200, 504}
+
+
 def test_a_slower_candidate_trips_the_latency_ratio(tmp_path: Path) -> None:
     root = repository(tmp_path / "models", slow_matmul(size=384, repeats=4))
     with gateway(root, tmp_path / "state") as server, Traffic(server):

@@ -264,9 +264,9 @@ class Rollout:
         """After a restart: the same stage again with a fresh window (the counters started over)."""
         if not self.active:
             return []
-        if self.phase != PAUSED:
+        if self.phase != PAUSED:  # a paused rollout stays paused, its message as it was
             self._fresh_window(now)
-        self.message = f"resumed after a restart at step {self.step + 1}" if self.step >= 0 else "resumed shadowing"
+            self.message = f"resumed after a restart at step {self.step + 1}" if self.step >= 0 else "resumed shadowing"
         return [Effect("rollout-restart", self._details())]
 
     def abort(self, now: float, why: str, actor: str = "admin") -> list[Effect]:

@@ -114,13 +114,15 @@ class RolloutManager:
                 self._spawn(name, resume=True)
 
     async def close(self) -> None:
-        """Stop every rollout task (their state is saved; a restart resumes them)."""
+        """Stop every rollout task and save where each stands (a restart resumes them)."""
         tasks = [*self._tasks.values(), *self._helpers]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self._helpers.clear()
+        if tasks:  # a task stopped between a route change and its save: save what it decided
+            await self._save()
         if self._webhooks is not None:
             await self._webhooks.close()
 
