@@ -358,7 +358,10 @@ class ReleaseController:
                 self._manager.set_route(model, after)
                 if entry["before"] != entry["after"]:
                     for listener in self._route_listeners:
-                        listener(model.name, entry)
+                        try:
+                            listener(model.name, entry)
+                        except Exception:  # the change is saved and applied: a listener's bug must not undo that
+                            log.exception("model %r: a route listener failed", model.name)
 
 
 #: What the audit history keeps of each version's provenance (the metadata has all of it).
