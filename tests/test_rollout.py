@@ -59,6 +59,11 @@ def test_spec_round_trips_with_defaults() -> None:
     [
         ({"to": "x"}, "to"),
         ({"to": None}, "to"),
+        ({"to": 2**70}, "to"),
+        ({"to": True}, "to"),
+        ({"steps": {"weight": 5}}, "steps"),
+        ({"steps": [{"weight": 5, "pause_s": True}]}, "pause_s"),
+        ({"analysis": []}, "analysis"),
         ({"steps": [{"weight": 0}]}, "weight"),
         ({"steps": [{"weight": 50}, {"weight": 10}]}, "below"),
         ({"steps": [{"weight": 5, "pause_s": -1}]}, "pause_s"),

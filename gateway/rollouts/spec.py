@@ -130,7 +130,7 @@ def _object(value: Any, where: str, known: set[str]) -> dict[str, Any]:
 
 def parse_version_text(value: Any, where: str = "to") -> int:
     """A version number given as ``"3"`` or ``3``."""
-    if type(value) is int and value >= 1:
+    if type(value) is int and 1 <= value < 2**63:
         return value
     if type(value) is str and value.isascii() and value.isdigit() and 0 < len(value) < 19 and int(value) >= 1:
         return int(value)
@@ -170,7 +170,8 @@ def parse_spec(doc: Any) -> RolloutSpec:
         steps.append(Step(weight, pause))
     if not steps and shadow is None:
         raise SpecError("a rollout needs steps, shadow_first, or both")
-    a = _object(top.get("analysis") or {}, "analysis", _ANALYSIS_FIELDS)
+    given = top.get("analysis")
+    a = _object({} if given is None else given, "analysis", _ANALYSIS_FIELDS)
     analysis = Analysis(
         interval_s=_number(a, "interval_s", "analysis.", low=0.05, high=_MAX_S, default=30.0),
         min_requests=_integer(a, "min_requests", "analysis.", low=0, high=10**9, default=0),
