@@ -189,38 +189,37 @@ class RolloutManager:
     # -- the task ----------------------------------------------------------------------------
 
     def _spawn(self, name: str, *, resume: bool) -> None:
-        self._wakes[name] = asyncio.Event()
-        self._tasks[name] = asyncio.create_task(self._run(name, resume), name=f"rollout-{name}")
+        # The task holds its own rollout and wake-up event: a task still winding down after an
+        # abort never touches the next rollout of the same model.
+        wake = self._wakes[name] = asyncio.Event()
+        task = asyncio.create_task(self._run(self._rollouts[name], wake, resume), name=f"rollout-{name}")
+        self._tasks[name] = task
+        task.add_done_callback(lambda done: self._tasks.get(name) is done and self._tasks.pop(name))
 
     def _wake(self, name: str) -> None:
         wake = self._wakes.get(name)
         if wake is not None:
             wake.set()
 
-    async def _run(self, name: str, resume: bool) -> None:
+    async def _run(self, rollout: Rollout, wake: asyncio.Event, resume: bool) -> None:
         try:
             if resume:
                 if self._started is not None:
                     await self._started()
-                async with self._locks.setdefault(name, asyncio.Lock()):
-                    rollout = self._rollouts[name]
+                async with self._locks.setdefault(rollout.model, asyncio.Lock()):
                     await self._apply(rollout, rollout.restarted(self._clock()), ACTOR)
-            await self._loop(name)
+            await self._loop(rollout, wake)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug must not leave the model half-rolled: say so loudly, keep serving
-            log.exception("rollout of model %r stopped by an error", name)
-        finally:
-            self._tasks.pop(name, None)
+            log.exception("rollout %s of model %r stopped by an error", rollout.id, rollout.model)
 
-    async def _loop(self, name: str) -> None:
-        wake = self._wakes[name]
+    async def _loop(self, rollout: Rollout, wake: asyncio.Event) -> None:
         while True:
-            rollout = self._rollouts[name]
             if not rollout.active:
                 return
             if rollout.due(self._clock()):
-                async with self._locks.setdefault(name, asyncio.Lock()):
+                async with self._locks.setdefault(rollout.model, asyncio.Lock()):
                     if rollout.due(now := self._clock()):
                         await self._apply(rollout, rollout.analyse(now, self._evaluate(rollout, now)), ACTOR)
                 continue
