@@ -340,7 +340,8 @@ def test_bad_requests_and_a_model_without_rollouts(tmp_path: Path) -> None:
         bad = admin(server, "POST", "/admin/models/m/rollouts", {"to": "2", "steps": [{"weight": 500}]})
         assert bad.status == 400 and "weight" in bad.json()["error"]  # type: ignore[index]
         assert admin(server, "POST", "/admin/models/m/rollouts", [1, 2]).status == 400
-        odd = admin(server, "POST", "/admin/models/m/rollouts", {"to": "2", "analysis": "fast", "steps": [{"weight": 5}]})
+        odd_spec = {"to": "2", "analysis": "fast", "steps": [{"weight": 5}]}
+        odd = admin(server, "POST", "/admin/models/m/rollouts", odd_spec)
         assert odd.status == 400 and "analysis" in odd.json()["error"]  # type: ignore[index]
         assert admin(server, "POST", "/admin/models/m/rollouts", {"to": "9", "steps": [{"weight": 5}]}).status == 404
         primary = admin(server, "POST", "/admin/models/m/rollouts", {"to": "1", "steps": [{"weight": 5}]})
