@@ -8,6 +8,7 @@
   const KEEP = 100; // snapshots kept per version for the sparklines: 5 minutes at 3 s
   const WINDOW = 5; // intervals the figures are computed over (about 15 s)
   const HISTORY_EVERY = 10; // polls between full reads of every history (30 s)
+  const ACTIVE = ["shadowing", "progressing", "paused"]; // a rollout's phases before it ends
   const SVG = "http://www.w3.org/2000/svg";
   const TOKEN_KEY = "tensorgate.token";
   const ACTOR_KEY = "tensorgate.actor";
@@ -21,6 +22,7 @@
     polls: 0,
     signatures: {}, // model -> its route, versions and standby when its history was last read
     forceHistory: false,
+    rollouts: {}, // model -> its current or last rollout (GET .../rollouts/current), or null
     again: false,
     forms: {}, // model -> {key, dirty, node}
   };
@@ -422,6 +424,68 @@
       el("p", { class: "muted" }, "PSI per feature against the reference; 0.2 and above (red) is a large shift."), el("div", { class: "scroll" }, table));
   }
 
+  function seconds(value) {
+    if (value === null || value === undefined) return "–";
+    return value >= 120 ? Math.round(value / 60) + " min" : Math.max(0, Math.round(value)) + " s";
+  }
+
+  function renderRollout(model) {
+    const rollout = state.rollouts[model.name];
+    const box = el("div", { class: "rollout" });
+    if (!rollout) {
+      box.append(el("p", { class: "muted" }, "No rollout. Start one with tensorgate rollout start (docs/rollouts.md); it shows here with its analysis."));
+      return box;
+    }
+    const running = ACTIVE.includes(rollout.phase);
+    const spec = rollout.spec || {};
+    const analysis = spec.analysis || {};
+    const now = state.snapshots.length ? state.snapshots[state.snapshots.length - 1].time : Date.now() / 1000;
+    box.append(el("h3", {}, "Rollout ", el("span", { class: "phase " + rollout.phase }, rollout.phase), el("span", { class: "muted" }, " " + rollout.id)));
+    const stage = rollout.step < 0 ? "shadowing first" : "step " + (rollout.step + 1) + " of " + rollout.steps;
+    const facts = el("dl", { class: "facts" });
+    facts.append(
+      el("dt", {}, "candidate"), el("dd", {}, "v" + rollout.from + " → v" + rollout.to + " · " + stage),
+      el("dt", {}, "weights"), el("dd", {}, routeText({ weights: rollout.weights || {} })),
+      el("dt", {}, "state"), el("dd", {}, rollout.message || "–"),
+      el("dt", {}, "failed windows"), el("dd", {}, rollout.failures + " of " + (analysis.failure_limit || 1) + " allowed · " + rollout.analyses + " analyses"),
+      el("dt", {}, "who, why"), el("dd", {}, (rollout.actor || "–") + (rollout.reason ? ": " + rollout.reason : "")),
+    );
+    if (running && rollout.phase !== "paused" && rollout.next_analysis_at) {
+      facts.append(el("dt", {}, "next analysis"), el("dd", {}, "in " + seconds(rollout.next_analysis_at - now)));
+    }
+    if (!running && rollout.ended_at) facts.append(el("dt", {}, "ended"), el("dd", {}, seconds(now - rollout.ended_at) + " ago"));
+    box.append(facts);
+    const last = rollout.last_analysis;
+    if (last) {
+      box.append(el("p", { class: "small-text" }, "Last window: " + last.verdict + " → " + last.decision + " · " + last.requests + " requests in " + seconds(last.window_s) + (last.message ? " · " + last.message : "")));
+      const table = el("table", { class: "checks" }, el("thead", {}, el("tr", {}, ["check", "value", "threshold", ""].map((h) => el("th", { scope: "col" }, h)))));
+      const body = el("tbody");
+      for (const check of last.checks || []) {
+        const value = typeof check.value === "number" ? check.value.toPrecision(3) : "–";
+        const threshold = typeof check.threshold === "number" ? String(check.threshold) : "–";
+        body.append(el("tr", {},
+          el("td", { "data-label": "check" }, check.name),
+          el("td", { "data-label": "value", class: "num" + (check.ok === false ? " bad" : "") }, value),
+          el("td", { "data-label": "threshold", class: "num" }, threshold),
+          el("td", { "data-label": "" }, check.ok === false ? "fails" : check.ok ? "ok" : "–")));
+      }
+      table.append(body);
+      if ((last.checks || []).length) box.append(el("div", { class: "scroll" }, table));
+    }
+    if (running) {
+      const control = (action, text, style) =>
+        el("button", { class: style, onclick: () => act(text, "POST", modelPath(model.name) + "/rollouts/current/" + action, {}, model.name) }, action[0].toUpperCase() + action.slice(1));
+      const buttons = el("p", { class: "rollout-actions" });
+      if (rollout.phase === "paused") buttons.append(control("resume", "resume the rollout of " + model.name + " (a fresh analysis window)", "secondary"));
+      else buttons.append(control("pause", "pause the rollout of " + model.name + " (weights held, no analysis)", "secondary"));
+      buttons.append(
+        control("promote", "promote v" + rollout.to + " of " + model.name + " now (swap: 100% at once)", "secondary"),
+        control("abort", "abort the rollout of " + model.name + " (the route before it comes back)", "danger"));
+      box.append(buttons);
+    }
+    return box;
+  }
+
   function renderHistory(model) {
     const entries = (state.histories[model.name] || []).slice().reverse();
     const box = el("div", { class: "history" });
@@ -498,7 +562,7 @@
     section.append(el("h2", {}, model.name));
     if (model.error) section.append(el("p", { class: "error-inline" }, model.error));
     const columns = el("div", { class: "columns" }, renderRoute(model), el("div", { class: "change-box" }, el("h3", {}, "Change the route"), renderForm(model)));
-    section.append(columns, renderVersions(model));
+    section.append(columns, renderRollout(model), renderVersions(model));
     const drift = renderDrift(model);
     if (drift) section.append(drift);
     section.append(renderHistory(model));
@@ -637,6 +701,16 @@
           state.signatures[m.name] = signature(m);
         }
       });
+      // The rollout: every poll while one runs, else with the history (a rollout's start changes
+      // the route or the shadows, so the signature rule sees it).
+      const watch = models.models.filter((m) => stale.includes(m) || ACTIVE.includes((state.rollouts[m.name] || {}).phase));
+      const rollouts = await Promise.all(watch.map((m) => api("GET", modelPath(m.name) + "/rollouts/current").catch((exc) => (exc.status === 404 ? null : undefined))));
+      const keptRollouts = {};
+      for (const m of models.models) if (m.name in state.rollouts) keptRollouts[m.name] = state.rollouts[m.name];
+      watch.forEach((m, i) => {
+        if (rollouts[i] !== undefined) keptRollouts[m.name] = rollouts[i];
+      });
+      state.rollouts = keptRollouts;
       state.models = models.models;
       state.histories = kept;
       state.snapshots.push(stats);
@@ -680,6 +754,7 @@
       state.forms = {};
       state.histories = {};
       state.signatures = {};
+      state.rollouts = {};
       render();
       setStatus("not signed in");
       schedule();
