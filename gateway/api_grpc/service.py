@@ -298,7 +298,7 @@ class GrpcInference(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ign
 
         As Triton's: every request gets one response, matched by its ``id``; a request that
         fails gets ``error_message`` and the stream goes on. One stream skips grpc's per-call
-        setup, about half of a small unary call's cost (docs/benchmarks.md).
+        setup: a request costs about a third less than a unary call (docs/benchmarks.md).
         """
         metadata_ = _metadata(context)
         answers: asyncio.Queue[Any] = asyncio.Queue()
