@@ -686,3 +686,32 @@ def test_a_busy_default_grpc_port_is_skipped_with_a_warning(tmp_path: Path) -> N
         holder.close()
     assert process.returncode == 0, output
     assert "cannot listen for gRPC on 127.0.0.1:8001" in output and "serving without gRPC" in output
+
+
+def test_sigterm_lets_an_in_flight_call_finish_and_logs_it(repository: Path) -> None:
+    runtimes = Runtimes()
+    with serve(repository, grpc=True, loader=runtimes) as running:
+        runtime = runtimes.by_model["batched"]
+        client = grpcclient.InferenceServerClient(running.grpc)
+        runtime.hold()
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                held = pool.submit(client.infer, "batched", [fp32_input(4.0, rows=8)], request_id="in-flight")
+                runtime.wait_entered()
+                running.server.handle_exit(signal.SIGTERM, None)  # the drain, as the signal starts it
+                with pytest.raises(InferenceServerException) as raised:
+                    client.infer("simple", simple_inputs())
+                assert code_of(raised) == "StatusCode.UNAVAILABLE"
+                runtime.release()
+                assert held.result(timeout=30).as_numpy("OUTPUT0")[0, 0] == 4.0  # type: ignore[index]
+        finally:
+            runtime.release()
+            client.close()
+        # The prediction log is closed after the gRPC drain: the in-flight call is in it.
+        deadline = time.monotonic() + 30
+        while True:
+            records = [r for r in prediction_log(running.settings.log_dir / "batched") if "in-flight" in str(r)]
+            if records or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert [r["status"] for r in records] == [200]

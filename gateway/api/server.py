@@ -71,12 +71,20 @@ class GatewayServer(uvicorn.Server):
                 await self.grpc.stop(0)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Drain gRPC (GOAWAY, in-flight calls finish), then HTTP, then run the lifespan's shutdown."""
-        if self.grpc is not None:
-            # Before uvicorn's own shutdown: its lifespan shutdown closes the prediction log and
-            # the models, which gRPC calls still in flight need. HTTP requests in flight go on
-            # meanwhile (new ones are refused since the drain began).
-            await self.grpc.stop(self.config.timeout_graceful_shutdown or 0)
+        """Drain gRPC (GOAWAY, in-flight calls finish) and HTTP together, then run the lifespan's shutdown."""
+        grpc = self.grpc
+        if grpc is not None:
+            # Both drains share the one graceful_timeout_s (the pod's grace period counts on it);
+            # the lifespan's shutdown, which closes the prediction log and the models that gRPC
+            # calls still in flight need, waits for the gRPC drain too.
+            stopping = asyncio.create_task(grpc.stop(self.config.timeout_graceful_shutdown or 0))
+            lifespan_shutdown = self.lifespan.shutdown
+
+            async def after_grpc() -> None:
+                await stopping
+                await lifespan_shutdown()
+
+            self.lifespan.shutdown = after_grpc
         await super().shutdown(sockets)
 
     async def _listen(self, sockets: list[socket.socket] | None) -> None:
