@@ -1,7 +1,8 @@
 """What an open console costs the gateway: its polling against the inference throughput.
 
 The console (docs/console.md) polls every 3 s: ``GET /admin/models`` and ``GET /admin/stats``,
-and ``GET /admin/models/{m}/history`` per model when that model changed and every 10th poll.
+and ``GET /admin/models/{m}/history`` and ``.../rollouts/current`` per model when that model
+changed and every 10th poll (the rollout on every poll while one runs; none runs here).
 The example model's history is first given ``--history`` route changes (the store keeps up to
 1,000), so that its reads cost what they would in a long-lived deployment. Two measurements,
 the gateway pinned to one core (``--server-cpu``) and wrk and the pollers to the other
@@ -52,12 +53,12 @@ class Page:
         self.bytes = 0
         self.polls = 0
 
-    def get(self, path: str, method: str = "GET", body: bytes | None = None) -> bytes:
+    def get(self, path: str, method: str = "GET", body: bytes | None = None, ok: tuple[int, ...] = (200,)) -> bytes:
         headers = self.headers if body is None else {**self.headers, "Content-Type": "application/json"}
         self.connection.request(method, path, body, headers=headers)
         response = self.connection.getresponse()
         body = response.read()
-        if response.status != 200:
+        if response.status not in ok:
             raise SystemExit(f"{method} {path}: {response.status} {body[:200]!r}")
         self.bytes += len(body)
         return body
@@ -69,6 +70,7 @@ class Page:
         if self.polls % HISTORY_EVERY == 0:
             for model in models:
                 self.get(f"/admin/models/{model['name']}/history")
+                self.get(f"/admin/models/{model['name']}/rollouts/current", ok=(200, 404))  # 404: never had one
         self.polls += 1
 
     def close(self) -> None:
