@@ -355,6 +355,15 @@ def test_oversized_message_is_resource_exhausted(stub: service_pb2_grpc.GRPCInfe
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def test_oversized_metadata_is_refused_and_the_server_goes_on(
+    server: RunningServer, client: grpcclient.InferenceServerClient
+) -> None:
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("simple", simple_inputs(), headers={"x-big": "a" * (server.settings.max_header_bytes + 1024)})
+    assert code_of(raised) in ("StatusCode.RESOURCE_EXHAUSTED", "StatusCode.INTERNAL", "StatusCode.UNAVAILABLE")
+    assert client.infer("simple", simple_inputs(), headers={"x-small": "a" * 1024}).as_numpy("OUTPUT0") is not None
+
+
 def test_bad_parameters_are_invalid(client: grpcclient.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as raised:
         client.infer("batched", [fp32_input(1.0)], priority=9)

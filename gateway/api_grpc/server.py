@@ -66,6 +66,10 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # A message larger than an inference body may be is refused by grpc itself (RESOURCE_EXHAUSTED).
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.max_send_message_length", -1),
+        # Metadata is gRPC's headers: the same limit. grpc's "max" is a soft limit (past it, calls
+        # are refused at random); the absolute one refuses every call past it.
+        ("grpc.max_metadata_size", settings.max_header_bytes),
+        ("grpc.absolute_max_metadata_size", settings.max_header_bytes),
         # Streams past this wait on the client's side (HTTP/2 flow control); past
         # max_concurrent_requests in all, ModelInfer answers RESOURCE_EXHAUSTED.
         ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
