@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from gateway.batching.batcher import Batcher
+from gateway.batching.clock import FakeClock
 from gateway.batching.policy import ComputeTimes, DelayPolicy
 from gateway.batching.queue import PendingRequest, RequestQueue
 from gateway.errors import ClientDisconnected, DeadlineExceeded, Unavailable
@@ -135,6 +135,7 @@ def make_batcher(
     timeout_s: float = 0.0,
     failures: list[BaseException] | None = None,
     stats: VersionStats | None = None,
+    clock: FakeClock | None = None,
 ) -> Batcher:
     # inline_threshold 0: every batch runs in a thread, so a held gate never blocks the loop.
     executor = Executor(
@@ -150,6 +151,7 @@ def make_batcher(
         instance_count=instances,
         default_timeout_s=timeout_s,
         on_failure=(failures if failures is not None else []).append,
+        clock=clock,
     )
     batcher.start()
     return batcher
@@ -157,6 +159,15 @@ def make_batcher(
 
 def rows_of(value: float, rows: int, width: int = 4) -> np.ndarray:
     return np.full((rows, width), value, dtype=np.float32)
+
+
+async def until(condition: Callable[[], bool], turns: int = 10_000) -> None:
+    """Let the event loop run until ``condition`` holds (no wall-clock sleep)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
 
 
 async def wait_entered(runtime: GatedRuntime) -> None:
@@ -212,26 +223,34 @@ async def test_a_full_queue_refuses_exactly_the_excess(runtime: GatedRuntime) ->
 
 
 async def test_a_deadline_that_passes_while_queued_is_504_and_never_computed(runtime: GatedRuntime) -> None:
-    batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, timeout_s=10.0)
+    clock = FakeClock()
+    batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, timeout_s=10.0, clock=clock)
     first = await occupy(batcher, runtime, 1)
-    started = time.monotonic()
+    # The request may shorten the model's 10 s timeout to 50 ms ...
+    late = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(2, 1)}, ["OUTPUT0"], 1, timeout_s=0.05))
+    await until(lambda: batcher.queued == 1)
+    clock.advance(0.0499)
+    await asyncio.sleep(0)
+    assert not late.done()  # not a moment early
+    clock.advance(0.0001)
     with pytest.raises(DeadlineExceeded, match="deadline of 50 ms"):
-        # The request may shorten the model's 10 s timeout to 50 ms ...
-        await batcher.submit({"INPUT0": rows_of(2, 1)}, ["OUTPUT0"], 1, timeout_s=0.05)
-    assert time.monotonic() - started >= 0.045
+        await late
     assert batcher.queued == 0
     runtime.release()
     await first
-    await asyncio.sleep(0.05)
-    assert [float(c["INPUT0"][0, 0]) for c in runtime.calls] == [1.0]
     await batcher.close()
+    assert [float(c["INPUT0"][0, 0]) for c in runtime.calls] == [1.0]
 
 
 async def test_a_request_cannot_extend_the_model_timeout(runtime: GatedRuntime) -> None:
-    batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, timeout_s=0.05)
+    clock = FakeClock()
+    batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, timeout_s=0.05, clock=clock)
     first = await occupy(batcher, runtime, 1)
-    with pytest.raises(DeadlineExceeded):
-        await batcher.submit({"INPUT0": rows_of(2, 1)}, ["OUTPUT0"], 1, timeout_s=60.0)
+    late = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(2, 1)}, ["OUTPUT0"], 1, timeout_s=60.0))
+    await until(lambda: batcher.queued == 1)
+    clock.advance(0.05)
+    with pytest.raises(DeadlineExceeded, match="deadline of 50 ms"):
+        await late
     runtime.release()
     await first
     await batcher.close()
@@ -269,8 +288,7 @@ async def test_a_client_that_leaves_while_queued_is_removed_before_its_batch(run
     gone = asyncio.Event()
     leaving = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(2, 1)}, ["OUTPUT0"], 1, client=Waiting(gone)))
     cancelled = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(3, 1)}, ["OUTPUT0"], 1))
-    await asyncio.sleep(0.01)
-    assert batcher.queued == 2
+    await until(lambda: batcher.queued == 2)
     gone.set()
     cancelled.cancel()
     with pytest.raises(ClientDisconnected):
@@ -295,7 +313,7 @@ async def test_a_gone_client_found_by_probe_is_withdrawn_without_a_task(runtime:
         )
         for name, value in (("a", 2.0), ("b", 3.0))
     }
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queued == 2)
     gone["a"] = True
     # The queue is full (2), but a gone client's place is given to the newcomer.
     newcomer = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(4, 1)}, ["OUTPUT0"], 1))
@@ -334,12 +352,15 @@ async def test_an_error_every_member_causes_reaches_every_member(runtime: GatedR
 
 
 async def test_a_refused_batch_is_not_retried_past_a_deadline(runtime: GatedRuntime) -> None:
-    batcher = make_batcher(runtime, max_batch=8, delay_s=0.02, timeout_s=0.3)
+    clock = FakeClock()
+    batcher = make_batcher(runtime, max_batch=8, delay_s=0.02, timeout_s=0.3, clock=clock)
     runtime.hold()
     runtime.fail_next = True
     calls = [asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(i, 1)}, ["OUTPUT0"], 1)) for i in range(3)]
+    await until(lambda: batcher.queued == 3 and clock.pending() >= 4)  # three deadlines and the delay
+    clock.advance(0.02)  # the delay is up: the batch of three computes (held)
     await wait_entered(runtime)
-    await asyncio.sleep(0.4)  # the batch computes past every member's deadline, then fails
+    clock.advance(0.4)  # it computes past every member's deadline, then fails
     runtime.release()
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(o, DeadlineExceeded) for o in outcomes)
@@ -388,7 +409,7 @@ async def test_higher_priority_is_batched_first(runtime: GatedRuntime) -> None:
     tasks = [
         asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(v, 1)}, ["OUTPUT0"], 1, priority=p)) for v, p in order
     ]
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queued == 5)
     runtime.release()
     await asyncio.gather(first, *tasks)
     assert [float(c["INPUT0"][0, 0]) for c in runtime.calls] == [0, 13, 12, 14, 10, 11]
@@ -396,10 +417,18 @@ async def test_higher_priority_is_batched_first(runtime: GatedRuntime) -> None:
 
 
 async def test_a_lone_request_waits_out_the_delay(runtime: GatedRuntime) -> None:
-    batcher = make_batcher(runtime, max_batch=4, delay_s=0.08)
-    started = time.monotonic()
-    await batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1)
-    assert time.monotonic() - started >= 0.075
+    clock = FakeClock(1024.0)
+    # Binary fractions (1/16 s, 1/1024 s): the sums are exact, so the delay ends exactly at the tick.
+    batcher = make_batcher(runtime, max_batch=4, delay_s=2**-4, clock=clock)
+    lone = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1))
+    await until(lambda: clock.pending() == 1)  # the batch loop waits on its delay timer
+    clock.advance(2**-4 - 2**-10)
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert not lone.done() and not runtime.calls
+    clock.advance(2**-10)
+    (output,) = await lone
+    assert output[0, 0] == 1 and runtime.rows_per_call() == [1]
     await batcher.close()
 
 
@@ -415,7 +444,7 @@ async def test_auto_delay_dispatches_at_once_when_an_instance_is_free(runtime: G
     batcher = make_batcher(runtime, max_batch=8, delay_s=None)
     first = await occupy(batcher, runtime, 0)  # went alone, at once
     rest = [asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(i, 1)}, ["OUTPUT0"], 1)) for i in range(1, 6)]
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queued == 5)
     runtime.release()
     await asyncio.gather(first, *rest)
     assert runtime.rows_per_call() == [1, 5]  # the rest piled up while the instance was busy
@@ -427,7 +456,7 @@ async def test_if_the_loop_dies_every_waiting_request_fails_cleanly(runtime: Gat
     batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, failures=failures)
     first = await occupy(batcher, runtime, 0)
     waiting = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(1, 1)}, ["OUTPUT0"], 1))
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queued == 1)
 
     def broken(*args: object) -> None:
         raise RuntimeError("bug in batch formation")
@@ -458,9 +487,9 @@ async def test_drain_waits_for_queued_and_running_batches(runtime: GatedRuntime)
     batcher = make_batcher(runtime, max_batch=1, delay_s=0.0)
     first = await occupy(batcher, runtime, 1)
     queued = [asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(v, 1)}, ["OUTPUT0"], 1)) for v in (2, 3)]
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queued == 2)
     drained = asyncio.ensure_future(batcher.drain())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # drain polls on the loop's clock: give it a few rounds
     assert not drained.done()  # a batch runs (held) and two wait
     runtime.release()
     await asyncio.wait_for(drained, 10)

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import numpy as np
 
+from gateway.batching.clock import Clock, LoopClock
 from gateway.batching.policy import DelayPolicy
 from gateway.batching.queue import ClientWatch, PendingRequest, RequestQueue
 from gateway.errors import ClientDisconnected, DeadlineExceeded, InternalError, Unavailable
@@ -52,7 +52,7 @@ class Batcher:
         instance_count: int,
         default_timeout_s: float,
         on_failure: Callable[[BaseException], None],
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         self._executor = executor
         self._policy = policy
@@ -62,7 +62,10 @@ class Batcher:
         self.priority_levels = priority_levels
         self._default_timeout_s = default_timeout_s
         self._on_failure = on_failure
-        self._clock = clock
+        clock = clock or LoopClock()
+        #: Now and timers on the same clock: a fake one runs the delays and deadlines in tests.
+        self._clock = clock.now
+        self._call_later = clock.call_later
         self._queue = RequestQueue(priority_levels)
         self._instances = instance_count
         #: Batches (or direct calls) computing right now.
@@ -159,7 +162,7 @@ class Batcher:
             client=client,
         )
         if timeout:
-            request.timer = loop.call_later(timeout, self._expire, request, timeout)
+            request.timer = self._call_later(timeout, partial(self._expire, request, timeout))
         self._queue.push(request)
         self._wakeup.set()
         watcher = None
@@ -264,7 +267,7 @@ class Batcher:
                 break
             # Sleep until the delay is up or a request arrives (a timer, not wait_for: no task).
             self._wakeup.clear()
-            timer = asyncio.get_running_loop().call_later(wait, self._wakeup.set)
+            timer = self._call_later(wait, self._wakeup.set)
             try:
                 await self._wakeup.wait()
             finally:

@@ -10,6 +10,8 @@ from typing import Protocol
 
 import numpy as np
 
+from gateway.batching.clock import Timer
+
 
 class ClientWatch(Protocol):
     """The client of a request, as far as the transport can tell whether it is still there."""
@@ -43,7 +45,7 @@ class PendingRequest:
     abandoned: bool = False
     #: The client, to ask whether it has gone.
     client: ClientWatch | None = None
-    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    timer: Timer | None = field(default=None, repr=False)
 
 
 class RequestQueue:
