@@ -70,6 +70,7 @@ class Settings:
     registry_poll_s: float = 30.0
     registry_artifact_allow: str = ""
     console: bool = True
+    state_store: str = ""
 
 
 #: One line per setting: the flag's help, and docs/configuration.md's description.
@@ -122,6 +123,8 @@ _HELP = {
     "registry_artifact_allow": "mlflow: where versions may be downloaded from, comma-separated scheme://host[/prefix] "
     "or scheme: (default: the tracking server's own artifact store)",
     "console": "serve the operator console at /console (on admin_port when that is set; docs/console.md)",
+    "state_store": "routes, history and load intents shared by a fleet: redis://[:password@]host:6379/0 "
+    "(rediss:// for TLS); empty: state_dir, one replica (docs/operations.md)",
 }
 
 
@@ -245,6 +248,8 @@ def _validate(settings: Settings) -> Settings:
     if settings.max_header_bytes < 1024:
         raise ConfigError(f"max_header_bytes: must be at least 1024, got {settings.max_header_bytes}")
     _validate_registry(settings)
+    if settings.state_store and not settings.state_store.startswith(("redis://", "rediss://")):
+        raise ConfigError("state_store: a redis:// or rediss:// URL (empty: the local state_dir)")
     return settings
 
 

@@ -20,8 +20,12 @@ from gateway.errors import BadRequest, NotFound, PayloadTooLarge, Unavailable, U
 from gateway.registry.names import check_model_name, parse_version
 from gateway.release.controller import ReleaseController
 from gateway.rollouts.runner import RolloutManager
+from gateway.state.fleet import Fleet
 
 ADMIN_BODY_LIMIT = 64 * 1024
+#: ``?wait=all``: how long a change waits for every live replica by default, and at most (``timeout=``).
+WAIT_TIMEOUT_S = 30.0
+WAIT_TIMEOUT_MAX_S = 600.0
 _ACTOR_LIMIT = 256
 
 
@@ -58,12 +62,14 @@ class AdminEndpoints:
 
     def __init__(self, stats: Callable[[], dict[str, Any]] | None = None) -> None:
         self._controller: ReleaseController | None = None
+        self._fleet: Fleet | None = None
         self._rollouts: RolloutManager | None = None
         self._stats = stats  # the console's live figures (gateway.console.stats)
 
-    def attach(self, controller: ReleaseController) -> None:
-        """Called by the lifespan once the release controller exists."""
+    def attach(self, controller: ReleaseController, fleet: Fleet | None = None) -> None:
+        """Called by the lifespan once the release controller (and, in a fleet, the shared state) exists."""
         self._controller = controller
+        self._fleet = fleet
 
     def attach_rollouts(self, rollouts: RolloutManager) -> None:
         """Called by the lifespan once the rollout manager has started."""
@@ -121,24 +127,65 @@ class AdminEndpoints:
         return _Call(name, version, doc, actor, reason)
 
     async def models(self, request: Request) -> Response:
-        """``GET /admin/models``."""
+        """``GET /admin/models``; in a fleet, each live replica's applied seq and version states too."""
         controller = self.controller
-        return json_response({"models": [controller.describe(m) for m in controller.models()]})
+        models = [controller.describe(m) for m in controller.models()]
+        if self._fleet is None:
+            return json_response({"models": models})
+        try:
+            reports = await self._fleet.reports()
+        except Unavailable:  # the store is away: this replica's own view, and it says so
+            reports = [self._fleet.report()]
+        for model in models:
+            model["replicas"] = [
+                {"replica": r.get("replica"), **(r.get("models", {}).get(model["name"]) or {"seq": 0})} for r in reports
+            ]
+        return json_response({"models": models, "state_store": self._fleet.describe()})
+
+    async def _answer(self, request: Request, name: str, body: Any) -> Response:
+        """A change's answer; with ``?wait=all``, once every live replica applied it (202 naming the rest)."""
+        wait = request.query_params.get("wait")
+        if wait is None:
+            return json_response(body)
+        if wait != "all":
+            raise BadRequest("'wait' must be 'all'")
+        raw = request.query_params.get("timeout", str(WAIT_TIMEOUT_S))
+        try:
+            timeout_s = float(raw)
+        except ValueError:
+            raise BadRequest("'timeout' must be a number of seconds") from None
+        if not 0 <= timeout_s <= WAIT_TIMEOUT_MAX_S:
+            raise BadRequest(f"'timeout' must be 0 to {WAIT_TIMEOUT_MAX_S:.0f} seconds")
+        if self._fleet is None:  # one replica: applied before the answer
+            return json_response(body)
+        seq = self.controller.seq(name)
+        pending = await self._fleet.wait_all(name, seq, timeout_s)
+        if not pending:
+            return json_response(body)
+        names = ", ".join(str(p["replica"]) for p in pending)
+        return json_response(
+            {"model": name, "seq": seq, "pending": pending, "result": body,
+             "message": f"saved; not yet applied by {len(pending)} replica(s) after {timeout_s:g} s: {names}"},
+            status=202,
+        )  # fmt: skip
 
     async def load(self, request: Request) -> Response:
         """``POST /admin/models/{m}/versions/{v}/load``: answers once READY (or failed)."""
         call = await self._call(request)
         mv = await self.controller.load(call.model, call.version, call.actor, call.reason)
-        return json_response(
+        return await self._answer(
+            request, call.model,
             {"model": call.model, "version": str(call.version), "state": mv.state.value, "provider": mv.provider,
-             "sha256": mv.artifact.sha256 if mv.artifact else None}
+             "sha256": mv.artifact.sha256 if mv.artifact else None},
         )  # fmt: skip
 
     async def unload(self, request: Request) -> Response:
         """``POST /admin/models/{m}/versions/{v}/unload``: drains, then unloads."""
         call = await self._call(request)
         await self.controller.unload(call.model, call.version, call.actor, call.reason)
-        return json_response({"model": call.model, "version": str(call.version), "state": "UNLOADED"})
+        return await self._answer(
+            request, call.model, {"model": call.model, "version": str(call.version), "state": "UNLOADED"}
+        )
 
     async def get_route(self, request: Request) -> Response:
         """``GET /admin/models/{m}/route``."""
@@ -148,7 +195,7 @@ class AdminEndpoints:
         """``PUT /admin/models/{m}/route``."""
         call = await self._call(request)
         route = await self.controller.set_route(call.model, call.doc, call.actor, call.reason)
-        return json_response(route.to_json())
+        return await self._answer(request, call.model, route.to_json())
 
     async def swap(self, request: Request) -> Response:
         """``POST /admin/models/{m}/swap`` with ``{"version": "2"}``."""
@@ -159,7 +206,7 @@ class AdminEndpoints:
         if type(version) is not str:
             raise BadRequest("'version' is required: the version to swap to")
         route = await self.controller.swap(call.model, parse_version(version), call.actor, call.reason)
-        return json_response(route.to_json())
+        return await self._answer(request, call.model, route.to_json())
 
     async def rollback(self, request: Request) -> Response:
         """``POST /admin/models/{m}/rollback``, optionally ``{"to": seq}``."""
@@ -168,7 +215,7 @@ class AdminEndpoints:
         if to is not None and (type(to) is not int or to < 0):
             raise BadRequest("'to' must be a change's sequence number")
         route = await self.controller.rollback(call.model, to, call.actor, call.reason)
-        return json_response(route.to_json())
+        return await self._answer(request, call.model, route.to_json())
 
     async def history(self, request: Request) -> Response:
         """``GET /admin/models/{m}/history``."""

@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -33,7 +34,8 @@ from gateway.errors import GatewayError
 from gateway.exchange import RequestIds
 from gateway.inference import InferenceService
 from gateway.lifecycle import Lifecycle
-from gateway.models import ModelManager, RuntimeLoader
+from gateway.loader import RuntimeLoader
+from gateway.models import ModelManager
 from gateway.predlog.writer import PredictionLog
 from gateway.registry.base import Artifact, Registry
 from gateway.registry.config import ModelConfig
@@ -45,6 +47,7 @@ from gateway.release.store import StateStore
 from gateway.rollouts.figures import Figures
 from gateway.rollouts.runner import rollout_manager
 from gateway.settings import Settings, registry_names
+from gateway.state.fleet import Fleet, StoreUpCollector
 from gateway.telemetry.collector import GatewayCollector
 from gateway.telemetry.logs import AccessLog
 from gateway.telemetry.requests import RequestMetrics
@@ -149,6 +152,8 @@ def create_app(
     collector = GatewayCollector(request_metrics, lifecycle)
     metrics_registry = CollectorRegistry()
     metrics_registry.register(collector)
+    store_up = StoreUpCollector()  # tensorgate_state_store_up
+    metrics_registry.register(store_up)
     if grpc is not None:
         metrics_registry.register(grpc.collector)
     ProcessCollector(registry=metrics_registry)
@@ -169,6 +174,11 @@ def create_app(
         log.info("devices: %s", devices.describe())
         store = StateStore(settings.state_dir)
         records = await asyncio.to_thread(store.load)
+        fleet = None
+        if settings.state_store:  # fleet mode: the shared store's state, else the local copy (docs/operations.md)
+            fleet = Fleet(settings.state_store, f"{socket.gethostname()}:{settings.port}")
+            records = await fleet.open(records)
+            store_up.fleet = fleet
         token = await asyncio.to_thread(
             provision_token, os.environ if environ is None else environ, settings.admin_token_file, settings.state_dir
         )
@@ -197,14 +207,16 @@ def create_app(
             predlog.add_observer(drift.observe)
             drift.start()
         collector.attach(manager, shadows, predlog, drift)
-        controller = ReleaseController(manager, store, records, shadows=shadows)
-        admin.attach(controller)
+        controller = ReleaseController(manager, store, records, shadows=shadows, shared=fleet)
+        admin.attach(controller, fleet)
         auth.set_token(token)
         if grpc is not None:
             grpc.attach(CoreState(manager, service, controller, auth, predlog))
         manager.start()
         follower = AliasFollower(manager, controller, settings.registry_poll_s)
         follower.start()  # idle unless a model's [mlflow] table follows an alias
+        if fleet is not None:
+            fleet.start(controller, manager)
         # Metric-gated rollouts (docs/rollouts.md): one task per running rollout, owned here.
         figures = Figures(request_metrics, lambda: shadows.stats, drift.psi if drift is not None else None)
         started = manager.wait_started
@@ -219,6 +231,8 @@ def create_app(
         finally:
             settle.cancel()
             await rollouts.close()
+            if fleet is not None:
+                await fleet.close()
             await follower.close()
             if drift is not None:
                 await drift.close()

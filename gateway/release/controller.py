@@ -14,14 +14,16 @@ import asyncio
 import datetime
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
-from gateway.errors import BadRequest, Conflict, LoadFailed, LoadTimedOut, NotFound, StoreFailed
+from gateway.errors import BadRequest, Conflict, GatewayError, LoadFailed, LoadTimedOut, NotFound, StoreFailed
 from gateway.metadata import version_status
 from gateway.models import Model, ModelManager, ModelVersion, VersionState
 from gateway.release.shadow import ShadowRunner
 from gateway.release.store import ModelRecord, StateStore
+from gateway.state import SharedState, StoredModel
 from routing.route import Route, RouteError
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,11 @@ class ReleaseController:
         *,
         shadows: ShadowRunner | None = None,
         wall_clock: Callable[[], float] = time.time,
+        shared: SharedState | None = None,
     ) -> None:
         self._manager = manager
+        #: The fleet's store (docs/operations.md); None: this replica's state directory is the store.
+        self._shared = shared
         self._shadows = shadows
         self._store = store
         self._records = records
@@ -55,6 +60,81 @@ class ReleaseController:
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
+
+    @asynccontextmanager
+    async def _changing(self, name: str) -> AsyncIterator[None]:
+        """The model's lock; in a fleet, first the fleet's latest change of it, applied here."""
+        async with self._lock(name):
+            if self._shared is not None:
+                stored = await self._shared.fetch(name)
+                failure = await self._adopt(name, stored) if stored is not None else None
+                if failure is not None:
+                    raise Conflict(
+                        f"replica {self._shared.replica} cannot apply the fleet's change of model {name!r} yet"
+                        f" ({failure}); it keeps serving its previous route: send the call to another replica"
+                        " or fix the version"
+                    )
+            yield
+
+    def seq(self, name: str) -> int:
+        """The seq of the model's latest change applied here (0: none)."""
+        record = self._records.get(name)
+        return record.seq if record is not None else 0
+
+    async def converge(self, name: str, stored: StoredModel) -> str | None:
+        """Apply a change another replica saved: load what it names, then route; why not, if it cannot."""
+        async with self._lock(name):
+            return await self._adopt(name, stored)
+
+    async def _adopt(self, name: str, stored: StoredModel) -> str | None:
+        record = stored.record
+        current = self._records.get(name)
+        if current is not None and current.seq >= record.seq:
+            return None
+        try:
+            model = await self._manager.discover(name)
+        except GatewayError as exc:
+            return exc.message
+        # The route's versions must be READY here first: until then the previous route keeps serving.
+        for version in sorted(record.route.versions):
+            mv = model.versions.get(version)
+            if mv is None or mv.state is not VersionState.READY:
+                try:
+                    await self._load_ready(model, version)
+                except GatewayError as exc:
+                    return exc.message
+        for version in sorted(stored.loaded - record.route.versions):  # load intents: best effort
+            if version not in model.versions:
+                try:
+                    await self._load_ready(model, version)
+                except GatewayError as exc:
+                    log.warning(
+                        "model %r: the fleet asked for version %d, which cannot load here: %s", name, version, exc
+                    )
+        self._records[name] = record
+        try:  # the local copy a restart serves when the fleet's store is away
+            await asyncio.to_thread(self._store.save, self._records)
+        except OSError as exc:
+            log.error("model %r: the local copy of the fleet's state could not be saved: %s", name, exc)
+        before = model.route
+        if before is None or before.to_json() != record.route.to_json():
+            self._manager.set_route(model, record.route)
+            log.info("model %r: applied the fleet's change %d: %s", name, record.seq, record.route.to_json())
+            entry = record.history[-1] if record.history else None
+            if entry is not None and entry.get("before") != entry.get("after"):
+                self._notify(name, entry)
+        elif before.seq != record.route.seq:
+            self._manager.set_route(model, record.route)
+        assert self._shared is not None
+        self._shared.applied(name)
+        return None
+
+    def _notify(self, name: str, entry: dict[str, Any]) -> None:
+        for listener in self._route_listeners:
+            try:
+                listener(name, entry)
+            except Exception:  # the change is saved and applied: a listener's bug must not undo that
+                log.exception("model %r: a route listener failed", name)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -160,7 +240,7 @@ class ReleaseController:
     async def load(self, name: str, version: int, actor: str, reason: str | None) -> ModelVersion:
         """Fetch, load and warm ``version`` up; it gets no traffic. 502 when it fails to load."""
         model = await self._manager.discover(name)
-        async with self._lock(name):
+        async with self._changing(name):
             was_loaded = version in model.versions
             mv = await self._load_ready(model, version)
             try:
@@ -191,7 +271,7 @@ class ReleaseController:
     async def unload(self, name: str, version: int, actor: str, reason: str | None) -> None:
         """Drain and unload ``version``; 409 while it has weight, shadows, or is the standby."""
         model = self._manager.model(name)
-        async with self._lock(name):
+        async with self._changing(name):
             if version not in model.versions:
                 raise NotFound(f"version {version} of model {name!r} is not loaded")
             role = self._role(model, version)
@@ -211,15 +291,15 @@ class ReleaseController:
             await self._manager.unload(model, version)
 
     async def set_route(
-        self, name: str, doc: Any, actor: str, reason: str | None, details: dict[str, Any] | None = None
+        self, name: str, doc: Route | Any, actor: str, reason: str | None, details: dict[str, Any] | None = None
     ) -> Route:
-        """Replace the route; every version it names must be loaded and READY."""
+        """Replace the route (a Route, or the admin API's JSON document); every version it names must be READY."""
         model = self._manager.model(name)
         try:
-            route = Route.from_json(doc)
+            route = doc if isinstance(doc, Route) else Route.from_json(doc)
         except RouteError as exc:
             raise BadRequest(f"invalid route: {exc}") from None
-        async with self._lock(name):
+        async with self._changing(name):
             self._check_ready(model, route)
             return await self._apply(model, route, "route", actor, reason, details=details)
 
@@ -228,7 +308,7 @@ class ReleaseController:
     ) -> Route:
         """Blue-green: load ``version`` if needed, then give it 100% in one step."""
         model = await self._manager.discover(name)
-        async with self._lock(name):
+        async with self._changing(name):
             await self._load_ready(model, version)
             current = model.route
             shadow = {v: f for v, f in (current.shadow.items() if current else ()) if v != version}
@@ -238,7 +318,7 @@ class ReleaseController:
     async def rollback(self, name: str, to: int | None, actor: str, reason: str | None) -> Route:
         """Restore the route before the last change, or the one in force after change ``to``."""
         model = self._manager.model(name)
-        async with self._lock(name):
+        async with self._changing(name):
             if to is None:
                 change = self._last_change(name)
                 if change is None:
@@ -258,7 +338,7 @@ class ReleaseController:
     async def audit(self, name: str, action: str, actor: str, reason: str | None, details: dict[str, Any]) -> None:
         """Add a history entry that changes nothing (a rollout's analysis or decision, with its figures)."""
         model = self._manager.model(name)
-        async with self._lock(name):
+        async with self._changing(name):
             if model.route is None:
                 raise Conflict(f"model {name!r} has no route")
             await self._record(model, action, actor=actor, reason=reason, before=model.route, details=details)
@@ -343,7 +423,12 @@ class ReleaseController:
             current = self._records.get(model.name)
             record = ModelRecord(after, [*(current.history if current is not None else ()), entry])
             try:
-                await asyncio.to_thread(self._store.save, {**self._records, model.name: record})
+                if self._shared is not None:  # compare-and-set on the seq this change was based on
+                    entry["replica"] = self._shared.replica
+                    await self._shared.commit(model.name, int(entry["seq"]) - 1, record, entry)
+                    await self._save_cache({**self._records, model.name: record})
+                else:
+                    await asyncio.to_thread(self._store.save, {**self._records, model.name: record})
             except OSError as exc:
                 log.error(
                     "model %r: %s not applied, the state could not be saved: %s", model.name, entry["action"], exc
@@ -354,6 +439,8 @@ class ReleaseController:
                     retry_after_s=5,
                 ) from None
             self._records[model.name] = record
+            if self._shared is not None:
+                self._shared.applied(model.name)
             if after is not model.route:
                 self._manager.set_route(model, after)
                 if entry["before"] != entry["after"]:
@@ -362,6 +449,13 @@ class ReleaseController:
                             listener(model.name, entry)
                         except Exception:  # the change is saved and applied: a listener's bug must not undo that
                             log.exception("model %r: a route listener failed", model.name)
+
+    async def _save_cache(self, records: dict[str, ModelRecord]) -> None:
+        """In a fleet: the local copy of the shared state, for a start while the store is away."""
+        try:
+            await asyncio.to_thread(self._store.save, records)
+        except OSError as exc:  # saved in the fleet's store: the change stands
+            log.error("the local copy of the fleet's state could not be saved: %s", exc)
 
 
 #: What the audit history keeps of each version's provenance (the metadata has all of it).

@@ -109,6 +109,11 @@ class StateStore:
             os.close(directory)
 
 
+def parse_record(entry: Any) -> ModelRecord:
+    """A saved record (``{"route": ..., "history": [...]}``); TypeError, KeyError, ValueError, RouteError if bad."""
+    return _record(entry)
+
+
 def _record(entry: Any) -> ModelRecord:
     """One model's saved record; TypeError (or KeyError, ValueError, RouteError) when misshapen."""
     if not isinstance(entry, dict) or not isinstance(entry["route"], dict):
