@@ -8,6 +8,7 @@ from gateway import __version__
 from gateway.models import Model, ModelVersion, VersionState
 from runtimes.base import TensorSpec
 from runtimes.datatypes import TRITON_CONFIG_TYPES
+from runtimes.kinds import runtime_kind
 
 SERVER_NAME = "tensorgate"
 #: The protocol extensions this server implements, named and ordered as Triton lists them:
@@ -85,7 +86,7 @@ def model_config(model: Model, mv: ModelVersion) -> dict[str, Any]:
     return {
         "name": model.name,
         "platform": mv.platform,
-        "backend": "onnxruntime" if mv.config.runtime == "onnx" else "triton",
+        "backend": runtime_kind(mv.config.runtime).backend,
         "max_batch_size": mv.config.max_batch_size,
         "input": [_config_tensor(s, batched) for s in mv.inputs.values()],
         "output": [_config_tensor(s, batched) for s in mv.outputs.values()],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,11 @@ from runtimes.base import InferenceFailedError, InvalidInputError, RuntimeLoadEr
 from runtimes.datatypes import ORT_TYPE_TO_V2
 from runtimes.devices import Devices, providers_for
 from runtimes.external_data import check_external_data
+from runtimes.options import OnnxOptions
 
 log = logging.getLogger(__name__)
 
-GRAPH_OPTIMIZATION = {
+GRAPH_OPTIMIZATION = {  # keyed by GRAPH_OPTIMIZATION_LEVELS, the names config.toml takes
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -45,17 +45,6 @@ def clean_message(exc: BaseException) -> str:
     text = _SOURCE_REF.sub("", str(exc)).strip()
     text = _STATUS_PREFIX.sub("", text)
     return " ".join(text.split())[:500]
-
-
-@dataclass(frozen=True, slots=True)
-class OnnxOptions:
-    """Per-model ONNX Runtime settings (the ``[onnx]`` table of ``config.toml``)."""
-
-    device: str = "auto"
-    tensorrt: bool = True
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
-    graph_optimization: str = "all"
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:

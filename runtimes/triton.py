@@ -19,7 +19,6 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +34,7 @@ from runtimes.base import (
 )
 from runtimes.breaker import CircuitBreaker
 from runtimes.datatypes import NUMPY_DTYPES
+from runtimes.options import TritonOptions
 
 log = logging.getLogger(__name__)
 
@@ -43,39 +43,6 @@ _BACKOFF_S = 0.025
 #: Remote statuses worth another try: the server (or a proxy before it) could not take the call.
 _RETRYABLE_HTTP = frozenset({"502", "503"})
 _RETRYABLE_GRPC = frozenset({"StatusCode.UNAVAILABLE"})
-
-
-@dataclass(frozen=True, slots=True)
-class TritonOptions:
-    """Per-model settings of the remote Triton runtime (the ``[triton]`` table of ``config.toml``)."""
-
-    #: ``http://host:port`` or ``grpc://host:port``; ``https://`` and ``grpcs://`` for TLS.
-    url: str = ""
-    #: The remote model's name and version ("": the local model's name and version).
-    model: str = ""
-    version: str = ""
-    #: Deadline of a call when the request sets none (``parameters.timeout``), and the most it may set.
-    timeout_s: float = 30.0
-    #: Further attempts after a refused connection or a 502/503, only within the deadline.
-    retries: int = 1
-    #: Consecutive failures that open the circuit (0: never), and seconds before a probe.
-    breaker_failures: int = 5
-    breaker_reset_s: float = 5.0
-    #: Pooled connections to the server (HTTP; gRPC multiplexes one channel).
-    max_connections: int = 64
-    #: Seconds between checks of the remote model's readiness.
-    health_interval_s: float = 5.0
-    #: Ask the server to load the model when it is not ready (Triton's explicit model control).
-    load_remote: bool = False
-    #: Ask the server to unload the model when this version is unloaded.
-    unload_remote: bool = False
-    #: A start-up load whose remote model is not ready yet is retried, pausing up to this long (0: never).
-    load_retry_max_s: float = 30.0
-    #: TLS (``https``/``grpcs``): the CA bundle that signs the server's certificate ("": the system's).
-    ca_file: str = ""
-    #: TLS client certificate and its private key (PEM), for servers that ask for one ("": none).
-    cert_file: str = ""
-    key_file: str = ""
 
 
 #: What a TLS connection needs: an SSL context (HTTP) or gRPC channel credentials.

@@ -20,7 +20,8 @@ from gateway.api.app import create_app
 from gateway.api.server import GatewayServer, build_server, listen_socket
 from gateway.api_grpc.server import GrpcFrontEnd
 from gateway.lifecycle import Lifecycle
-from gateway.models import ModelManager, RuntimeLoader
+from gateway.loader import RuntimeLoader
+from gateway.models import ModelManager
 from gateway.registry.base import Registry
 from gateway.settings import Settings
 from tests.rawhttp import Reply, request

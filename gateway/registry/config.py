@@ -11,8 +11,8 @@ from typing import Any, Literal
 # Defined apart so that settings and the CLI catch it without importing the runtimes (fast --help).
 from gateway.config_error import ConfigError
 from gateway.registry.names import is_model_name
-from runtimes.onnxrt import GRAPH_OPTIMIZATION, OnnxOptions
-from runtimes.triton import TritonOptions
+from runtimes.kinds import DEFAULT_RUNTIME, RUNTIME_KINDS
+from runtimes.options import GRAPH_OPTIMIZATION_LEVELS, OnnxOptions, TritonOptions
 
 CONFIG_FILE = "config.toml"
 _CUDA_DEVICE = re.compile(r"cuda:[0-9]{1,2}")
@@ -178,7 +178,7 @@ def _onnx(t: _Table) -> OnnxOptions:
         tensorrt=t.get("tensorrt", (bool,), True),
         intra_op_threads=t.integer("intra_op_threads", 0, 0, 1024),
         inter_op_threads=t.integer("inter_op_threads", 0, 0, 1024),
-        graph_optimization=t.choice("graph_optimization", "all", set(GRAPH_OPTIMIZATION)),
+        graph_optimization=t.choice("graph_optimization", "all", set(GRAPH_OPTIMIZATION_LEVELS)),
     )
     t.check_unknown()
     return options
@@ -298,7 +298,7 @@ def _version_policy(t: _Table) -> Literal["latest", "all"] | tuple[int, ...]:
 def parse_model_config(data: dict[str, Any], source: str) -> ModelConfig:
     """Build a ModelConfig from parsed TOML; ``source`` names the file in error messages."""
     top = _Table(source, "", data)
-    runtime = top.choice("runtime", "onnx", {"onnx", "triton"})
+    runtime = top.choice("runtime", DEFAULT_RUNTIME, set(RUNTIME_KINDS))
     config = ModelConfig(
         runtime="triton" if runtime == "triton" else "onnx",
         version_policy=_version_policy(top),

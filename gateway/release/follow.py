@@ -16,6 +16,7 @@ from gateway.errors import GatewayError
 from gateway.models import Model, ModelManager
 from gateway.registry.base import RegistryError
 from gateway.release.controller import ReleaseController
+from routing.route import Route
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +119,8 @@ class AliasFollower:
             await self._controller.load(model.name, version, ACTOR, reason)
             current = model.route
             assert current is not None
-            doc = {
-                "weights": {str(current.primary): 100 - weight, str(version): weight},
-                "shadow": {str(v): f for v, f in current.shadow.items() if v != version},
-                "sticky_header": current.sticky_header,
-            }
+            shadow = {v: f for v, f in current.shadow.items() if v != version}
+            canary = Route({current.primary: 100 - weight, version: weight}, 0, shadow, current.sticky_header)
             details = {"alias": alias, "alias_version": str(version)}
-            await self._controller.set_route(model.name, doc, ACTOR, f"{reason}: canary at {weight}%", details)
+            await self._controller.set_route(model.name, canary, ACTOR, f"{reason}: canary at {weight}%", details)
         self._done(model, alias, version)
