@@ -122,6 +122,7 @@ class AdminEndpoints:
         params = request.path_params
         name = check_model_name(params["model"]) if "model" in params else ""
         version = parse_version(params["version"]) if "version" in params else 0
+        cls._wait(request)  # a malformed ?wait is refused before anything changes
         doc = await cls._body(request)
         actor, reason = cls._audit(request, doc)
         return _Call(name, version, doc, actor, reason)
@@ -142,11 +143,12 @@ class AdminEndpoints:
             ]
         return json_response({"models": models, "state_store": self._fleet.describe()})
 
-    async def _answer(self, request: Request, name: str, body: Any) -> Response:
-        """A change's answer; with ``?wait=all``, once every live replica applied it (202 naming the rest)."""
+    @staticmethod
+    def _wait(request: Request) -> float | None:
+        """``?wait=all[&timeout=S]``: how long to wait for the fleet (None: answer at once); 400 if malformed."""
         wait = request.query_params.get("wait")
         if wait is None:
-            return json_response(body)
+            return None
         if wait != "all":
             raise BadRequest("'wait' must be 'all'")
         raw = request.query_params.get("timeout", str(WAIT_TIMEOUT_S))
@@ -156,7 +158,12 @@ class AdminEndpoints:
             raise BadRequest("'timeout' must be a number of seconds") from None
         if not 0 <= timeout_s <= WAIT_TIMEOUT_MAX_S:
             raise BadRequest(f"'timeout' must be 0 to {WAIT_TIMEOUT_MAX_S:.0f} seconds")
-        if self._fleet is None:  # one replica: applied before the answer
+        return timeout_s
+
+    async def _answer(self, request: Request, name: str, body: Any) -> Response:
+        """A change's answer; with ``?wait=all``, once every live replica applied it (202 naming the rest)."""
+        timeout_s = self._wait(request)
+        if timeout_s is None or self._fleet is None:  # one replica: applied before the answer
             return json_response(body)
         seq = self.controller.seq(name)
         pending = await self._fleet.wait_all(name, seq, timeout_s)

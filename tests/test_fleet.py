@@ -1,0 +1,377 @@
+"""Fleet mode: three gateway processes sharing their release state through a real Redis (docs/operations.md)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.onnx_models import identity, write_model
+from tests.rawhttp import Reply, request
+from tests.required import server_unavailable
+from tests.server import ADMIN_TOKEN, AUTH, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+BODY = orjson.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
+JSON = {"Content-Type": "application/json"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server process on a loopback port, with an append-only file so a restart keeps the data."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            server_unavailable("redis-server is not installed (scripts/setup-redis)")
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", str(self.directory), "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        server_unavailable("redis-server did not start")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.process = None
+
+
+class Gateway:
+    """``tensorgate serve --state-store redis://...`` as a process of its own."""
+
+    def __init__(self, name: str, repository: Path, state: Path, store: str) -> None:
+        self.name = name
+        self.repository = repository
+        self.state = state
+        self.store = store
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = state.parent / f"{name}.log"
+
+    def start(self, ready: bool = True) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--repository", str(self.repository),
+                 "--port", str(self.port), "--state-dir", str(self.state),
+                 "--log-dir", str(self.state.parent / f"{self.name}-log"), "--state-store", self.store, "--no-predlog"],
+                cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TENSORGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+                     "TENSORGATE_GRPC_PORT": "0", "TENSORGATE_LOG_LEVEL": "info"},
+            )  # fmt: skip
+        wait_for(f"http://127.0.0.1:{self.port}/v2/health/{'ready' if ready else 'live'}", timeout_s=90)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def admin(self, method: str, path: str, doc: Any = None) -> Reply:
+        return request(self.port, method, path, b"" if doc is None else orjson.dumps(doc), AUTH)
+
+    def route(self) -> dict[str, Any]:
+        reply = self.admin("GET", "/admin/models/m/route")
+        assert reply.status == 200, reply.body
+        return dict(orjson.loads(reply.body))
+
+    def infer(self) -> Reply:
+        return request(self.port, "POST", "/v2/models/m/infer", BODY, JSON)
+
+    def served_version(self) -> str:
+        reply = self.infer()
+        assert reply.status == 200, reply.body
+        return str(orjson.loads(reply.body)["model_version"])
+
+    def metric(self, name: str) -> float | None:
+        body = request(self.port, "GET", "/metrics").body.decode()
+        for line in body.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+
+def repository(root: Path, versions: int) -> Path:
+    for version in range(1, versions + 1):
+        write_model(root, "m", version, identity("FP32"), 'version_policy = "all"\n' if version == 1 else None)
+    return root
+
+
+def eventually(check: Any, timeout_s: float = 30.0) -> Any:
+    """Poll ``check()`` until it returns something true; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never true: {check}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.kill()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[Gateway]]:
+    """A, B and C share one Redis; C's registry has versions 1 and 2 only (A's and B's also 3)."""
+    full = repository(tmp_path / "models", 3)
+    short = repository(tmp_path / "models-short", 2)
+    gateways = [
+        Gateway(name, repo, tmp_path / name, redis_server.url)
+        for name, repo in (("a", full), ("b", full), ("c", short))
+    ]
+    try:
+        for gateway in gateways:
+            gateway.start()
+        yield gateways
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+
+
+def _replicas(gateway: Gateway) -> dict[str, dict[str, Any]]:
+    doc = orjson.loads(gateway.admin("GET", "/admin/models").body)
+    model = next(m for m in doc["models"] if m["name"] == "m")
+    return {r["replica"]: r for r in model["replicas"]}
+
+
+def test_a_change_through_one_replica_is_served_by_all(fleet: list[Gateway]) -> None:
+    a, b, c = fleet
+    eventually(lambda: len(_replicas(c)) == 3)
+    # Every replica starts on the highest version it has; the fleet's first change sets one for all.
+    reply = a.admin("POST", "/admin/models/m/swap?wait=all", {"version": "1", "actor": "ci"})
+    assert reply.status == 200, reply.body
+    for gateway in fleet:
+        assert gateway.route()["weights"] == {"1": 100}
+        assert gateway.served_version() == "1"
+    reply = a.admin("PUT", "/admin/models/m/route?wait=all", {"weights": {"1": 90, "2": 10}, "actor": "ci"})
+    assert reply.status == 200, reply.body
+    seq = orjson.loads(reply.body)["seq"]
+    replicas = _replicas(b)
+    assert len(replicas) == 3 and all(r["seq"] == seq and r["lagging"] is None for r in replicas.values())
+    assert all(r["versions"] == {"1": "READY", "2": "READY", **({"3": "READY"} if "3" in r["versions"] else {})}
+               for r in replicas.values())  # fmt: skip
+    doc = orjson.loads(b.admin("GET", "/admin/models").body)
+    assert doc["state_store"]["up"] is True and doc["state_store"]["url"].startswith("redis://127.0.0.1:")
+
+    # Convergence: a canary moved through A, seen by B and C (no ?wait): how long until both serve it.
+    delays = []
+    for i in range(60):
+        weights = {"1": 90 - i % 50, "2": 10 + i % 50}
+        started = time.monotonic()
+        reply = a.admin("PUT", "/admin/models/m/route", {"weights": weights, "actor": "ci"})
+        assert reply.status == 200, reply.body
+        seq = orjson.loads(reply.body)["seq"]
+        for gateway in (b, c):
+            eventually(lambda g=gateway, s=seq: g.route()["seq"] == s, timeout_s=30)
+        delays.append(time.monotonic() - started)
+    delays.sort()
+    p99 = delays[int(len(delays) * 0.99) - 1]
+    print(f"fleet convergence over {len(delays)} changes: median {statistics.median(delays) * 1000:.0f} ms, "
+          f"p99 {p99 * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms")  # fmt: skip
+    # The 1 s target is measured here and in docs/operations.md; the bound is generous for a loaded CI.
+    assert p99 < 10
+    assert b.metric("tensorgate_state_store_up") == 1.0
+
+
+def test_concurrent_changes_through_two_replicas_never_lose_an_update(fleet: list[Gateway]) -> None:
+    a, b, _ = fleet
+    assert a.admin("POST", "/admin/models/m/swap?wait=all", {"version": "1"}).status == 200
+    assert a.admin("POST", "/admin/models/m/versions/2/load?wait=all", {}).status == 200
+    conflicts = 0
+    for _ in range(40):
+        barrier = threading.Barrier(2)
+        replies: dict[str, Reply] = {}
+
+        def change(
+            gateway: Gateway, weights: dict[str, int], barrier: threading.Barrier = barrier,
+            replies: dict[str, Reply] = replies,
+        ) -> None:  # fmt: skip
+            barrier.wait()
+            replies[gateway.name] = gateway.admin(
+                "PUT", "/admin/models/m/route", {"weights": weights, "actor": f"pipeline-{gateway.name}"}
+            )
+
+        threads = [
+            threading.Thread(target=change, args=(a, {"1": 70, "2": 30})),
+            threading.Thread(target=change, args=(b, {"1": 40, "2": 60})),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        statuses = sorted(r.status for r in replies.values())
+        assert statuses in ([200, 200], [200, 409]), {k: (r.status, r.body) for k, r in replies.items()}
+        if statuses == [200, 409]:
+            conflicts += 1
+            loser = next(r for r in replies.values() if r.status == 409)
+            assert "changed meanwhile through another replica" in orjson.loads(loser.body)["error"]
+        latest = max(orjson.loads(r.body)["seq"] for r in replies.values() if r.status == 200)
+        eventually(lambda latest=latest: a.route()["seq"] >= latest)  # A has applied B's change too
+        history = orjson.loads(a.admin("GET", "/admin/models/m/history").body)["history"]
+        seqs = [e["seq"] for e in history]
+        assert seqs == sorted(set(seqs)), "a seq appears twice or out of order"
+        for name, reply in replies.items():  # every 200 is in the history, under its own seq
+            if reply.status == 200:
+                route = orjson.loads(reply.body)
+                entry = next(e for e in history if e["seq"] == route["seq"])
+                assert entry["after"]["weights"] == route["weights"] and entry["actor"] == f"pipeline-{name}"
+                assert entry["replica"].endswith(f":{(a if name == 'a' else b).port}")
+        if conflicts >= 3:
+            break
+    assert conflicts, "40 simultaneous pairs and never a 409: the race was never exercised"
+
+
+def test_redis_down_serving_goes_on_admin_503_then_reconciles(fleet: list[Gateway], redis_server: RedisServer) -> None:
+    a, b, c = fleet
+    assert a.admin("POST", "/admin/models/m/swap?wait=all", {"version": "2"}).status == 200
+    errors: list[str] = []
+    served = [0]
+    stop = threading.Event()
+    targets = list(fleet)  # C leaves the load while it restarts
+
+    def load() -> None:
+        while not stop.is_set():
+            for gateway in list(targets):
+                try:
+                    reply = gateway.infer()
+                except OSError as exc:
+                    if gateway in targets:
+                        errors.append(f"{gateway.name}: {exc}")
+                    continue
+                if reply.status != 200 and gateway in targets:  # (not C, drained on purpose)
+                    errors.append(f"{gateway.name}: {reply.status} {reply.body[:200]!r}")
+                served[0] += 1
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        redis_server.kill()
+        for gateway in fleet:
+            eventually(lambda g=gateway: g.metric("tensorgate_state_store_up") == 0.0)
+        reply = b.admin("PUT", "/admin/models/m/route", {"weights": {"1": 100}})
+        assert reply.status == 503, reply.body
+        assert "state store" in orjson.loads(reply.body)["error"] and "unreachable" in orjson.loads(reply.body)["error"]
+        assert reply.headers.get("retry-after")
+        doc = orjson.loads(b.admin("GET", "/admin/models").body)  # reads answer, and say the store is away
+        assert doc["state_store"]["up"] is False
+        assert all(g.route()["weights"] == {"2": 100} for g in fleet)
+
+        # A replica restarted while Redis is down serves the state it last applied, and says so.
+        targets.remove(c)
+        c.stop()
+        c.start()
+        targets.append(c)
+        assert c.route()["weights"] == {"2": 100} and c.served_version() == "2"
+        doc = orjson.loads(c.admin("GET", "/admin/models").body)
+        assert doc["state_store"] == {**doc["state_store"], "up": False, "serving_cached_state": True}
+        assert c.metric("tensorgate_state_store_up") == 0.0
+
+        redis_server.start()
+        for gateway in fleet:
+            eventually(lambda g=gateway: g.metric("tensorgate_state_store_up") == 1.0)
+        eventually(lambda: len(_replicas(a)) == 3)
+        reply = b.admin("PUT", "/admin/models/m/route?wait=all", {"weights": {"1": 50, "2": 50}})
+        assert reply.status == 200, reply.body
+        assert all(g.route()["weights"] == {"1": 50, "2": 50} for g in fleet)
+        assert orjson.loads(c.admin("GET", "/admin/models").body)["state_store"]["serving_cached_state"] is False
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors[:5]
+    assert served[0] > 30
+
+
+def test_a_replica_that_cannot_load_keeps_its_route_and_is_named(fleet: list[Gateway]) -> None:
+    a, b, c = fleet
+    assert a.admin("POST", "/admin/models/m/swap?wait=all", {"version": "2"}).status == 200
+    reply = a.admin("POST", "/admin/models/m/swap?wait=all&timeout=3", {"version": "3"})
+    assert reply.status == 202, reply.body
+    doc = orjson.loads(reply.body)
+    assert [p["replica"] for p in doc["pending"]] == [f"{socket.gethostname()}:{c.port}"]
+    assert "version 3" in doc["pending"][0]["lagging"] and doc["result"]["weights"] == {"3": 100}
+    assert b.route()["weights"] == {"3": 100} and b.served_version() == "3"
+    assert c.route()["weights"] == {"2": 100} and c.served_version() == "2"  # the previous route serves
+    lagging = _replicas(a)[f"{socket.gethostname()}:{c.port}"]["lagging"]
+    assert lagging is not None and "not in the repository" in lagging
+    for bad in ("?wait=some", "?wait=all&timeout=x", "?wait=all&timeout=-1"):
+        reply = a.admin("PUT", f"/admin/models/m/route{bad}", {"weights": {"1": 100}})
+        assert reply.status == 400 and "error" in orjson.loads(reply.body), bad
+    assert a.route()["weights"] == {"3": 100}  # refused before anything changed
+    # Going back to what C has brings the whole fleet together again.
+    reply = b.admin("POST", "/admin/models/m/swap?wait=all", {"version": "2", "actor": "oncall"})
+    assert reply.status == 200, reply.body
+    assert all(g.route()["weights"] == {"2": 100} for g in fleet)
+    assert _replicas(a)[f"{socket.gethostname()}:{c.port}"]["lagging"] is None
+
+
+def test_rollback_and_the_audit_trail_are_fleet_wide(fleet: list[Gateway]) -> None:
+    a, b, c = fleet
+    assert a.admin("POST", "/admin/models/m/swap?wait=all", {"version": "1", "actor": "alice"}).status == 200
+    assert b.admin("POST", "/admin/models/m/swap?wait=all", {"version": "2", "actor": "bob"}).status == 200
+    reply = c.admin("POST", "/admin/models/m/rollback?wait=all", {"actor": "carol", "reason": "bad canary"})
+    assert reply.status == 200, reply.body
+    assert all(g.route()["weights"] == {"1": 100} and g.served_version() == "1" for g in fleet)
+    histories = [orjson.loads(g.admin("GET", "/admin/models/m/history").body)["history"] for g in fleet]
+    assert histories[0] == histories[1] == histories[2]
+    host = socket.gethostname()
+    trail = [(e["action"], e["actor"], e["replica"]) for e in histories[0] if e["action"] in ("swap", "rollback")]
+    assert trail == [
+        ("swap", "alice", f"{host}:{a.port}"),
+        ("swap", "bob", f"{host}:{b.port}"),
+        ("rollback", "carol", f"{host}:{c.port}"),
+    ]
+    # The standby (the version kept for rollback) is the fleet's: B sees 2 as the standby C's rollback left.
+    model = next(m for m in orjson.loads(b.admin("GET", "/admin/models").body)["models"] if m["name"] == "m")
+    assert model["standby"] == "2"
