@@ -463,3 +463,29 @@ def test_every_metric_the_dashboard_queries_exists(exposed: set[str]) -> None:
         if name not in exposed and re.sub(r"_(bucket|sum|count|total)$", "", name) not in families
     ]
     assert not missing, missing
+
+
+def test_the_fleet_overlay_runs_three_replicas_on_the_store_url_from_a_secret(tmp_path: Path) -> None:
+    overlay = yaml.safe_load((DEPLOY / "kubernetes-fleet" / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../kubernetes"]
+    (patch,) = overlay["patches"]
+    assert patch["target"] == {"kind": "StatefulSet", "name": "tensorgate"}
+    statefulset = one("StatefulSet")
+    for op in yaml.safe_load(patch["patch"]):  # the JSON patch, applied as kustomize does
+        *parents, last = op["path"].strip("/").split("/")
+        node: Any = statefulset
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if op["op"] == "add" and last == "-":
+            node.append(op["value"])
+        else:
+            assert op["op"] == "replace" and last in node, op
+            node[last] = op["value"]
+    assert statefulset["spec"]["replicas"] == 3
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    reference = env["TENSORGATE_STATE_STORE"]["valueFrom"]["secretKeyRef"]
+    assert reference == {"name": "tensorgate-state-store", "key": "url"}
+    assert "state_store" not in one("ConfigMap")["data"]["tensorgate.toml"]  # the password stays in the Secret
+    settings = load_settings(environ={"TENSORGATE_STATE_STORE": "rediss://:secret@redis:6380/0"})
+    assert settings.state_store == "rediss://:secret@redis:6380/0"
