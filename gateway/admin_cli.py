@@ -71,9 +71,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, changes: bool, help_text: str, **kw: Any
     ) -> argparse.ArgumentParser:
         full = name if parent is commands else f"route {name}"
-        return parent.add_parser(
-            name, parents=[audit if changes else url], help=help_text, epilog=_epilog(full), formatter_class=text, **kw
-        )
+        parents = [changing if changes else url]
+        epilog = _epilog(full)
+        return parent.add_parser(name, parents=parents, help=help_text, epilog=epilog, formatter_class=text, **kw)
+
+    # --wait (fleet mode, docs/operations.md): answer once every live replica applied the change.
+    changing = argparse.ArgumentParser(add_help=False, parents=[audit])
+    changing.add_argument("--wait", action="store_true",
+                          help="wait until every live replica applied it (exit 2 naming those pending)")  # fmt: skip
+    changing.add_argument("--wait-timeout", type=float, default=30.0, metavar="S",
+                          help="how long --wait waits, in seconds (default 30)")  # fmt: skip
 
     command(commands, "models", False, "list models, versions and routes").set_defaults(run=_models)
     for verb in ("load", "unload"):
@@ -134,10 +141,16 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
             payload["reason"] = args.reason
         data = json.dumps(payload).encode()
     url = args.url.rstrip("/") + path
+    if method != "GET" and getattr(args, "wait", False):
+        url += f"?wait=all&timeout={args.wait_timeout:g}"
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
-            return json.loads(response.read() or b"{}")
+            doc = json.loads(response.read() or b"{}")
+            if response.status == 202:  # saved, but not every live replica applied it in time
+                print(f"tensorgate: {doc.get('message', 'not applied by every replica yet')}", file=sys.stderr)
+                return Outcome(doc, 2)
+            return doc
     except urllib.error.HTTPError as exc:
         try:
             message = json.loads(exc.read()).get("error", exc.reason)

@@ -349,9 +349,17 @@ def test_a_replica_that_cannot_load_keeps_its_route_and_is_named(fleet: list[Gat
         reply = a.admin("PUT", f"/admin/models/m/route{bad}", {"weights": {"1": 100}})
         assert reply.status == 400 and "error" in orjson.loads(reply.body), bad
     assert a.route()["weights"] == {"3": 100}  # refused before anything changed
+    # The CLI's --wait: exit 2, naming the replica still pending.
+    command = [sys.executable, "-m", "gateway", "swap", "m", "3", "--wait", "--wait-timeout", "2",
+               "--url", f"http://127.0.0.1:{a.port}"]  # fmt: skip
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TENSORGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert f"{socket.gethostname()}:{c.port}" in done.stderr and orjson.loads(done.stdout)["pending"]
     # Going back to what C has brings the whole fleet together again.
-    reply = b.admin("POST", "/admin/models/m/swap?wait=all", {"version": "2", "actor": "oncall"})
-    assert reply.status == 200, reply.body
+    command[5] = "2"
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
     assert all(g.route()["weights"] == {"2": 100} for g in fleet)
     assert _replicas(a)[f"{socket.gethostname()}:{c.port}"]["lagging"] is None
 
