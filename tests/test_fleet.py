@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -134,7 +135,7 @@ class Gateway:
 
 def repository(root: Path, versions: int) -> Path:
     for version in range(1, versions + 1):
-        write_model(root, "m", version, identity("FP32"), 'version_policy = "all"\n' if version == 1 else None)
+        write_model(root, "m", version, identity("FP32"))  # each replica starts with its highest version only
     return root
 
 
@@ -163,7 +164,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def fleet(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[Gateway]]:
-    """A, B and C share one Redis; C's registry has versions 1 and 2 only (A's and B's also 3)."""
+    """A, B and C share one Redis; C's registry has versions 1 and 2 only (A's and B's also 3).
+
+    Each starts serving (and loading) only its highest version: the others load what the
+    fleet's changes name themselves.
+    """
     full = repository(tmp_path / "models", 3)
     short = repository(tmp_path / "models-short", 2)
     gateways = [
@@ -194,6 +199,10 @@ def test_a_change_through_one_replica_is_served_by_all(fleet: list[Gateway]) -> 
     for gateway in fleet:
         assert gateway.route()["weights"] == {"1": 100}
         assert gateway.served_version() == "1"
+    # A load through A is a load intent: B (which started with version 3 only) loads 2 as well.
+    reply = a.admin("POST", "/admin/models/m/versions/2/load?wait=all", {"actor": "ci"})
+    assert reply.status == 200, reply.body
+    assert _replicas(c)[f"{socket.gethostname()}:{b.port}"]["versions"]["2"] == "READY"
     reply = a.admin("PUT", "/admin/models/m/route?wait=all", {"weights": {"1": 90, "2": 10}, "actor": "ci"})
     assert reply.status == 200, reply.body
     seq = orjson.loads(reply.body)["seq"]
@@ -322,9 +331,9 @@ def test_redis_down_serving_goes_on_admin_503_then_reconciles(fleet: list[Gatewa
         for gateway in fleet:
             eventually(lambda g=gateway: g.metric("tensorgate_state_store_up") == 1.0)
         eventually(lambda: len(_replicas(a)) == 3)
-        reply = b.admin("PUT", "/admin/models/m/route?wait=all", {"weights": {"1": 50, "2": 50}})
+        reply = b.admin("POST", "/admin/models/m/swap?wait=all", {"version": "1"})
         assert reply.status == 200, reply.body
-        assert all(g.route()["weights"] == {"1": 50, "2": 50} for g in fleet)
+        assert all(g.route()["weights"] == {"1": 100} for g in fleet)
         assert orjson.loads(c.admin("GET", "/admin/models").body)["state_store"]["serving_cached_state"] is False
     finally:
         stop.set()
@@ -383,3 +392,49 @@ def test_rollback_and_the_audit_trail_are_fleet_wide(fleet: list[Gateway]) -> No
     # The standby (the version kept for rollback) is the fleet's: B sees 2 as the standby C's rollback left.
     model = next(m for m in orjson.loads(b.admin("GET", "/admin/models").body)["models"] if m["name"] == "m")
     assert model["standby"] == "2"
+
+
+def test_compare_and_set_in_redis(redis_server: RedisServer) -> None:
+    """The store's own contract: a change based on an old seq is refused, naming the seq it holds."""
+    from gateway.release.store import ModelRecord
+    from gateway.state.redis_store import RedisState, redact
+    from routing.route import Route
+
+    def entry(seq: int, actor: str) -> dict[str, Any]:
+        return {"seq": seq, "actor": actor, "action": "route", "before": None, "after": {"weights": {"1": 100}}}
+
+    async def scenario() -> None:
+        state = RedisState(redis_server.url)
+        try:
+            local = [entry(1, "earlier"), entry(2, "earlier"), entry(3, "first")]
+            first = ModelRecord(Route({1: 100}, 3), local)
+            # A model the store never saw takes its first change with the replica's earlier history.
+            assert await state.commit("m", 2, first, local[-1], [1], seed=True) is None
+            second = ModelRecord(Route({1: 100}, 4), [*local, entry(4, "winner")])
+            assert await state.commit("m", 3, second, second.history[-1], [1]) is None
+            late = ModelRecord(Route({1: 100}, 4), [*local, entry(4, "loser")])
+            assert await state.commit("m", 3, late, late.history[-1], [1]) == 4  # refused: the store is at 4
+            stored = await state.model("m")
+            assert stored is not None and stored.loaded == frozenset({1})
+            assert [e["actor"] for e in stored.record.history] == ["earlier", "earlier", "first", "winner"]
+            assert await state.seqs() == {"m": 4}
+        finally:
+            await state.close()
+
+    asyncio.run(scenario())
+    assert redact("rediss://:s3cret@redis:6380/0") == "rediss://:***@redis:6380/0"
+    assert redact("redis://user:s3cret@redis/1") == "redis://user:***@redis/1"
+    assert redact("redis://redis:6379/0") == "redis://redis:6379/0"
+
+
+def test_without_a_store_wait_all_answers_at_once_and_the_metric_is_1(tmp_path: Path) -> None:
+    from tests.server import admin, serve
+
+    with serve(repository(tmp_path / "models", 2)) as server:
+        reply = admin(server, "POST", "/admin/models/m/swap?wait=all", {"version": "1"})
+        assert reply.status == 200 and orjson.loads(reply.body)["weights"] == {"1": 100}
+        assert admin(server, "POST", "/admin/models/m/swap?wait=soon", {"version": "2"}).status == 400
+        doc = orjson.loads(admin(server, "GET", "/admin/models").body)
+        assert "state_store" not in doc and "replicas" not in doc["models"][0]
+        metrics = request(server.port, "GET", "/metrics").body.decode()
+        assert "\ntensorgate_state_store_up 1.0\n" in metrics

@@ -28,7 +28,7 @@ from gateway.models import ModelManager
 from gateway.release.controller import ReleaseController
 from gateway.release.store import ModelRecord
 from gateway.state import StoredModel
-from gateway.state.redis_store import CHANNEL, STORE_ERRORS, RedisState, redact
+from gateway.state.redis_store import CHANNEL, PREFIX, STORE_ERRORS, RedisState, redact
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Fleet:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         try:
-            await asyncio.wait_for(self._redis.client.delete("tensorgate:replica:" + self.replica), 1.0)
+            await asyncio.wait_for(self._redis.client.delete(PREFIX + "replica:" + self.replica), 1.0)
         except (TimeoutError, *STORE_ERRORS):
             pass
         await self._redis.close()
