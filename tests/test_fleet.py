@@ -283,7 +283,6 @@ def test_concurrent_changes_through_two_replicas_never_lose_an_update(fleet: lis
 
 def test_redis_down_serving_goes_on_admin_503_then_reconciles(fleet: list[Gateway], redis_server: RedisServer) -> None:
     a, b, c = fleet
-    assert a.admin("POST", "/admin/models/m/swap?wait=all", {"version": "2"}).status == 200
     errors: list[str] = []
     served = [0]
     stop = threading.Event()
@@ -305,6 +304,9 @@ def test_redis_down_serving_goes_on_admin_503_then_reconciles(fleet: list[Gatewa
     thread = threading.Thread(target=load)
     thread.start()
     try:
+        # A swap with ?wait=all under load: every replica loads version 2 and moves, no request fails.
+        assert a.admin("POST", "/admin/models/m/swap?wait=all", {"version": "1"}).status == 200
+        assert a.admin("POST", "/admin/models/m/swap?wait=all", {"version": "2"}).status == 200
         time.sleep(0.5)
         redis_server.kill()
         for gateway in fleet:
