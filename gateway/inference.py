@@ -16,7 +16,7 @@ import numpy as np
 from gateway.batching.queue import ClientWatch
 from gateway.errors import BadGateway, BadRequest, DeadlineExceeded, GatewayError, InternalError, Unavailable
 from gateway.exchange import Exchange
-from gateway.models import Model, ModelManager, ModelVersion, no_servable_version
+from gateway.models import Model, ModelManager, ModelVersion, VersionState, no_servable_version
 from gateway.protocol.codec import InferRequest, decode_request, encode_response
 from gateway.registry.names import parse_version
 from gateway.release.shadow import ShadowRunner
@@ -129,7 +129,9 @@ class InferenceService:
         if pinned is None and model.route is None:
             raise Unavailable(no_servable_version(model))
         decision = self._router.choose(model.route, None if client is None else client.header, pinned)
-        mv = self._manager.servable(model, decision.version)
+        mv = model.versions.get(decision.version)
+        if mv is None or mv.state is not VersionState.READY:
+            mv = self._manager.servable(model, decision.version)  # raises the 404 or 503
         role = decision.role
         if exchange is not None:
             exchange.model, exchange.version, exchange.role, exchange.served = model_name, mv.label, role, mv
