@@ -16,6 +16,11 @@ requests, measured side by side rather than in two runs on a noisy machine.
 
     python loadtests/baseline.py --duration 5 --rounds 3 --before HEAD~3
 
+``--state-store URL`` adds the gateway in fleet mode (``redis://...``, a Redis you started) to
+the same rounds: fleet mode must cost nothing on the request path (docs/operations.md).
+
+    python loadtests/baseline.py --duration 5 --rounds 3 --state-store redis://127.0.0.1:6379/0
+
 Needs ``wrk`` (Debian: ``apt-get install wrk``). Prints a Markdown table.
 """
 
@@ -61,6 +66,7 @@ def main() -> None:
         metavar="REF",
         help="also run the gateway as of this git commit (e.g. HEAD~3), alternating with the others",
     )
+    parser.add_argument("--state-store", metavar="URL", help="also run the gateway with this state_store (fleet mode)")
     args = parser.parse_args()
     require_wrk()
     workdir = Path(tempfile.mkdtemp(prefix="tensorgate-bench-"))
@@ -75,11 +81,13 @@ def main() -> None:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
 
-    def gateway(port: int, name: str, cwd: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    def gateway(
+        port: int, name: str, cwd: Path | None = None, extra: tuple[str, ...] = ()
+    ) -> tuple[subprocess.Popen[bytes], str]:
         command = [
             *pin, sys.executable, "-m", "gateway", "serve", "--repository", str(MODELS), "--port", str(port),
             "--log-level", "warning", "--state-dir", str(workdir / name / "state"),
-            "--log-dir", str(workdir / name / "log"), "--predlog" if args.predlog else "--no-predlog",
+            "--log-dir", str(workdir / name / "log"), "--predlog" if args.predlog else "--no-predlog", *extra,
         ]  # fmt: skip
         # From another tree, that tree's packages: the current directory comes first on sys.path.
         env = None if cwd is None else dict(os.environ, PYTHONPATH=str(cwd))
@@ -96,8 +104,10 @@ def main() -> None:
     }
     if tree is not None:
         servers = {"bare": servers["bare"], "before": gateway(free_port(), "before", tree), **servers}
+    if args.state_store:
+        servers["fleet"] = gateway(free_port(), "fleet", extra=("--state-store", args.state_store))
     try:
-        for name in ("gateway", "before"):
+        for name in ("gateway", "before", "fleet"):
             if name in servers:
                 wait_ready(servers[name][1] + "/v2/health/ready")
         for _, url in servers.values():
@@ -148,6 +158,9 @@ def main() -> None:
     if "before" in samples:
         print(f"\nThe same runs against the gateway as of {args.before}:\n")
         print_ratio_table(samples, "before", "server")
+    if "fleet" in samples:
+        print("\nThe same runs against the gateway in fleet mode (state_store):\n")
+        print_ratio_table(samples, "gateway", "server")
     print("\nServer CPU time per request (us, median of the rounds):\n")
     print("| concurrency | " + " | ".join(servers) + " |")
     print("|---" * (len(servers) + 1) + "|")
