@@ -88,6 +88,7 @@ def check_startup(settings: Settings, environ: dict[str, str] | None = None) -> 
     """
     from gateway.api.app import PREDLOG_KEY_FILE
     from gateway.auth import SecretError, hash_key, provision_token
+    from gateway.state.redis_store import read_secret
 
     if settings.registry_kind == "local" and not settings.allow_empty:
         _check_repository(settings.repository)
@@ -96,6 +97,8 @@ def check_startup(settings: Settings, environ: dict[str, str] | None = None) -> 
         provision_token(dict(os.environ) if environ is None else environ, settings.admin_token_file, settings.state_dir)
         if settings.predlog:  # its hash key lives beside the token, and is as checked
             hash_key(settings.state_dir / PREDLOG_KEY_FILE)
+        if settings.state_store_password_file is not None:
+            read_secret(settings.state_store_password_file)
     except SecretError as exc:  # a short token, an unreadable token file, a bad hash key
         raise ConfigError(str(exc)) from None
     except OSError as exc:

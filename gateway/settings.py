@@ -71,6 +71,7 @@ class Settings:
     registry_artifact_allow: str = ""
     console: bool = True
     state_store: str = ""
+    state_store_password_file: Path | None = None
 
 
 #: One line per setting: the flag's help, and docs/configuration.md's description.
@@ -125,6 +126,7 @@ _HELP = {
     "console": "serve the operator console at /console (on admin_port when that is set; docs/console.md)",
     "state_store": "routes, history and load intents shared by a fleet: redis://[:password@]host:6379/0 "
     "(rediss:// for TLS); empty: state_dir, one replica (docs/operations.md)",
+    "state_store_password_file": "a file holding the state store's password (when the URL has none)",
 }
 
 

@@ -38,7 +38,8 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server process on a loopback port, with an append-only file so a restart keeps the data."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
+        self.password = password
         binary = shutil.which("redis-server")
         if binary is None:
             server_unavailable("redis-server is not installed (scripts/setup-redis)")
@@ -52,7 +53,8 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.directory), "--protected-mode", "no"],
+             "--appendfsync", "always", "--dir", str(self.directory), "--protected-mode", "no",
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 20
@@ -60,7 +62,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
+                    if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass
@@ -77,7 +79,8 @@ class RedisServer:
 class Gateway:
     """``tensorgate serve --state-store redis://...`` as a process of its own."""
 
-    def __init__(self, name: str, repository: Path, state: Path, store: str) -> None:
+    def __init__(self, name: str, repository: Path, state: Path, store: str, *extra: str) -> None:
+        self.extra = extra
         self.name = name
         self.repository = repository
         self.state = state
@@ -92,7 +95,8 @@ class Gateway:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "serve", "--repository", str(self.repository),
                  "--port", str(self.port), "--state-dir", str(self.state),
-                 "--log-dir", str(self.state.parent / f"{self.name}-log"), "--state-store", self.store, "--no-predlog"],
+                 "--log-dir", str(self.state.parent / f"{self.name}-log"), "--state-store", self.store, "--no-predlog",
+                 *self.extra],
                 cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TENSORGATE_ADMIN_TOKEN": ADMIN_TOKEN,
                      "TENSORGATE_GRPC_PORT": "0", "TENSORGATE_LOG_LEVEL": "info"},
@@ -440,3 +444,41 @@ def test_without_a_store_wait_all_answers_at_once_and_the_metric_is_1(tmp_path: 
         assert "state_store" not in doc and "replicas" not in doc["models"][0]
         metrics = request(server.port, "GET", "/metrics").body.decode()
         assert "\ntensorgate_state_store_up 1.0\n" in metrics
+
+
+def test_the_store_password_from_a_file(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis", password="s3cret-pass")
+    server.start()
+    try:
+        (tmp_path / "password").write_text("s3cret-pass\n")
+        gateway = Gateway(
+            "a", repository(tmp_path / "models", 2), tmp_path / "a", server.url,
+            "--state-store-password-file", str(tmp_path / "password"),
+        )  # fmt: skip
+        gateway.start()
+        try:
+            reply = gateway.admin("POST", "/admin/models/m/swap?wait=all", {"version": "1"})
+            assert reply.status == 200, reply.body
+            assert gateway.metric("tensorgate_state_store_up") == 1.0
+        finally:
+            gateway.stop()
+        # The wrong password: the gateway serves, and every change says the store is unreachable.
+        (tmp_path / "password").write_text("wrong")
+        gateway.start()
+        try:
+            reply = gateway.admin("POST", "/admin/models/m/swap", {"version": "2"})
+            assert reply.status == 503 and "state store" in orjson.loads(reply.body)["error"], reply.body
+            assert "s3cret" not in reply.body.decode() and gateway.served_version() == "1"
+        finally:
+            gateway.stop()
+        (tmp_path / "password").write_text("  \n")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TENSORGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--repository", str(tmp_path / "models"),
+             "--state-dir", str(tmp_path / "a"), "--state-store", server.url,
+             "--state-store-password-file", str(tmp_path / "password")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2 and "state_store_password_file" in done.stderr and "empty" in done.stderr
+    finally:
+        server.kill()

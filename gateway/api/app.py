@@ -48,6 +48,7 @@ from gateway.rollouts.figures import Figures
 from gateway.rollouts.runner import rollout_manager
 from gateway.settings import Settings, registry_names
 from gateway.state.fleet import Fleet, StoreUpCollector
+from gateway.state.redis_store import read_secret
 from gateway.telemetry.collector import GatewayCollector
 from gateway.telemetry.logs import AccessLog
 from gateway.telemetry.requests import RequestMetrics
@@ -176,7 +177,9 @@ def create_app(
         records = await asyncio.to_thread(store.load)
         fleet = None
         if settings.state_store:  # fleet mode: the shared store's state, else the local copy (docs/operations.md)
-            fleet = Fleet(settings.state_store, f"{socket.gethostname()}:{settings.port}")
+            password_file = settings.state_store_password_file
+            password = await asyncio.to_thread(read_secret, password_file) if password_file else None
+            fleet = Fleet(settings.state_store, f"{socket.gethostname()}:{settings.port}", password=password)
             records = await fleet.open(records)
             store_up.fleet = fleet
         token = await asyncio.to_thread(

@@ -49,10 +49,11 @@ class Fleet:
         reconcile_s: float = 2.0,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        password: str | None = None,
     ) -> None:
         self.replica = replica
         self.url = redact(url)
-        self._redis = RedisState(url)
+        self._redis = RedisState(url, password=password)
         self._heartbeat_s = heartbeat_s
         self._ttl_s = ttl_s
         self._reconcile_s = reconcile_s

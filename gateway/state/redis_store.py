@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,6 +20,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.auth import SecretError
 from gateway.release.store import HISTORY_LIMIT, ModelRecord, parse_record
 from gateway.state import StoredModel
 
@@ -71,11 +73,12 @@ def redact(url: str) -> str:
 class RedisState:
     """Async calls on the fleet's keys; every call raises one of ``STORE_ERRORS`` when Redis is away."""
 
-    def __init__(self, url: str, *, timeout_s: float = 2.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 2.0, password: str | None = None) -> None:
         self.url = url
         # Short socket timeouts: a partitioned Redis must turn into a 503 quickly, never a hung admin call.
+        # A password in the URL wins over ``password`` (state_store_password_file).
         self.client: aioredis.Redis = aioredis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0, password=password
         )
         self._commit = self.client.register_script(_COMMIT)
 
@@ -166,3 +169,14 @@ class RedisState:
         raws = await self.client.mget(keys)
         reports = [orjson.loads(raw) for raw in raws if raw is not None]
         return sorted(reports, key=lambda r: str(r.get("replica")))
+
+
+def read_secret(path: Path) -> str:
+    """The state store's password from ``path`` (blocking); SecretError when unreadable or empty."""
+    try:
+        secret = path.read_text("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SecretError(f"state_store_password_file: cannot read {path}: {exc}") from None
+    if not secret:
+        raise SecretError(f"state_store_password_file: {path} is empty")
+    return secret
