@@ -482,3 +482,41 @@ def test_the_store_password_from_a_file(tmp_path: Path) -> None:
         assert done.returncode == 2 and "state_store_password_file" in done.stderr and "empty" in done.stderr
     finally:
         server.kill()
+
+
+def test_alias_moves_are_followed_once_for_the_fleet(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Two replicas follow one alias: one of them swaps, the other sees it in the shared history."""
+    from gateway.registry.local import LocalRegistry
+    from tests.server import admin, serve
+
+    root = repository(tmp_path / "models", 2)
+    (root / "m" / "config.toml").write_text('[mlflow]\nfollow = "champion"\n')
+    aliases = {"champion": 1}
+
+    class AliasRegistry(LocalRegistry):
+        def default_version(self, model: str) -> int | None:
+            return aliases["champion"]
+
+        def aliases(self, model: str) -> dict[str, int]:
+            return dict(aliases)
+
+    # B polls rarely: its next poll comes after A acted on the move and a person rolled back.
+    with (
+        serve(root, registry=AliasRegistry(root), state_store=redis_server.url, registry_poll_s=0.1) as a,
+        serve(root, registry=AliasRegistry(root), state_store=redis_server.url, registry_poll_s=4.0) as b,
+    ):
+        aliases["champion"] = 2
+        for server in (a, b):
+            eventually(
+                lambda s=server: orjson.loads(admin(s, "GET", "/admin/models/m/route").body)["weights"] == {"2": 100}
+            )
+        history = orjson.loads(admin(a, "GET", "/admin/models/m/history").body)["history"]
+        assert [e["alias_version"] for e in history if e["actor"] == "mlflow-alias"] == ["2"]
+        # A person's rollback stands on every replica until the alias moves again.
+        reply = admin(b, "POST", "/admin/models/m/rollback?wait=all", {"actor": "oncall"})
+        assert reply.status == 200, reply.body
+        time.sleep(5)  # many polls of A's follower, at least one of B's
+        for server in (a, b):
+            assert orjson.loads(admin(server, "GET", "/admin/models/m/route").body)["weights"] == {"1": 100}
+        history = orjson.loads(admin(b, "GET", "/admin/models/m/history").body)["history"]
+        assert [e["actor"] for e in history if e["action"] in ("swap", "rollback")] == ["mlflow-alias", "oncall"]

@@ -76,6 +76,12 @@ class ReleaseController:
                     )
             yield
 
+    async def refresh(self, name: str) -> None:
+        """In a fleet: apply the fleet's latest change of ``name`` here now (503 when the store is away)."""
+        if self._shared is not None:
+            async with self._changing(name):
+                pass
+
     def seq(self, name: str) -> int:
         """The seq of the model's latest change applied here (0: none)."""
         record = self._records.get(name)

@@ -33,6 +33,8 @@ class AliasFollower:
         self._task: asyncio.Task[None] | None = None
         #: (model, alias) -> the version last acted on (or seen in sync).
         self._seen: dict[tuple[str, str], int | None] = {}
+        #: (model, alias) -> the seq of the latest history entry of a move acted on, when last read.
+        self._acted_seq: dict[tuple[str, str], int] = {}
 
     def start(self) -> None:
         """Begin polling once the initial loads are done."""
@@ -66,6 +68,8 @@ class AliasFollower:
                 log.warning("model %r: cannot read its aliases: %s", model.name, exc)
                 continue
             try:
+                # In a fleet, first what another replica may have done about this move (it is in the history).
+                await self._controller.refresh(model.name)
                 if follow:
                     await self._follow(model, follow, aliases.get(follow))
                 if canary:
@@ -75,19 +79,22 @@ class AliasFollower:
             except Exception:  # one model's failure must not stop the others
                 log.exception("model %r: following its aliases failed", model.name)
 
-    def _last_acted(self, model: Model, alias: str) -> int | None:
-        """The version this alias last moved to, as the history recorded it (None: never)."""
+    def _last_acted(self, model: Model, alias: str) -> tuple[int | None, int]:
+        """The version this alias last moved to, as the history recorded it, and that entry's seq (None, 0: never)."""
         for entry in reversed(self._controller.history(model.name)):
             if entry.get("actor") == ACTOR and entry.get("alias") == alias:
-                return int(entry["alias_version"])
-        return None
+                return int(entry["alias_version"]), int(entry["seq"])
+        return None, 0
 
     def _moved(self, model: Model, alias: str, version: int, in_sync: bool) -> bool:
         """Whether the alias points somewhere it has not been acted on (or seen in sync) yet."""
         key = (model.name, alias)
-        if key not in self._seen:
-            acted = self._last_acted(model, alias)
+        acted, seq = self._last_acted(model, alias)
+        # First look, or a move acted on since by another replica of the fleet (the history is shared):
+        # the history says where the alias was last followed to.
+        if key not in self._seen or seq > self._acted_seq.get(key, 0):
             self._seen[key] = acted if acted is not None else (version if in_sync else None)
+            self._acted_seq[key] = seq
         return self._seen[key] != version
 
     def _done(self, model: Model, alias: str, version: int) -> None:
