@@ -47,6 +47,7 @@ from gateway.release.store import StateStore
 from gateway.rollouts.figures import Figures
 from gateway.rollouts.runner import rollout_manager
 from gateway.settings import Settings, registry_names
+from gateway.state.controller import FleetController
 from gateway.state.fleet import Fleet, StoreUpCollector
 from gateway.state.redis_store import read_secret
 from gateway.telemetry.collector import GatewayCollector
@@ -210,7 +211,11 @@ def create_app(
             predlog.add_observer(drift.observe)
             drift.start()
         collector.attach(manager, shadows, predlog, drift)
-        controller = ReleaseController(manager, store, records, shadows=shadows, shared=fleet)
+        controller = (
+            ReleaseController(manager, store, records, shadows=shadows)
+            if fleet is None
+            else FleetController(manager, store, records, fleet, shadows=shadows)
+        )
         admin.attach(controller, fleet)
         auth.set_token(token)
         if grpc is not None:
@@ -218,7 +223,7 @@ def create_app(
         manager.start()
         follower = AliasFollower(manager, controller, settings.registry_poll_s)
         follower.start()  # idle unless a model's [mlflow] table follows an alias
-        if fleet is not None:
+        if fleet is not None and isinstance(controller, FleetController):
             fleet.start(controller, manager)
         # Metric-gated rollouts (docs/rollouts.md): one task per running rollout, owned here.
         figures = Figures(request_metrics, lambda: shadows.stats, drift.psi if drift is not None else None)

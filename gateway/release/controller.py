@@ -18,12 +18,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from gateway.errors import BadRequest, Conflict, GatewayError, LoadFailed, LoadTimedOut, NotFound, StoreFailed
+from gateway.errors import BadRequest, Conflict, LoadFailed, LoadTimedOut, NotFound, StoreFailed
 from gateway.metadata import version_status
 from gateway.models import Model, ModelManager, ModelVersion, VersionState
 from gateway.release.shadow import ShadowRunner
 from gateway.release.store import ModelRecord, StateStore
-from gateway.state import SharedState, StoredModel
 from routing.route import Route, RouteError
 
 log = logging.getLogger(__name__)
@@ -40,11 +39,8 @@ class ReleaseController:
         *,
         shadows: ShadowRunner | None = None,
         wall_clock: Callable[[], float] = time.time,
-        shared: SharedState | None = None,
     ) -> None:
         self._manager = manager
-        #: The fleet's store (docs/operations.md); None: this replica's state directory is the store.
-        self._shared = shared
         self._shadows = shadows
         self._store = store
         self._records = records
@@ -63,77 +59,24 @@ class ReleaseController:
 
     @asynccontextmanager
     async def _changing(self, name: str) -> AsyncIterator[None]:
-        """The model's lock; in a fleet, first the fleet's latest change of it, applied here."""
+        """The model's lock, held by every change (gateway.state.controller adds the fleet's latest change)."""
         async with self._lock(name):
-            if self._shared is not None:
-                stored = await self._shared.fetch(name)
-                failure = await self._adopt(name, stored) if stored is not None else None
-                if failure is not None:
-                    raise Conflict(
-                        f"replica {self._shared.replica} cannot apply the fleet's change of model {name!r} yet"
-                        f" ({failure}); it keeps serving its previous route: send the call to another replica"
-                        " or fix the version"
-                    )
             yield
 
     async def refresh(self, name: str) -> None:
-        """In a fleet: apply the fleet's latest change of ``name`` here now (503 when the store is away)."""
-        if self._shared is not None:
-            async with self._changing(name):
-                pass
+        """Apply changes of ``name`` made elsewhere: nothing to do for one replica, whose state is its own."""
 
     def seq(self, name: str) -> int:
         """The seq of the model's latest change applied here (0: none)."""
         record = self._records.get(name)
         return record.seq if record is not None else 0
 
-    async def converge(self, name: str, stored: StoredModel) -> str | None:
-        """Apply a change another replica saved: load what it names, then route; why not, if it cannot."""
-        async with self._lock(name):
-            return await self._adopt(name, stored)
+    async def _persist(self, name: str, record: ModelRecord, entry: dict[str, Any]) -> None:
+        """Save the model's new record (blocking writes in a thread); OSError when it cannot be written."""
+        await asyncio.to_thread(self._store.save, {**self._records, name: record})
 
-    async def _adopt(self, name: str, stored: StoredModel) -> str | None:
-        record = stored.record
-        current = self._records.get(name)
-        if current is not None and current.seq >= record.seq:
-            return None
-        try:
-            model = await self._manager.discover(name)
-        except GatewayError as exc:
-            return exc.message
-        # The route's versions must be READY here first: until then the previous route keeps serving.
-        for version in sorted(record.route.versions):
-            mv = model.versions.get(version)
-            if mv is None or mv.state is not VersionState.READY:
-                try:
-                    await self._load_ready(model, version)
-                except GatewayError as exc:
-                    return exc.message
-        for version in sorted(stored.loaded - record.route.versions):  # load intents: best effort
-            if version not in model.versions:
-                try:
-                    await self._load_ready(model, version)
-                except GatewayError as exc:
-                    log.warning(
-                        "model %r: the fleet asked for version %d, which cannot load here: %s", name, version, exc
-                    )
-        self._records[name] = record
-        try:  # the local copy a restart serves when the fleet's store is away
-            await asyncio.to_thread(self._store.save, self._records)
-        except OSError as exc:
-            log.error("model %r: the local copy of the fleet's state could not be saved: %s", name, exc)
-        before = model.route
-        if before is None or before.to_json() != record.route.to_json():
-            self._manager.set_route(model, record.route)
-            log.info("model %r: applied the fleet's change %d: %s", name, record.seq, record.route.to_json())
-            entry = record.history[-1] if record.history else None
-            if entry is not None and entry.get("before") != entry.get("after"):
-                self._notify(name, entry)
-        elif before.seq != record.route.seq:
-            self._manager.set_route(model, record.route)
-        assert self._shared is not None
-        self._shared.applied(name)
-        return None
+    def _applied(self, name: str) -> None:
+        """Called once a change of ``name`` is saved and applied here (a fleet reports it)."""
 
     def _notify(self, name: str, entry: dict[str, Any]) -> None:
         for listener in self._route_listeners:
@@ -429,12 +372,7 @@ class ReleaseController:
             current = self._records.get(model.name)
             record = ModelRecord(after, [*(current.history if current is not None else ()), entry])
             try:
-                if self._shared is not None:  # compare-and-set on the seq this change was based on
-                    entry["replica"] = self._shared.replica
-                    await self._shared.commit(model.name, int(entry["seq"]) - 1, record, entry)
-                    await self._save_cache({**self._records, model.name: record})
-                else:
-                    await asyncio.to_thread(self._store.save, {**self._records, model.name: record})
+                await self._persist(model.name, record, entry)
             except OSError as exc:
                 log.error(
                     "model %r: %s not applied, the state could not be saved: %s", model.name, entry["action"], exc
@@ -445,23 +383,11 @@ class ReleaseController:
                     retry_after_s=5,
                 ) from None
             self._records[model.name] = record
-            if self._shared is not None:
-                self._shared.applied(model.name)
+            self._applied(model.name)
             if after is not model.route:
                 self._manager.set_route(model, after)
                 if entry["before"] != entry["after"]:
-                    for listener in self._route_listeners:
-                        try:
-                            listener(model.name, entry)
-                        except Exception:  # the change is saved and applied: a listener's bug must not undo that
-                            log.exception("model %r: a route listener failed", model.name)
-
-    async def _save_cache(self, records: dict[str, ModelRecord]) -> None:
-        """In a fleet: the local copy of the shared state, for a start while the store is away."""
-        try:
-            await asyncio.to_thread(self._store.save, records)
-        except OSError as exc:  # saved in the fleet's store: the change stands
-            log.error("the local copy of the fleet's state could not be saved: %s", exc)
+                    self._notify(model.name, entry)
 
 
 #: What the audit history keeps of each version's provenance (the metadata has all of it).

@@ -25,9 +25,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway.errors import Conflict, StoreFailed
 from gateway.models import ModelManager
-from gateway.release.controller import ReleaseController
 from gateway.release.store import ModelRecord
 from gateway.state import StoredModel
+from gateway.state.controller import FleetController
 from gateway.state.redis_store import CHANNEL, PREFIX, STORE_ERRORS, RedisState, redact
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Fleet:
         self.up = False
         #: The store was away at start-up: serving the local copy of the last state.
         self.cached = False
-        self._controller: ReleaseController | None = None
+        self._controller: FleetController | None = None
         self._manager: ModelManager | None = None
         self._intents: dict[str, frozenset[int]] = {}
         self._unseen: set[str] = set()  # models the store has no record of (their first commit seeds it)
@@ -96,7 +96,7 @@ class Fleet:
             )
         return records
 
-    def start(self, controller: ReleaseController, manager: ModelManager) -> None:
+    def start(self, controller: FleetController, manager: ModelManager) -> None:
         """Begin listening, reconciling and reporting."""
         self._controller = controller
         self._manager = manager
