@@ -398,6 +398,15 @@ def test_rollback_and_the_audit_trail_are_fleet_wide(fleet: list[Gateway]) -> No
     # The standby (the version kept for rollback) is the fleet's: B sees 2 as the standby C's rollback left.
     model = next(m for m in orjson.loads(b.admin("GET", "/admin/models").body)["models"] if m["name"] == "m")
     assert model["standby"] == "2"
+    # A replica that stops leaves the live set at once; one that dies, once its report expires (5 s).
+    c.stop()
+    assert len(_replicas(a)) == 2
+    assert b.process is not None
+    b.process.kill()
+    b.process.wait()
+    b.process = None
+    eventually(lambda: len(_replicas(a)) == 1, timeout_s=30)
+    assert a.admin("POST", "/admin/models/m/swap?wait=all&timeout=5", {"version": "2"}).status == 200
 
 
 def test_compare_and_set_in_redis(redis_server: RedisServer) -> None:
