@@ -219,7 +219,7 @@ def test_a_change_through_one_replica_is_served_by_all(fleet: list[Gateway]) -> 
 
     # Convergence: a canary moved through A, seen by B and C (no ?wait): how long until both serve it.
     delays = []
-    for i in range(60):
+    for i in range(100):
         weights = {"1": 90 - i % 50, "2": 10 + i % 50}
         started = time.monotonic()
         reply = a.admin("PUT", "/admin/models/m/route", {"weights": weights, "actor": "ci"})
