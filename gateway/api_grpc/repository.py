@@ -1,0 +1,78 @@
+"""Triton's repository extension over gRPC (index, load, unload), behind the admin token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tritonclient.grpc import service_pb2 as pb
+
+from gateway.api_grpc.calls import CallBase, CoreState, Unauthenticated, call_metadata
+from gateway.api_grpc.codec import parameter_value
+from gateway.errors import BadRequest
+from gateway.registry.names import check_model_name
+
+
+class RepositoryCalls(CallBase):
+    """``RepositoryIndex``, ``RepositoryModelLoad`` and ``RepositoryModelUnload``, as the admin API."""
+
+    def _authorize(self, context: Any) -> tuple[CoreState, str]:
+        """The core and the actor, if the call carries the admin token; else UNAUTHENTICATED."""
+        core = self.core
+        metadata_ = call_metadata(context)
+        header = metadata_.get("authorization")
+        if not core.auth.allows(None if header is None else header.encode("latin-1", "replace")):
+            raise Unauthenticated("unauthorized")
+        actor = metadata_.get("x-actor", "admin")
+        if not actor or len(actor) > 256:
+            raise BadRequest("x-actor must be 1 to 256 characters")
+        return core, actor
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        """Every available model version and its state."""
+
+        async def work() -> Any:
+            core, _ = self._authorize(context)
+            response = pb.RepositoryIndexResponse()
+            for entry in core.controller.repository_index():
+                response.models.add(**entry)
+            return response
+
+        return await self._call(context, work)
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        """Load the versions the model's route names (else its highest); answers once READY."""
+
+        async def work() -> Any:
+            core, actor = self._authorize(context)
+            _refuse_load_parameters({k: parameter_value(v) for k, v in request.parameters.items()})
+            await core.controller.load_model(check_model_name(request.model_name), actor, None)
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._call(context, work)
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        """Unload every loaded version that has no role in the route."""
+
+        async def work() -> Any:
+            core, actor = self._authorize(context)
+            await core.controller.unload_idle(check_model_name(request.model_name), actor, None)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._call(context, work)
+
+
+def _refuse_load_parameters(parameters: dict[str, Any]) -> None:
+    """Triton's load-time overrides (a config, uploaded files) are refused, as over REST."""
+    if "config" in parameters:
+        raise BadRequest(
+            "parameters.config is not supported: tensorgate loads a model's configuration from its "
+            "repository (config.toml) and does not override it per load; nothing was loaded"
+        )
+    files = sorted(key for key in parameters if key.startswith("file:"))
+    if files:
+        raise BadRequest(
+            f"model file uploads ({files[0][:100]!r}) are not supported: tensorgate never writes to its "
+            "repository; put the files in the repository, then load; nothing was loaded"
+        )
+    if parameters:
+        raise BadRequest(f"unknown load parameter {sorted(parameters)[0][:100]!r}; nothing was loaded")
