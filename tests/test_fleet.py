@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 
 from tests.onnx_models import identity, write_model
 from tests.rawhttp import Reply, request
@@ -235,6 +236,25 @@ def test_a_change_through_one_replica_is_served_by_all(fleet: list[Gateway]) -> 
     # The 1 s target is measured here and in docs/operations.md; the bound is generous for a loaded CI.
     assert p99 < 10
     assert b.metric("tensorgate_state_store_up") == 1.0
+
+    # A change whose message never came (written straight into Redis): the periodic reconcile applies it.
+    async def unannounced() -> int:
+        client = aioredis.from_url(a.store)
+        try:
+            seq = int(await client.hget("tensorgate:model:m", "seq") or 0) + 1
+            after = {"seq": seq, "weights": {"1": 100}, "shadow": {}, "sticky_header": None}
+            entry = {"seq": seq, "time": "", "actor": "test", "action": "route", "reason": None,
+                     "before": None, "after": after}  # fmt: skip
+            await client.hset("tensorgate:model:m", mapping={"seq": seq, "route": orjson.dumps(after)})
+            await client.rpush("tensorgate:history:m", orjson.dumps(entry))
+            return seq
+        finally:
+            await client.aclose()
+
+    seq = asyncio.run(unannounced())
+    expected = {"seq": seq, "weights": {"1": 100}, "shadow": {}, "sticky_header": None}
+    for gateway in fleet:
+        eventually(lambda g=gateway: g.route() == expected)
 
 
 def test_concurrent_changes_through_two_replicas_never_lose_an_update(fleet: list[Gateway]) -> None:

@@ -2,9 +2,9 @@
 
 Writes are atomic (a temporary file beside the target, fsync, rename, fsync of the directory),
 so a crash leaves the old document or the new one, never half of one. Every model's record
-carries its sequence number; a shared store for several replicas (a database, etcd, an object
-store with conditional writes) can implement the same two calls and use that number for
-compare-and-set, so two replicas never both apply change N+1 (docs/release-workflows.md).
+carries its sequence number; in fleet mode (gateway/state) Redis holds the records and that
+number is the compare-and-set, so two replicas never both apply change N+1, and this file is
+each replica's local copy of the fleet's state.
 """
 
 from __future__ import annotations
