@@ -210,7 +210,8 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError(f"port: must be 0-65535, got {settings.port}")
     if not 0 <= settings.admin_port <= 65535 or (settings.admin_port and settings.admin_port == settings.port):
         raise ConfigError(f"admin_port: must be 0 (off) or 1-65535 and differ from port, got {settings.admin_port}")
-    if not 0 <= settings.grpc_port <= 65535 or (settings.grpc_port and settings.grpc_port in (settings.port, settings.admin_port)):
+    clash = settings.grpc_port and settings.grpc_port in (settings.port, settings.admin_port)
+    if not 0 <= settings.grpc_port <= 65535 or clash:
         raise ConfigError(
             f"grpc_port: must be 0 (off) or 1-65535 and differ from port and admin_port, got {settings.grpc_port}"
         )
