@@ -23,6 +23,7 @@ from gateway.retry import RetryLoop
 from gateway.versions import Model, ModelVersion, VersionState
 from gateway.warmup import warm_up_version
 from runtimes.base import ModelInfo, RemoteRuntime, Runtime, RuntimeLoadError, TensorSpec
+from runtimes.devices import Devices
 from runtimes.executor import AnyExecutor, Executor, RemoteExecutor
 from runtimes.kinds import runtime_kind
 from runtimes.warmup import CostModel
@@ -33,6 +34,23 @@ log = logging.getLogger(__name__)
 RuntimeLoader = Callable[[Artifact, ModelConfig], Runtime]
 #: Connects to a remote runtime for a version (``runtime = "triton"``), on the event loop.
 RemoteLoader = Callable[[Artifact, ModelConfig], Awaitable[RemoteRuntime]]
+
+
+def load_runtime(devices: Devices, artifact: Artifact, config: ModelConfig) -> Runtime:
+    """The runtime a model's configuration asks for, loaded by its kind (blocking)."""
+    kind = runtime_kind(config.runtime)
+    if kind.load is None or artifact.model_file is None:
+        raise RuntimeLoadError(f"runtime {config.runtime!r} is not available in this build", reason="runtime")
+    return kind.load(artifact.model_file, config.options, devices)
+
+
+async def connect_remote(artifact: Artifact, config: ModelConfig) -> RemoteRuntime:
+    """The remote runtime that serves a version (``runtime = "triton"``), connected by its kind and checked."""
+    kind = runtime_kind(config.runtime)
+    if kind.connect is None:
+        raise RuntimeLoadError(f"runtime {config.runtime!r} is not remote", reason="config")
+    return await kind.connect(config.options, artifact.model, artifact.version)
+
 
 #: A remote call's cost before any is observed: never inline, and batching learns the real one.
 _REMOTE_COST = CostModel(base_s=1e-3, per_element_s=0.0, base_elements=1)

@@ -34,11 +34,10 @@ from gateway.errors import GatewayError
 from gateway.exchange import RequestIds
 from gateway.inference import InferenceService
 from gateway.lifecycle import Lifecycle
-from gateway.loader import RuntimeLoader
+from gateway.loader import RuntimeLoader, connect_remote, load_runtime
 from gateway.models import ModelManager
 from gateway.predlog.writer import PredictionLog
-from gateway.registry.base import Artifact, Registry
-from gateway.registry.config import ModelConfig
+from gateway.registry.base import Registry
 from gateway.registry.local import LocalRegistry
 from gateway.release.controller import ReleaseController
 from gateway.release.follow import AliasFollower
@@ -53,10 +52,8 @@ from gateway.state.redis_store import read_secret
 from gateway.telemetry.collector import GatewayCollector
 from gateway.telemetry.logs import AccessLog
 from gateway.telemetry.requests import RequestMetrics
-from runtimes.base import RemoteRuntime, Runtime, RuntimeLoadError
-from runtimes.devices import Devices, probe_devices
-from runtimes.onnxrt import OnnxRuntime
-from runtimes.triton import TritonRuntime
+from runtimes.devices import probe_devices
+from runtimes.kinds import import_runtimes
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +63,6 @@ PREDLOG_KEY_FILE = "predlog-hash-key"
 PREDLOG_CLOSE_S = 10.0
 #: Allocations between young-generation collections once serving (Python's default: 700).
 GC_THRESHOLD = 10_000
-
-
-def load_runtime(devices: Devices, artifact: Artifact, config: ModelConfig) -> Runtime:
-    """The runtime a model's configuration asks for (blocking)."""
-    if config.runtime == "onnx" and artifact.model_file is not None:
-        return OnnxRuntime.load(artifact.model_file, config.onnx, devices)
-    raise RuntimeLoadError(f"runtime {config.runtime!r} is not available in this build", reason="runtime")
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -90,11 +80,6 @@ def build_registry(settings: Settings) -> Registry:
             artifact_allow=parse_rules(settings.registry_artifact_allow),
         )
     return LocalRegistry(settings.repository)
-
-
-async def connect_remote(artifact: Artifact, config: ModelConfig) -> RemoteRuntime:
-    """The remote runtime (``runtime = "triton"``) that serves a version, connected and checked."""
-    return await TritonRuntime.connect(config.triton, artifact.model, artifact.version)
 
 
 async def _freeze_after_startup(manager: ModelManager) -> None:
@@ -149,6 +134,7 @@ def create_app(
     ``lifecycle`` is shared with the server, whose signal handler starts the drain. ``grpc``,
     the gRPC listener the server runs beside uvicorn, is handed the same core once it exists.
     """
+    import_runtimes()  # here, not on the event loop when a first version loads or connects
     lifecycle = lifecycle or Lifecycle(settings.max_concurrent_requests, settings.max_inflight_body_bytes)
     request_metrics = RequestMetrics()
     collector = GatewayCollector(request_metrics, lifecycle)

@@ -12,11 +12,9 @@ from typing import Any, Literal
 from gateway.config_error import ConfigError
 from gateway.registry.names import is_model_name
 from runtimes.kinds import DEFAULT_RUNTIME, RUNTIME_KINDS
-from runtimes.options import GRAPH_OPTIMIZATION_LEVELS, OnnxOptions, TritonOptions
+from runtimes.options import OnnxOptions, TritonOptions
 
 CONFIG_FILE = "config.toml"
-_CUDA_DEVICE = re.compile(r"cuda:[0-9]{1,2}")
-_TRITON_URL = re.compile(r"(https?|grpcs?)://[A-Za-z0-9._\-\[\]:]+(:[0-9]{1,5})?/?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +78,8 @@ class MlflowConfig:
 class ModelConfig:
     """Everything ``config.toml`` may set for one model; defaults when the file is absent."""
 
-    runtime: Literal["onnx", "triton"] = "onnx"
+    #: A key of runtimes.kinds.RUNTIME_KINDS.
+    runtime: str = DEFAULT_RUNTIME
     #: Versions loaded at start-up: "latest" (the highest), "all", or a list of numbers.
     #: Traffic still goes 100% to the highest until a route says otherwise.
     version_policy: Literal["latest", "all"] | tuple[int, ...] = "latest"
@@ -88,11 +87,30 @@ class ModelConfig:
     instance_count: int = 1
     inline_threshold_us: float = 50.0
     batching: BatchingConfig = field(default_factory=BatchingConfig)
-    onnx: OnnxOptions = field(default_factory=OnnxOptions)
-    triton: TritonOptions = field(default_factory=TritonOptions)
+    #: Every runtime kind's options (its table, named after the kind), by kind name.
+    runtime_options: dict[str, Any] = field(
+        default_factory=lambda: {name: kind.default_options() for name, kind in RUNTIME_KINDS.items()}
+    )
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    @property
+    def options(self) -> Any:
+        """The options of the runtime this config selects."""
+        return self.runtime_options[self.runtime]
+
+    @property
+    def onnx(self) -> OnnxOptions:
+        """The ``[onnx]`` table."""
+        options: OnnxOptions = self.runtime_options["onnx"]
+        return options
+
+    @property
+    def triton(self) -> TritonOptions:
+        """The ``[triton]`` table."""
+        options: TritonOptions = self.runtime_options["triton"]
+        return options
 
 
 class _Table:
@@ -137,6 +155,12 @@ class _Table:
             raise self.fail(key, f"invalid value {value!r}")
         return value
 
+    def model_name(self, key: str) -> str:
+        model: str = self.get(key, (str,), "")
+        if model and not is_model_name(model):
+            raise self.fail(key, f"invalid model name {model!r}")
+        return model
+
     def table(self, key: str) -> _Table:
         data = self.get(key, (dict,), {})
         return _Table(self.source, f"{self.prefix}{key}.", data)
@@ -167,61 +191,6 @@ def _batching(t: _Table) -> BatchingConfig:
     )
     t.check_unknown()
     return config
-
-
-def _onnx(t: _Table) -> OnnxOptions:
-    device = t.get("device", (str,), "auto")
-    if device not in ("auto", "cpu") and _CUDA_DEVICE.fullmatch(device) is None:
-        raise t.fail("device", f"must be auto, cpu or cuda:N, got {device!r}")
-    options = OnnxOptions(
-        device=device,
-        tensorrt=t.get("tensorrt", (bool,), True),
-        intra_op_threads=t.integer("intra_op_threads", 0, 0, 1024),
-        inter_op_threads=t.integer("inter_op_threads", 0, 0, 1024),
-        graph_optimization=t.choice("graph_optimization", "all", set(GRAPH_OPTIMIZATION_LEVELS)),
-    )
-    t.check_unknown()
-    return options
-
-
-def _triton(t: _Table) -> TritonOptions:
-    version = t.get("version", (str, int), "")
-    if str(version) and not (str(version).isascii() and str(version).isdigit()):
-        raise t.fail("version", f"must be a version number, got {version!r}")
-    model = t.get("model", (str,), "")
-    if model and not is_model_name(model):
-        raise t.fail("model", f"invalid model name {model!r}")
-    config = TritonOptions(
-        url=t.choice("url", "", _TRITON_URL) if "url" in t.data else "",
-        model=model,
-        version=str(version),
-        timeout_s=t.number("timeout_s", 30.0, 0.001),
-        retries=t.integer("retries", 1, 0, 10),
-        breaker_failures=t.integer("breaker_failures", 5, 0, 1_000_000),
-        breaker_reset_s=t.number("breaker_reset_s", 5.0),
-        max_connections=t.integer("max_connections", 64, 1, 10_000),
-        health_interval_s=t.number("health_interval_s", 5.0),
-        load_remote=t.get("load_remote", (bool,), False),
-        unload_remote=t.get("unload_remote", (bool,), False),
-        load_retry_max_s=t.number("load_retry_max_s", 30.0),
-        ca_file=_tls_file(t, "ca_file"),
-        cert_file=_tls_file(t, "cert_file"),
-        key_file=_tls_file(t, "key_file"),
-    )
-    t.check_unknown()
-    if (config.ca_file or config.cert_file or config.key_file) and not config.url.startswith(("https:", "grpcs:")):
-        raise t.fail("url", "ca_file, cert_file and key_file need an https:// or grpcs:// url")
-    if bool(config.cert_file) != bool(config.key_file):
-        raise t.fail("cert_file", "a client certificate needs both cert_file and key_file")
-    return config
-
-
-def _tls_file(t: _Table, key: str) -> str:
-    """An absolute path (a mounted secret): a relative one would depend on the working directory."""
-    path: str = t.get(key, (str,), "")
-    if path and not Path(path).is_absolute():
-        raise t.fail(key, f"must be an absolute path, got {path!r}")
-    return path
 
 
 def _names(t: _Table, key: str) -> tuple[str, ...]:
@@ -300,28 +269,29 @@ def parse_model_config(data: dict[str, Any], source: str) -> ModelConfig:
     top = _Table(source, "", data)
     runtime = top.choice("runtime", DEFAULT_RUNTIME, set(RUNTIME_KINDS))
     config = ModelConfig(
-        runtime="triton" if runtime == "triton" else "onnx",
+        runtime=runtime,
         version_policy=_version_policy(top),
         max_batch_size=top.integer("max_batch_size", 0, 0, 2**20),
         instance_count=top.integer("instance_count", 1, 1, 64),
         inline_threshold_us=top.number("inline_threshold_us", 50.0),
         batching=_batching(top.table("batching")),
-        onnx=_onnx(top.table("onnx")),
-        triton=_triton(top.table("triton")),
+        # Every kind's table is checked, not only the selected one's: a typo fails wherever it is.
+        runtime_options={name: kind.parse_options(top.table(name)) for name, kind in RUNTIME_KINDS.items()},
         logging=_logging(top.table("logging")),
         drift=_drift(top.table("drift")),
         mlflow=_mlflow(top.table("mlflow")),
     )
     top.check_unknown()
-    if config.runtime == "triton" and not config.triton.url:
-        raise ConfigError(f'{source}: triton.url: required when runtime = "triton"')
+    problem = RUNTIME_KINDS[runtime].check_selected(config.options)
+    if problem is not None:
+        raise ConfigError(f"{source}: {problem}")
     return config
 
 
 #: Keys a version's own ``config.toml`` may set: how that version runs. The others (version
 #: policy, logging, drift) are the model's, whatever version serves.
-VERSION_KEYS = frozenset(
-    {"runtime", "max_batch_size", "instance_count", "inline_threshold_us", "batching", "onnx", "triton"}
+VERSION_KEYS = frozenset({"runtime", "max_batch_size", "instance_count", "inline_threshold_us", "batching"}) | set(
+    RUNTIME_KINDS
 )
 
 
