@@ -239,7 +239,7 @@ class AdminEndpoints:
     async def current_rollout(self, request: Request) -> Response:
         """``GET /admin/models/{m}/rollouts/current``: the running or the last rollout."""
         name = check_model_name(request.path_params["model"])
-        return json_response(self.rollouts.current(name), headers={"Cache-Control": "no-store"})
+        return json_response(await self.rollouts.read(name), headers={"Cache-Control": "no-store"})
 
     async def control_rollout(self, request: Request) -> Response:
         """``POST /admin/models/{m}/rollouts/current/pause|resume|abort|promote``."""

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,10 @@ class RolloutManager:
             raise NotFound(f"model {name!r} has had no rollout")
         return published
 
+    async def read(self, name: str) -> dict[str, Any]:
+        """``GET .../rollouts/current`` (a fleet reads its store)."""
+        return self.current(name)
+
     # -- actions -----------------------------------------------------------------------------
 
     async def create(self, name: str, doc: dict[str, Any], actor: str) -> dict[str, Any]:
@@ -144,8 +148,7 @@ class RolloutManager:
             spec = parse_spec({k: v for k, v in doc.items() if k != "actor"})
         except SpecError as exc:
             raise BadRequest(f"invalid rollout: {exc}") from None
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
+        async with self._guard(name):
             running = self._rollouts.get(name)
             if running is not None and running.active:
                 raise Conflict(f"model {name!r} already has a rollout ({running.id}, {running.phase}): abort it first")
@@ -165,8 +168,7 @@ class RolloutManager:
         """``pause``, ``resume``, ``abort`` or ``promote`` the running rollout; 409 when none runs."""
         if name not in self._rollouts:
             self.current(name)
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
+        async with self._guard(name):
             rollout = self._rollouts[name]
             if not rollout.active:
                 raise Conflict(f"the rollout of {name!r} has ended ({rollout.phase}): nothing to {action}")
@@ -185,6 +187,12 @@ class RolloutManager:
             await self._apply(rollout, effects, actor)
         self._wake(name)
         return rollout.to_json()
+
+    @contextlib.asynccontextmanager
+    async def _guard(self, name: str) -> AsyncIterator[None]:
+        """Held while a rollout of ``name`` changes (a fleet adds its store-wide lock)."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            yield
 
     # -- the task ----------------------------------------------------------------------------
 
@@ -206,7 +214,7 @@ class RolloutManager:
             if resume:
                 if self._started is not None:
                     await self._started()
-                async with self._locks.setdefault(rollout.model, asyncio.Lock()):
+                async with self._guard(rollout.model):
                     await self._apply(rollout, rollout.restarted(self._clock()), ACTOR)
             await self._loop(rollout, wake)
         except asyncio.CancelledError:
@@ -219,7 +227,7 @@ class RolloutManager:
             if not rollout.active:
                 return
             if rollout.due(self._clock()):
-                async with self._locks.setdefault(rollout.model, asyncio.Lock()):
+                async with self._guard(rollout.model):
                     if rollout.due(now := self._clock()):
                         await self._apply(rollout, rollout.analyse(now, self._evaluate(rollout, now)), ACTOR)
                 continue
@@ -273,9 +281,13 @@ class RolloutManager:
                 continue
             if effect.event is not None and self._webhooks is not None:
                 self._webhooks(rollout.to_json(), effect.event)
-        self._baselines[rollout.model] = self._snapshots(rollout)
+        self._new_window(rollout)
         self._published[rollout.model] = rollout.to_json()
-        await self._save()
+        await self._save(rollout.model)
+
+    def _new_window(self, rollout: Rollout) -> None:
+        """The counters now are the next analysis window's start."""
+        self._baselines[rollout.model] = self._snapshots(rollout)
 
     def _in_force(self, name: str, route: dict[str, Any]) -> bool:
         """Whether ``route`` is the model's route already (weights, shadows and sticky header)."""
@@ -291,7 +303,8 @@ class RolloutManager:
         """A step decided before a manual change paused the rollout: not applied (resume applies it)."""
         return rollout.phase == "paused" and effect.action in ("rollout-step", "rollout-shadow")
 
-    async def _save(self) -> None:
+    async def _save(self, name: str | None = None) -> None:
+        """Save every rollout (``name``: the one that changed; the local file holds them all)."""
         async with self._save_lock:
             snapshot = {name: r.to_json() for name, r in sorted(self._rollouts.items())}
             try:
@@ -314,7 +327,7 @@ class RolloutManager:
         task.add_done_callback(self._helpers.discard)
 
     async def _apply_later(self, rollout: Rollout, effects: list[Effect]) -> None:
-        async with self._locks.setdefault(rollout.model, asyncio.Lock()):
+        async with self._guard(rollout.model):
             await self._apply(rollout, effects, ACTOR)
         self._wake(rollout.model)
 
@@ -330,4 +343,13 @@ def rollout_manager(
     """The app's rollout manager, saving to ``state_dir``, with its webhook sender (the lifespan owns both)."""
     env = os.environ if environ is None else environ
     webhooks = Webhooks(partial(webhook_secret, state_dir, env))
+    from gateway.state.controller import FleetController  # fleet mode only (a module-level import would cycle)
+    from gateway.state.fleet import Fleet
+
+    if isinstance(controller, FleetController) and isinstance(controller.shared, Fleet):
+        from gateway.rollouts.fleet import FleetRolloutManager
+
+        fleet = controller.shared
+        return FleetRolloutManager(controller, figures, RolloutStore(state_dir), fleet.redis.client, fleet.replica,
+                                   started=started, webhooks=webhooks)  # fmt: skip
     return RolloutManager(controller, figures, RolloutStore(state_dir), started=started, webhooks=webhooks)

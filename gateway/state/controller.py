@@ -36,6 +36,11 @@ class FleetController(ReleaseController):
         super().__init__(manager, store, records, shadows=shadows, wall_clock=wall_clock)
         self._shared = shared
 
+    @property
+    def shared(self) -> SharedState:
+        """The fleet's shared state (the rollouts keep theirs beside it)."""
+        return self._shared
+
     @asynccontextmanager
     async def _changing(self, name: str) -> AsyncIterator[None]:
         """The model's lock, then the fleet's latest change of it applied here: a change builds on it."""

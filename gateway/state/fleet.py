@@ -74,6 +74,11 @@ class Fleet:
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def redis(self) -> RedisState:
+        """The store's connection (the fleet's rollouts keep their keys beside the routes')."""
+        return self._redis
+
     # -- start-up and shutdown ---------------------------------------------------------------
 
     async def open(self, local: dict[str, ModelRecord]) -> dict[str, ModelRecord]:

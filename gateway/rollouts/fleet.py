@@ -1,0 +1,403 @@
+"""Rollouts in a fleet (``state_store = "redis://..."``): one rollout per model for the whole fleet.
+
+The rollout itself lives in Redis (``tensorgate:rollout:{m}``, its JSON), so every replica answers
+``GET .../rollouts/current`` the same and takes pause, resume, abort and promote. Each change is
+a read-modify-write under a short store-wide lock (``rollout-lock:{m}``). One replica leads each
+running rollout: it holds a lease (``rollout-lease:{m}``: SET NX PX with a token, renewed every
+tick, extended and released only by its holder through a compare-and-act script); the leader
+alone runs the analyses. If it dies, the lease expires and another replica takes it and goes on
+from the saved step with a fresh window. Every replica publishes, each tick, the cumulative
+counters of the versions in running rollouts (``rollout-figures:{replica}/{boot}``, expiring);
+the leader's window is the sum over replicas of each one's counters minus that same replica's
+counters at the window's start (a replica that joined or restarted meanwhile counts from the
+next window). Drift PSI is the leader's own. Nothing here is on the inference path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, replace
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from gateway.errors import StoreFailed
+from gateway.release.controller import ReleaseController
+from gateway.rollouts.analysis import Counters, Result, evaluate
+from gateway.rollouts.events import Webhooks
+from gateway.rollouts.figures import Figures
+from gateway.rollouts.machine import Rollout
+from gateway.rollouts.runner import ACTOR, RolloutManager, RolloutStore
+from gateway.state.redis_store import PREFIX, STORE_ERRORS
+from gateway.telemetry.histogram import LATENCY_BUCKETS
+
+log = logging.getLogger(__name__)
+
+ROLLOUTS = PREFIX + "rollouts"
+
+# KEYS: the lease. ARGV: the holder's token, the lease in ms. 1 when extended (still ours), else 0.
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# KEYS: the lease or lock. ARGV: the holder's token. Deleted only by its holder.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+#: Per replica (key): (model, version) -> cumulative counters.
+Snapshot = dict[str, dict[tuple[str, int], Counters]]
+
+
+def _counters_json(counters: Counters) -> dict[str, Any]:
+    doc = asdict(counters)
+    doc.pop("bounds", None)
+    doc.pop("drift_psi", None)  # the leader's own (a window of its own, not a counter to sum)
+    return doc
+
+
+def _counters(doc: dict[str, Any]) -> Counters:
+    return Counters(
+        requests=int(doc["requests"]),
+        errors=int(doc["errors"]),
+        latency=tuple(int(c) for c in doc["latency"]),
+        bounds=LATENCY_BUCKETS,
+        shadow_mirrored=int(doc["shadow_mirrored"]),
+        shadow_failed=int(doc["shadow_failed"]),
+        shadow_compared=int(doc["shadow_compared"]),
+        shadow_agree=float(doc["shadow_agree"]),
+    )
+
+
+def _plus(a: Counters, b: Counters) -> Counters:
+    latency = tuple(x + y for x, y in zip(a.latency, b.latency, strict=True)) if a.latency else b.latency
+    return Counters(
+        requests=a.requests + b.requests,
+        errors=a.errors + b.errors,
+        latency=latency,
+        bounds=LATENCY_BUCKETS,
+        shadow_mirrored=a.shadow_mirrored + b.shadow_mirrored,
+        shadow_failed=a.shadow_failed + b.shadow_failed,
+        shadow_compared=a.shadow_compared + b.shadow_compared,
+        shadow_agree=a.shadow_agree + b.shadow_agree,
+    )
+
+
+class FleetRolloutManager(RolloutManager):
+    """A ``RolloutManager`` whose rollouts live in the fleet's Redis, led by one replica at a time."""
+
+    def __init__(
+        self,
+        controller: ReleaseController,
+        figures: Figures,
+        store: RolloutStore,
+        client: aioredis.Redis,
+        replica: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        started: Callable[[], Awaitable[None]] | None = None,
+        webhooks: Webhooks | None = None,
+        tick_s: float = 0.5,
+        lease_s: float = 3.0,
+        figures_ttl_s: float = 5.0,
+        lock_s: float = 30.0,
+    ) -> None:
+        super().__init__(controller, figures, store, clock=clock, started=started, webhooks=webhooks)
+        self._client = client
+        self.replica = replica
+        self._source = f"{replica}/{uuid.uuid4().hex[:8]}"  # a restart's counters start over: a new source
+        self._token = f"{replica}/{uuid.uuid4().hex}"
+        self._tick_s = tick_s
+        self._lease_s = lease_s
+        self._figures_ttl_s = figures_ttl_s
+        self._lock_s = lock_s
+        self._extend = client.register_script(_EXTEND)
+        self._release = client.register_script(_RELEASE)
+        self._leading: set[str] = set()  # models whose rollout this replica leads
+        self._created: set[str] = set()  # rollout ids started here (their first leader needs no restart)
+        self._sums: Snapshot = {}  # the fleet's counters as read at the latest tick
+        self._window: dict[str, Snapshot] = {}  # model -> the fleet's counters at its window's start
+        self._window_at: dict[str, float] = {}  # model -> that window's start (a change anywhere moves it)
+        self._supervisor: asyncio.Task[None] | None = None
+
+    # -- lifespan ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin the tick: publish this replica's counters, take or renew leases, lead."""
+        if self._webhooks is not None:
+            self._webhooks.start()
+        self._supervisor = asyncio.create_task(self._supervise(), name="fleet-rollouts")
+
+    async def close(self) -> None:
+        """Stop the tick and hand the leases back at once (another replica leads within a tick)."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, *self._helpers, return_exceptions=True)
+            self._supervisor = None
+        for name in sorted(self._leading):
+            with contextlib.suppress(TimeoutError, *STORE_ERRORS):
+                await asyncio.wait_for(self._release(keys=[self._lease_key(name)], args=[self._token]), 1.0)
+        self._leading.clear()
+        with contextlib.suppress(TimeoutError, *STORE_ERRORS):
+            await asyncio.wait_for(self._client.delete(PREFIX + "rollout-figures:" + self._source), 1.0)
+        if self._webhooks is not None:
+            await self._webhooks.close()
+
+    # -- keys and the store --------------------------------------------------------------------
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return PREFIX + "rollout:" + name
+
+    @staticmethod
+    def _lease_key(name: str) -> str:
+        return PREFIX + "rollout-lease:" + name
+
+    def _away(self, exc: BaseException) -> StoreFailed:
+        return StoreFailed(f"the fleet's state store is unreachable ({exc or type(exc).__name__}): rollout unchanged",
+                           retry_after_s=5)  # fmt: skip
+
+    async def _read(self, name: str) -> Rollout | None:
+        raw = await self._client.get(self._key(name))
+        if raw is None:
+            return None
+        try:
+            return Rollout.from_json(orjson.loads(raw))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("the fleet's rollout of model %r is invalid (%s): ignored", name, exc)
+            return None
+
+    async def _refresh(self, name: str) -> None:
+        """The fleet's rollout of ``name`` replaces this replica's copy (a 503 when the store is away)."""
+        try:
+            rollout = await self._read(name)
+        except STORE_ERRORS as exc:
+            raise self._away(exc) from None
+        if rollout is None:
+            self._rollouts.pop(name, None)
+            self._published.pop(name, None)
+        else:
+            self._rollouts[name] = rollout
+            self._published[name] = rollout.to_json()
+
+    @contextlib.asynccontextmanager
+    async def _guard(self, name: str) -> AsyncIterator[None]:
+        """This replica's lock, then the fleet's lock on the model's rollout, then its latest state."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            key, token = PREFIX + "rollout-lock:" + name, uuid.uuid4().hex
+            deadline = time.monotonic() + self._lock_s
+            try:
+                while not await self._client.set(key, token, nx=True, px=int(self._lock_s * 1000)):
+                    if time.monotonic() >= deadline:
+                        raise StoreFailed(f"the rollout of {name!r} is being changed elsewhere: retry", retry_after_s=1)
+                    await asyncio.sleep(0.02)
+            except STORE_ERRORS as exc:
+                raise self._away(exc) from None
+            try:
+                await self._refresh(name)
+                yield
+            finally:
+                with contextlib.suppress(*STORE_ERRORS):
+                    await self._release(keys=[key], args=[token])
+
+    async def _save(self, name: str | None = None) -> None:
+        """Write the changed rollout to the store (the fleet's copy is the one that counts)."""
+        if name is None or name not in self._rollouts:
+            return
+        doc = orjson.dumps(self._rollouts[name].to_json())
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(self._key(name), doc)
+                pipe.sadd(ROLLOUTS, name)
+                await pipe.execute()
+        except STORE_ERRORS as exc:  # the leader's next tick writes it again
+            log.error("the rollout of %r could not be saved to the state store: %s", name, exc)
+
+    # -- reading and acting --------------------------------------------------------------------
+
+    async def read(self, name: str) -> dict[str, Any]:
+        """The fleet's rollout of ``name`` with the replica leading it (404 if it never had one)."""
+        await self._refresh(name)
+        doc = dict(self.current(name))
+        try:
+            holder = await self._client.get(self._lease_key(name))
+        except STORE_ERRORS as exc:
+            raise self._away(exc) from None
+        if isinstance(holder, bytes):
+            holder = holder.decode()
+        leader = holder.rsplit("/", 1)[0] if holder is not None and doc.get("ended_at") is None else None
+        doc["fleet"] = {"leader": leader, "replica": self.replica}
+        return doc
+
+    async def create(self, name: str, doc: dict[str, Any], actor: str) -> dict[str, Any]:
+        """Start a rollout for the fleet (409 while one runs anywhere in it); this replica offers to lead."""
+        result = await super().create(name, doc, actor)
+        self._created.add(str(result["id"]))
+        try:  # the replica that started it leads it, unless another is quicker
+            if await self._client.set(self._lease_key(name), self._token, nx=True, px=int(self._lease_s * 1000)):
+                self._leading.add(name)
+                self._window.pop(name, None)
+        except STORE_ERRORS as exc:
+            log.warning("rollout of %r: cannot take its lease now (%s); a replica takes it at its next tick", name, exc)
+        return result
+
+    async def control(self, name: str, action: str, actor: str, reason: str | None) -> dict[str, Any]:
+        """Pause, resume, abort or promote through any replica; the leader sees it at its next tick."""
+        await self._refresh(name)
+        return await super().control(name, action, actor, reason)
+
+    def _spawn(self, name: str, *, resume: bool) -> None:
+        """No task per rollout: the tick leads the rollouts whose lease this replica holds."""
+
+    def _route_changed(self, name: str, entry: dict[str, Any]) -> None:
+        """A manual route change made through this replica pauses the fleet's rollout (once, here)."""
+        if entry.get("replica") not in (None, self.replica) or entry.get("rollout") is not None:
+            return
+        task = asyncio.create_task(self._pause_for(name, entry), name=f"rollout-pause-{name}")
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
+
+    async def _pause_for(self, name: str, entry: dict[str, Any]) -> None:
+        try:
+            async with self._guard(name):
+                rollout = self._rollouts.get(name)
+                if rollout is None or not rollout.active or entry.get("rollout") == rollout.id:
+                    return
+                why = f"manual route change (seq {entry['seq']}: {entry['action']} by {entry['actor']})"
+                await self._apply(rollout, rollout.pause(self._clock(), why, ACTOR), ACTOR)
+        except (StoreFailed, *STORE_ERRORS) as exc:
+            log.error("the rollout of %r could not be paused after a manual change: %s", name, exc)
+
+    # -- the tick ------------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        if self._started is not None:
+            await self._started()
+        while True:
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except STORE_ERRORS as exc:  # leases lapse while away; the fleet resumes when it answers
+                log.warning("rollouts: the state store is unreachable: %s", exc)
+                self._leading.clear()
+            except Exception:  # a bug must not stop every rollout: log, and the next tick tries again
+                log.exception("rollouts: a tick failed")
+            await asyncio.sleep(self._tick_s)
+
+    async def _tick(self) -> None:
+        names = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in await self._client.smembers(ROLLOUTS))
+        active: dict[str, Rollout] = {}
+        for name in names:
+            rollout = await self._read(name)
+            if rollout is not None and rollout.active:
+                active[name] = rollout
+        await self._publish(active)
+        led = [await self._lead(name) for name in active]  # every lease renewed, none skipped
+        if any(led):
+            await self._gather()
+        for name in sorted(set(self._leading) - set(active)):  # ended: hand the lease back
+            await self._release(keys=[self._lease_key(name)], args=[self._token])
+            self._leading.discard(name)
+        for name in sorted(self._leading & set(active)):
+            await self._step(name)
+
+    async def _publish(self, active: dict[str, Rollout]) -> None:
+        """This replica's cumulative counters of every version in a running rollout."""
+        doc: dict[str, dict[str, Any]] = {}
+        for name, rollout in active.items():
+            doc[name] = {
+                str(v): _counters_json(self._figures.snapshot(name, v)) for v in (rollout.spec.to, rollout.primary)
+            }
+        key = PREFIX + "rollout-figures:" + self._source
+        await self._client.set(key, orjson.dumps(doc), px=int(self._figures_ttl_s * 1000))
+
+    async def _gather(self) -> None:
+        """Every live replica's published counters."""
+        keys = [k async for k in self._client.scan_iter(match=PREFIX + "rollout-figures:*", count=1000)]
+        raws = await self._client.mget(keys) if keys else []
+        sums: Snapshot = {}
+        for key, raw in zip(keys, raws, strict=True):
+            if raw is None:
+                continue
+            source = (key.decode() if isinstance(key, bytes) else str(key)).removeprefix(PREFIX + "rollout-figures:")
+            try:
+                doc = orjson.loads(raw)
+                sums[source] = {(m, int(v)): _counters(c) for m, versions in doc.items() for v, c in versions.items()}
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+        self._sums = sums
+
+    async def _lead(self, name: str) -> bool:
+        """Take or renew the lease of ``name``'s rollout; True when this replica leads it now."""
+        key = self._lease_key(name)
+        ms = int(self._lease_s * 1000)
+        if name in self._leading:
+            if int(await self._extend(keys=[key], args=[self._token, ms])):
+                return True
+            self._leading.discard(name)
+            log.warning("rollout of %r: the lease was lost; another replica leads it", name)
+            return False
+        if not await self._client.set(key, self._token, nx=True, px=ms):
+            return False
+        self._leading.add(name)
+        self._window.pop(name, None)  # a fresh window, from the counters gathered below
+        return True
+
+    async def _step(self, name: str) -> None:
+        """Lead one tick: start the window if new, then the analysis when due."""
+        async with self._guard(name):
+            rollout = self._rollouts.get(name)
+            if rollout is None or not rollout.active:
+                return
+            if name not in self._window or self._window_at.get(name) != rollout.window_started_at:
+                if name in self._window or rollout.id in self._created:
+                    self._new_window(rollout)
+                else:  # taken over from a replica that stopped: the same step again, a fresh window
+                    log.info("rollout %s of %r: leading it now (replica %s)", rollout.id, name, self.replica)
+                    self._created.add(rollout.id)
+                    await self._apply(rollout, rollout.restarted(self._clock()), ACTOR)
+                    if rollout.active and rollout.phase != "paused":
+                        rollout.message = f"replica {self.replica} leads it now: {rollout.message}"
+                        await self._save(name)
+                return
+            if rollout.due(now := self._clock()):
+                await self._apply(rollout, rollout.analyse(now, self._evaluate(rollout, now)), ACTOR)
+
+    # -- figures summed over replicas ----------------------------------------------------------
+
+    def _new_window(self, rollout: Rollout) -> None:
+        """The fleet's counters now (as of the latest tick) start the next window."""
+        self._window[rollout.model] = {source: dict(figures) for source, figures in self._sums.items()}
+        self._window_at[rollout.model] = rollout.window_started_at
+
+    def _fleet_delta(self, rollout: Rollout, version: int) -> Counters:
+        start = self._window.get(rollout.model, {})
+        total = Counters(latency=(0,) * (len(LATENCY_BUCKETS) + 1), bounds=LATENCY_BUCKETS)
+        for source, figures in self._sums.items():
+            now, then = figures.get((rollout.model, version)), start.get(source, {}).get((rollout.model, version))
+            if now is None or then is None:  # joined (or restarted) during the window: counts from the next
+                continue
+            total = _plus(total, now.minus(then))
+        return total
+
+    def _evaluate(self, rollout: Rollout, now: float) -> Result:
+        candidate = self._fleet_delta(rollout, rollout.spec.to)
+        primary = self._fleet_delta(rollout, rollout.primary)
+        psi = self._figures.snapshot(rollout.model, rollout.spec.to).drift_psi  # the leader's own
+        candidate = replace(candidate, drift_psi=psi)
+        return evaluate(
+            rollout.spec.analysis, candidate, primary, shadowing=rollout.shadowing,
+            window_s=now - rollout.window_started_at,
+        )  # fmt: skip
