@@ -6,6 +6,7 @@ import http.client
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,26 @@ def test_the_leader_dies_mid_rollout_another_replica_leads_and_promotes(healthy_
     promote = next(e for e in entries if e.get("rollout_action") == "rollout-promote")
     assert promote["replica"] in (replica(b), replica(c))  # carried out by the replica that took over
     assert any(e.get("rollout_action") == "rollout-restart" for e in entries)  # same step, a fresh window
+
+
+def test_a_manual_change_through_another_replica_pauses_the_fleets_rollout(healthy_fleet: list[Gateway]) -> None:
+    a, b, c = healthy_fleet
+    spec = {"to": "2", "steps": [{"weight": 10, "pause_s": 60}], "analysis": {"interval_s": 1.0}, "actor": "ci"}
+    reply = a.admin("POST", "/admin/models/m/rollouts", spec)
+    assert reply.status == 201, reply.body
+    eventually(lambda: c.route()["weights"] == {"1": 90, "2": 10}, timeout_s=60)
+    # A person moves the route through C: the rollout, led by A, pauses rather than overwrite them.
+    reply = c.admin("PUT", "/admin/models/m/route", {"weights": {"1": 70, "2": 30}, "actor": "alice"})
+    assert reply.status == 200, reply.body
+    paused = eventually(lambda: (d := current(a))["phase"] == "paused" and d, timeout_s=30)
+    assert "manual route change" in paused["message"] and "alice" in paused["message"]
+    time.sleep(2.0)  # a few of the leader's ticks: the person's route stands
+    assert b.route()["weights"] == {"1": 70, "2": 30}
+    # Abort through B: the route before the rollout, on every replica.
+    reply = b.admin("POST", "/admin/models/m/rollouts/current/abort", {"actor": "ci"})
+    assert reply.status == 200, reply.body
+    assert current(c)["phase"] == "aborted"
+    for gateway in healthy_fleet:
+        eventually(lambda g=gateway: g.route()["weights"] == {"1": 100}, timeout_s=60)
+    reply = c.admin("POST", "/admin/models/m/rollouts/current/resume", {"actor": "ci"})
+    assert reply.status == 409, reply.body
