@@ -25,7 +25,6 @@ from dataclasses import asdict, replace
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from gateway.errors import StoreFailed
 from gateway.release.controller import ReleaseController
@@ -34,7 +33,7 @@ from gateway.rollouts.events import Webhooks
 from gateway.rollouts.figures import Figures
 from gateway.rollouts.machine import Rollout
 from gateway.rollouts.runner import ACTOR, RolloutManager, RolloutStore
-from gateway.state.redis_store import PREFIX, STORE_ERRORS
+from gateway.state.redis_store import PREFIX, STORE_ERRORS, RedisState
 from gateway.telemetry.histogram import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ class FleetRolloutManager(RolloutManager):
         controller: ReleaseController,
         figures: Figures,
         store: RolloutStore,
-        client: aioredis.Redis,
+        state: RedisState,
         replica: str,
         *,
         clock: Callable[[], float] = time.time,
@@ -114,7 +113,8 @@ class FleetRolloutManager(RolloutManager):
         lock_s: float = 30.0,
     ) -> None:
         super().__init__(controller, figures, store, clock=clock, started=started, webhooks=webhooks)
-        self._client = client
+        self._state = state  # a pool of its own: owned (and closed) here
+        client = self._client = state.client
         self.replica = replica
         self._source = f"{replica}/{uuid.uuid4().hex[:8]}"  # a restart's counters start over: a new source
         self._token = f"{replica}/{uuid.uuid4().hex}"
@@ -151,6 +151,7 @@ class FleetRolloutManager(RolloutManager):
         self._leading.clear()
         with contextlib.suppress(TimeoutError, *STORE_ERRORS):
             await asyncio.wait_for(self._client.delete(PREFIX + "rollout-figures:" + self._source), 1.0)
+        await self._state.close()
         if self._webhooks is not None:
             await self._webhooks.close()
 

@@ -350,6 +350,6 @@ def rollout_manager(
         from gateway.rollouts.fleet import FleetRolloutManager
 
         fleet = controller.shared
-        return FleetRolloutManager(controller, figures, RolloutStore(state_dir), fleet.redis.client, fleet.replica,
+        return FleetRolloutManager(controller, figures, RolloutStore(state_dir), fleet.connect(), fleet.replica,
                                    started=started, webhooks=webhooks)  # fmt: skip
     return RolloutManager(controller, figures, RolloutStore(state_dir), started=started, webhooks=webhooks)

@@ -54,6 +54,7 @@ class Fleet:
         self.replica = replica
         self.url = redact(url)
         self._redis = RedisState(url, password=password)
+        self._url, self._password = url, password
         self._heartbeat_s = heartbeat_s
         self._ttl_s = ttl_s
         self._reconcile_s = reconcile_s
@@ -74,10 +75,9 @@ class Fleet:
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    @property
-    def redis(self) -> RedisState:
-        """The store's connection (the fleet's rollouts keep their keys beside the routes')."""
-        return self._redis
+    def connect(self) -> RedisState:
+        """A connection pool of its own to the same store (the fleet's rollouts; the caller closes it)."""
+        return RedisState(self._url, password=self._password)
 
     # -- start-up and shutdown ---------------------------------------------------------------
 
