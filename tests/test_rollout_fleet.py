@@ -168,7 +168,7 @@ def test_the_leader_dies_mid_rollout_another_replica_leads_and_promotes(healthy_
         a.process = None
         taken = eventually(
             lambda: (d := current(b))["fleet"]["leader"] not in (None, replica(a)) or d["phase"] == "promoted",
-            timeout_s=30,
+            timeout_s=60,  # a lock the dead leader held expires after 30 s
         )
         assert taken
         done = eventually(lambda: (d := current(c))["phase"] in ("aborted", "promoted") and d, timeout_s=120)
@@ -190,7 +190,7 @@ def test_a_manual_change_through_another_replica_pauses_the_fleets_rollout(healt
     # A person moves the route through C: the rollout, led by A, pauses rather than overwrite them.
     reply = c.admin("PUT", "/admin/models/m/route", {"weights": {"1": 70, "2": 30}, "actor": "alice"})
     assert reply.status == 200, reply.body
-    paused = eventually(lambda: (d := current(a))["phase"] == "paused" and d, timeout_s=30)
+    paused = eventually(lambda: (d := current(a))["phase"] == "paused" and d, timeout_s=60)
     assert "manual route change" in paused["message"] and "alice" in paused["message"]
     time.sleep(2.0)  # a few of the leader's ticks: the person's route stands
     assert b.route()["weights"] == {"1": 70, "2": 30}

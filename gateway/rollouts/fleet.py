@@ -312,7 +312,7 @@ class FleetRolloutManager(RolloutManager):
             await self._release(keys=[self._lease_key(name)], args=[self._token])
             self._leading.discard(name)
         for name in sorted(self._leading & set(active)):
-            await self._step(name)
+            await self._step(active[name])
 
     async def _publish(self, active: dict[str, Rollout]) -> None:
         """This replica's cumulative counters of every version in a running rollout."""
@@ -356,8 +356,16 @@ class FleetRolloutManager(RolloutManager):
         self._window.pop(name, None)  # a fresh window, from the counters gathered below
         return True
 
-    async def _step(self, name: str) -> None:
+    async def _step(self, seen: Rollout) -> None:
         """Lead one tick: start the window if new, then the analysis when due."""
+        name = seen.model
+        # Most ticks change nothing: the fleet's lock is taken only for a takeover or an analysis.
+        fresh = name not in self._window or self._window_at.get(name) != seen.window_started_at
+        if fresh and (name in self._window or seen.id in self._created):
+            self._new_window(seen)
+            return
+        if not fresh and not seen.due(self._clock()):
+            return
         async with self._guard(name):
             rollout = self._rollouts.get(name)
             if rollout is None or not rollout.active:
