@@ -15,6 +15,9 @@ import onnx
 import orjson
 import pytest
 
+from gateway.rollouts.analysis import Counters
+from gateway.rollouts.fleet import fleet_window
+from gateway.telemetry.histogram import LATENCY_BUCKETS
 from tests.onnx_models import write_model
 from tests.test_fleet import Gateway, RedisServer, eventually
 from tests.test_rollout_e2e import CONFIG, POISON, fails_past, identity
@@ -202,3 +205,24 @@ def test_a_manual_change_through_another_replica_pauses_the_fleets_rollout(healt
         eventually(lambda g=gateway: g.route()["weights"] == {"1": 100}, timeout_s=60)
     reply = c.admin("POST", "/admin/models/m/rollouts/current/resume", {"actor": "ci"})
     assert reply.status == 409, reply.body
+
+
+def _counts(requests: int, errors: int) -> Counters:
+    latency = [0] * (len(LATENCY_BUCKETS) + 1)
+    latency[0] = requests
+    return Counters(requests=requests, errors=errors, latency=tuple(latency), bounds=LATENCY_BUCKETS)
+
+
+def test_a_window_over_the_fleet_sums_each_replicas_own_difference() -> None:
+    key = ("m", 2)
+    start = {"a/1": {key: _counts(10, 0)}, "b/1": {key: _counts(100, 5)}, "dead/1": {key: _counts(7, 7)}}
+    now = {
+        "a/1": {key: _counts(30, 1)},  # 20 requests, 1 error
+        "b/1": {key: _counts(150, 15)},  # 50 requests, 10 errors
+        "b/2": {key: _counts(3, 3)},  # b restarted during the window: from the next one
+        "new/1": {key: _counts(9, 0)},  # joined during the window: from the next one
+    }  # "dead/1" expired: it drops out
+    window = fleet_window(start, now, key)
+    assert (window.requests, window.errors) == (70, 11)
+    assert window.latency[0] == 70 and sum(window.latency) == 70
+    assert fleet_window(start, now, ("m", 1)).requests == 0  # a version nobody published

@@ -93,6 +93,20 @@ def _plus(a: Counters, b: Counters) -> Counters:
     )
 
 
+def fleet_window(start: Snapshot, now: Snapshot, key: tuple[str, int]) -> Counters:
+    """One version's window over the fleet: each replica's counters now minus its own at the start, summed.
+
+    A replica (a source: one process's life) missing at either end counts from the next window.
+    """
+    total = Counters(latency=(0,) * (len(LATENCY_BUCKETS) + 1), bounds=LATENCY_BUCKETS)
+    for source, figures in now.items():
+        latest, first = figures.get(key), start.get(source, {}).get(key)
+        if latest is None or first is None:
+            continue
+        total = _plus(total, latest.minus(first))
+    return total
+
+
 class FleetRolloutManager(RolloutManager):
     """A ``RolloutManager`` whose rollouts live in the fleet's Redis, led by one replica at a time."""
 
@@ -193,11 +207,11 @@ class FleetRolloutManager(RolloutManager):
             self._published[name] = rollout.to_json()
 
     @contextlib.asynccontextmanager
-    async def _guard(self, name: str) -> AsyncIterator[None]:
-        """This replica's lock, then the fleet's lock on the model's rollout, then its latest state."""
+    async def _guard(self, name: str, wait_s: float | None = None) -> AsyncIterator[None]:
+        """This replica's lock, then the fleet's lock on the model's rollout (503 after ``wait_s``), then its state."""
         async with self._locks.setdefault(name, asyncio.Lock()):
             key, token = PREFIX + "rollout-lock:" + name, uuid.uuid4().hex
-            deadline = time.monotonic() + self._lock_s
+            deadline = time.monotonic() + (self._lock_s if wait_s is None else wait_s)
             try:
                 while not await self._client.set(key, token, nx=True, px=int(self._lock_s * 1000)):
                     if time.monotonic() >= deadline:
@@ -366,7 +380,14 @@ class FleetRolloutManager(RolloutManager):
             return
         if not fresh and not seen.due(self._clock()):
             return
-        async with self._guard(name):
+        try:
+            await self._lead_step(name)
+        except StoreFailed as exc:  # the lock is held elsewhere (or Redis is away): the next tick tries again
+            log.info("rollout of %r: %s", name, exc.message)
+
+    async def _lead_step(self, name: str) -> None:
+        # A short wait: a tick never stalls the other rollouts' lease renewals for long.
+        async with self._guard(name, wait_s=2 * self._tick_s):
             rollout = self._rollouts.get(name)
             if rollout is None or not rollout.active:
                 return
@@ -392,14 +413,7 @@ class FleetRolloutManager(RolloutManager):
         self._window_at[rollout.model] = rollout.window_started_at
 
     def _fleet_delta(self, rollout: Rollout, version: int) -> Counters:
-        start = self._window.get(rollout.model, {})
-        total = Counters(latency=(0,) * (len(LATENCY_BUCKETS) + 1), bounds=LATENCY_BUCKETS)
-        for source, figures in self._sums.items():
-            now, then = figures.get((rollout.model, version)), start.get(source, {}).get((rollout.model, version))
-            if now is None or then is None:  # joined (or restarted) during the window: counts from the next
-                continue
-            total = _plus(total, now.minus(then))
-        return total
+        return fleet_window(self._window.get(rollout.model, {}), self._sums, (rollout.model, version))
 
     def _evaluate(self, rollout: Rollout, now: float) -> Result:
         candidate = self._fleet_delta(rollout, rollout.spec.to)
