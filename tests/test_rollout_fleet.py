@@ -167,6 +167,7 @@ def test_the_leader_dies_mid_rollout_another_replica_leads_and_promotes(healthy_
         eventually(lambda: current(b)["step"] >= 0, timeout_s=30)
         assert a.process is not None
         a.process.kill()  # no goodbye: its lease expires
+        killed = time.monotonic()
         a.process.wait(timeout=30)
         a.process = None
         taken = eventually(
@@ -174,6 +175,7 @@ def test_the_leader_dies_mid_rollout_another_replica_leads_and_promotes(healthy_
             timeout_s=60,  # a lock the dead leader held expires after 30 s
         )
         assert taken
+        print(f"leader killed: another replica led after {time.monotonic() - killed:.1f} s")
         done = eventually(lambda: (d := current(c))["phase"] in ("aborted", "promoted") and d, timeout_s=120)
     assert done["phase"] == "promoted", done
     for gateway in (b, c):
