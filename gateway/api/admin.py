@@ -19,6 +19,7 @@ from gateway.auth import BearerAuth
 from gateway.errors import BadRequest, NotFound, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from gateway.registry.names import check_model_name, parse_version
 from gateway.release.controller import ReleaseController
+from gateway.release.overrides import refuse_load_overrides
 from gateway.rollouts.runner import RolloutManager
 from gateway.state.fleet import Fleet
 
@@ -269,7 +270,7 @@ class AdminEndpoints:
         except PayloadTooLarge as exc:
             # Only an upload makes a load request this big: say why it can never work.
             raise PayloadTooLarge(f"{exc.message}: model file uploads are not supported; nothing was loaded") from None
-        _refuse_load_overrides(call.doc.get("parameters"))
+        refuse_load_overrides(call.doc.get("parameters"))
         await self.controller.load_model(call.model, call.actor, call.reason)
         return json_response({})
 
@@ -278,34 +279,6 @@ class AdminEndpoints:
         call = await self._call(request)
         await self.controller.unload_idle(call.model, call.actor, call.reason)
         return json_response({})
-
-
-def _refuse_load_overrides(parameters: Any) -> None:
-    """400 for Triton's load-time overrides: a caller must never believe one took effect.
-
-    Triton's load request may carry ``parameters.config`` (a model configuration that replaces
-    the repository's) and ``file:<path>`` entries (model files uploaded in the request). This
-    server loads what the repository holds and writes nothing into it, so both are refused
-    before anything is loaded, and so is any other parameter it would otherwise ignore.
-    """
-    if parameters is None:
-        return
-    if type(parameters) is not dict:
-        raise BadRequest("'parameters' must be an object")
-    if "config" in parameters:
-        raise BadRequest(
-            "parameters.config is not supported: tensorgate loads a model's configuration from its "
-            "repository (config.toml) and does not override it per load; nothing was loaded"
-        )
-    files = sorted(key for key in parameters if key.startswith("file:"))
-    if files:
-        raise BadRequest(
-            f"model file uploads ({files[0][:100]!r}) are not supported: tensorgate never writes to its "
-            "repository; put the files in the repository, then load; nothing was loaded"
-        )
-    if parameters:
-        unknown = sorted(parameters)[0]
-        raise BadRequest(f"unknown load parameter {unknown[:100]!r}; nothing was loaded")
 
 
 def admin_mounts(endpoints: AdminEndpoints, auth: BearerAuth) -> list[Mount]:

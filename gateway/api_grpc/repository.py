@@ -10,6 +10,7 @@ from gateway.api_grpc.calls import CallBase, CoreState, Unauthenticated, call_me
 from gateway.api_grpc.codec import parameter_value
 from gateway.errors import BadRequest
 from gateway.registry.names import check_model_name
+from gateway.release.overrides import refuse_load_overrides
 
 
 class RepositoryCalls(CallBase):
@@ -44,7 +45,7 @@ class RepositoryCalls(CallBase):
 
         async def work() -> Any:
             core, actor = self._authorize(context)
-            _refuse_load_parameters({k: parameter_value(v) for k, v in request.parameters.items()})
+            refuse_load_overrides({k: parameter_value(v) for k, v in request.parameters.items()})
             await core.controller.load_model(check_model_name(request.model_name), actor, None)
             return pb.RepositoryModelLoadResponse()
 
@@ -59,20 +60,3 @@ class RepositoryCalls(CallBase):
             return pb.RepositoryModelUnloadResponse()
 
         return await self._call(context, work)
-
-
-def _refuse_load_parameters(parameters: dict[str, Any]) -> None:
-    """Triton's load-time overrides (a config, uploaded files) are refused, as over REST."""
-    if "config" in parameters:
-        raise BadRequest(
-            "parameters.config is not supported: tensorgate loads a model's configuration from its "
-            "repository (config.toml) and does not override it per load; nothing was loaded"
-        )
-    files = sorted(key for key in parameters if key.startswith("file:"))
-    if files:
-        raise BadRequest(
-            f"model file uploads ({files[0][:100]!r}) are not supported: tensorgate never writes to its "
-            "repository; put the files in the repository, then load; nothing was loaded"
-        )
-    if parameters:
-        raise BadRequest(f"unknown load parameter {sorted(parameters)[0][:100]!r}; nothing was loaded")
