@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from gateway.rollouts.analysis import Counters
-from gateway.rollouts.fleet import fleet_window
+from gateway.rollouts.figures import fleet_window
 from gateway.telemetry.histogram import LATENCY_BUCKETS
 from tests.onnx_models import write_model
 from tests.test_fleet import Gateway, RedisServer, eventually

@@ -21,6 +21,7 @@ from typing import Any
 from gateway.errors import BadRequest, Conflict, LoadFailed, LoadTimedOut, NotFound, StoreFailed
 from gateway.metadata import version_status
 from gateway.models import Model, ModelManager, ModelVersion, VersionState
+from gateway.release.history import provenance_of
 from gateway.release.shadow import ShadowRunner
 from gateway.release.store import ModelRecord, StateStore
 from routing.route import Route, RouteError
@@ -359,7 +360,7 @@ class ReleaseController:
         versions = set(after.versions)
         if details and "version" in details:
             versions.add(int(details["version"]))
-        provenance = _provenance(model, versions)
+        provenance = provenance_of(model, versions)
         if provenance:
             entry["provenance"] = provenance
         task = asyncio.ensure_future(self._save_then_apply(model, entry, after))
@@ -388,17 +389,3 @@ class ReleaseController:
                 self._manager.set_route(model, after)
                 if entry["before"] != entry["after"]:
                     self._notify(model.name, entry)
-
-
-#: What the audit history keeps of each version's provenance (the metadata has all of it).
-_AUDIT_FIELDS = ("registered_model", "model_version", "run_id", "git_commit", "source")
-
-
-def _provenance(model: Model, versions: set[int]) -> dict[str, dict[str, Any]]:
-    """Version -> where it came from, for the versions a history entry concerns."""
-    found = {}
-    for version in sorted(versions):
-        mv = model.versions.get(version)
-        if mv is not None and mv.provenance:
-            found[str(version)] = {key: mv.provenance.get(key) for key in _AUDIT_FIELDS}
-    return found

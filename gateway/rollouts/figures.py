@@ -9,6 +9,7 @@ snapshots (gateway/rollouts/analysis.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from typing import Any, Protocol
 
 from gateway.rollouts.analysis import Counters
@@ -78,3 +79,59 @@ class Figures:
             shadow_agree=agree,
             drift_psi=psi,
         )
+
+
+# -- the fleet's sums (gateway/rollouts/fleet.py): replicas publish these, the leader adds them up --
+
+#: Per replica (key): (model, version) -> cumulative counters.
+Snapshot = dict[str, dict[tuple[str, int], Counters]]
+
+
+def counters_json(counters: Counters) -> dict[str, Any]:
+    """One version's counters as a replica publishes them to the fleet (the summable ones)."""
+    doc = asdict(counters)
+    doc.pop("bounds", None)
+    doc.pop("drift_psi", None)  # the leader's own (a window of its own, not a counter to sum)
+    return doc
+
+
+def counters_from_json(doc: dict[str, Any]) -> Counters:
+    """A replica's published counters, read back."""
+    return Counters(
+        requests=int(doc["requests"]),
+        errors=int(doc["errors"]),
+        latency=tuple(int(c) for c in doc["latency"]),
+        bounds=LATENCY_BUCKETS,
+        shadow_mirrored=int(doc["shadow_mirrored"]),
+        shadow_failed=int(doc["shadow_failed"]),
+        shadow_compared=int(doc["shadow_compared"]),
+        shadow_agree=float(doc["shadow_agree"]),
+    )
+
+
+def _plus(a: Counters, b: Counters) -> Counters:
+    latency = tuple(x + y for x, y in zip(a.latency, b.latency, strict=True)) if a.latency else b.latency
+    return Counters(
+        requests=a.requests + b.requests,
+        errors=a.errors + b.errors,
+        latency=latency,
+        bounds=LATENCY_BUCKETS,
+        shadow_mirrored=a.shadow_mirrored + b.shadow_mirrored,
+        shadow_failed=a.shadow_failed + b.shadow_failed,
+        shadow_compared=a.shadow_compared + b.shadow_compared,
+        shadow_agree=a.shadow_agree + b.shadow_agree,
+    )
+
+
+def fleet_window(start: Snapshot, now: Snapshot, key: tuple[str, int]) -> Counters:
+    """One version's window over the fleet: each replica's counters now minus its own at the start, summed.
+
+    A replica (a source: one process's life) missing at either end counts from the next window.
+    """
+    total = Counters(latency=(0,) * (len(LATENCY_BUCKETS) + 1), bounds=LATENCY_BUCKETS)
+    for source, figures in now.items():
+        latest, first = figures.get(key), start.get(source, {}).get(key)
+        if latest is None or first is None:
+            continue
+        total = _plus(total, latest.minus(first))
+    return total

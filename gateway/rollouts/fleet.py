@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -30,11 +30,10 @@ from gateway.errors import StoreFailed
 from gateway.release.controller import ReleaseController
 from gateway.rollouts.analysis import Counters, Result, evaluate
 from gateway.rollouts.events import Webhooks
-from gateway.rollouts.figures import Figures
+from gateway.rollouts.figures import Figures, Snapshot, counters_from_json, counters_json, fleet_window
 from gateway.rollouts.machine import Rollout
 from gateway.rollouts.runner import ACTOR, RolloutManager, RolloutStore
 from gateway.state.redis_store import PREFIX, STORE_ERRORS, RedisState
-from gateway.telemetry.histogram import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
 
@@ -54,57 +53,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-#: Per replica (key): (model, version) -> cumulative counters.
-Snapshot = dict[str, dict[tuple[str, int], Counters]]
-
-
-def _counters_json(counters: Counters) -> dict[str, Any]:
-    doc = asdict(counters)
-    doc.pop("bounds", None)
-    doc.pop("drift_psi", None)  # the leader's own (a window of its own, not a counter to sum)
-    return doc
-
-
-def _counters(doc: dict[str, Any]) -> Counters:
-    return Counters(
-        requests=int(doc["requests"]),
-        errors=int(doc["errors"]),
-        latency=tuple(int(c) for c in doc["latency"]),
-        bounds=LATENCY_BUCKETS,
-        shadow_mirrored=int(doc["shadow_mirrored"]),
-        shadow_failed=int(doc["shadow_failed"]),
-        shadow_compared=int(doc["shadow_compared"]),
-        shadow_agree=float(doc["shadow_agree"]),
-    )
-
-
-def _plus(a: Counters, b: Counters) -> Counters:
-    latency = tuple(x + y for x, y in zip(a.latency, b.latency, strict=True)) if a.latency else b.latency
-    return Counters(
-        requests=a.requests + b.requests,
-        errors=a.errors + b.errors,
-        latency=latency,
-        bounds=LATENCY_BUCKETS,
-        shadow_mirrored=a.shadow_mirrored + b.shadow_mirrored,
-        shadow_failed=a.shadow_failed + b.shadow_failed,
-        shadow_compared=a.shadow_compared + b.shadow_compared,
-        shadow_agree=a.shadow_agree + b.shadow_agree,
-    )
-
-
-def fleet_window(start: Snapshot, now: Snapshot, key: tuple[str, int]) -> Counters:
-    """One version's window over the fleet: each replica's counters now minus its own at the start, summed.
-
-    A replica (a source: one process's life) missing at either end counts from the next window.
-    """
-    total = Counters(latency=(0,) * (len(LATENCY_BUCKETS) + 1), bounds=LATENCY_BUCKETS)
-    for source, figures in now.items():
-        latest, first = figures.get(key), start.get(source, {}).get(key)
-        if latest is None or first is None:
-            continue
-        total = _plus(total, latest.minus(first))
-    return total
 
 
 class FleetRolloutManager(RolloutManager):
@@ -333,7 +281,7 @@ class FleetRolloutManager(RolloutManager):
         doc: dict[str, dict[str, Any]] = {}
         for name, rollout in active.items():
             doc[name] = {
-                str(v): _counters_json(self._figures.snapshot(name, v)) for v in (rollout.spec.to, rollout.primary)
+                str(v): counters_json(self._figures.snapshot(name, v)) for v in (rollout.spec.to, rollout.primary)
             }
         key = PREFIX + "rollout-figures:" + self._source
         await self._client.set(key, orjson.dumps(doc), px=int(self._figures_ttl_s * 1000))
@@ -349,7 +297,9 @@ class FleetRolloutManager(RolloutManager):
             source = (key.decode() if isinstance(key, bytes) else str(key)).removeprefix(PREFIX + "rollout-figures:")
             try:
                 doc = orjson.loads(raw)
-                sums[source] = {(m, int(v)): _counters(c) for m, versions in doc.items() for v, c in versions.items()}
+                sums[source] = {
+                    (m, int(v)): counters_from_json(c) for m, versions in doc.items() for v, c in versions.items()
+                }
             except (KeyError, TypeError, ValueError, AttributeError):
                 continue
         self._sums = sums
