@@ -151,20 +151,16 @@ def _checked(token: str, source: str) -> str:
 
 
 class BearerAuth:
-    """Checks ``Authorization: Bearer <token>`` in constant time; denies all until a token is set."""
+    """Checks ``Authorization: Bearer <token>`` in constant time (the token is fixed when built)."""
 
-    def __init__(self, token: str | None = None) -> None:
-        self._expected: bytes | None = None
-        if token is not None:
-            self.set_token(token)
+    __slots__ = ("_expected",)
 
-    def set_token(self, token: str) -> None:
-        """The token to accept from now on."""
+    def __init__(self, token: str) -> None:
         self._expected = _SCHEME + token.encode("ascii")
 
     def allows(self, authorization: bytes | None) -> bool:
         """True only for the exact header; missing, wrong scheme or wrong token are all False."""
-        if authorization is None or self._expected is None:
+        if authorization is None:
             return False
         # Scheme names are case-insensitive; the token is not, and is compared in constant time.
         candidate = authorization[: len(_SCHEME)].lower() + authorization[len(_SCHEME) :]

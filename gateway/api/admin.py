@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.body import BodyHeaders, read_body
 from gateway.api.responses import json_response, send_error
-from gateway.auth import BearerAuth
+from gateway.core import CoreSlot
 from gateway.errors import BadRequest, NotFound, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from gateway.registry.names import check_model_name, parse_version
 from gateway.release.controller import ReleaseController
@@ -44,51 +44,42 @@ class _Call:
 class RequireToken:
     """ASGI middleware: 401 (the same body whatever was wrong) unless the bearer token matches."""
 
-    def __init__(self, app: ASGIApp, auth: BearerAuth) -> None:
+    def __init__(self, app: ASGIApp, slot: CoreSlot) -> None:
         self.app = app
-        self.auth = auth
+        self.slot = slot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Let the request through only with the right token."""
         if scope["type"] == "http":
             header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-            if not self.auth.allows(header):
+            core = self.slot.current  # no core yet: no token yet, so everything is denied
+            if core is None or not core.auth.allows(header):
                 await send_error(send, 401, "unauthorized", {"WWW-Authenticate": 'Bearer realm="tensorgate-admin"'})
                 return
         await self.app(scope, receive, send)
 
 
 class AdminEndpoints:
-    """Handlers of the admin API; the controller is attached by the app's lifespan."""
+    """Handlers of the admin API; they serve from the core in ``slot`` (set by the app's lifespan)."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any]] | None = None) -> None:
-        self._controller: ReleaseController | None = None
-        self._fleet: Fleet | None = None
-        self._rollouts: RolloutManager | None = None
+    def __init__(self, slot: CoreSlot, stats: Callable[[], dict[str, Any]] | None = None) -> None:
+        self._slot = slot
         self._stats = stats  # the console's live figures (gateway.console.stats)
-
-    def attach(self, controller: ReleaseController, fleet: Fleet | None = None) -> None:
-        """Called by the lifespan once the release controller (and, in a fleet, the shared state) exists."""
-        self._controller = controller
-        self._fleet = fleet
-
-    def attach_rollouts(self, rollouts: RolloutManager) -> None:
-        """Called by the lifespan once the rollout manager has started."""
-        self._rollouts = rollouts
 
     @property
     def rollouts(self) -> RolloutManager:
         """The rollout manager; 503 until start-up has built it."""
-        if self._rollouts is None:
-            raise Unavailable("the server is starting")
-        return self._rollouts
+        return self._slot.core.rollouts
 
     @property
     def controller(self) -> ReleaseController:
         """The release controller; 503 until start-up has built it."""
-        if self._controller is None:
-            raise Unavailable("the server is starting")
-        return self._controller
+        return self._slot.core.controller
+
+    @property
+    def fleet(self) -> Fleet | None:
+        """The shared state of a fleet (None for one replica); 503 until start-up has built it."""
+        return self._slot.core.fleet
 
     @staticmethod
     async def _body(request: Request) -> dict[str, Any]:
@@ -132,17 +123,18 @@ class AdminEndpoints:
         """``GET /admin/models``; in a fleet, each live replica's applied seq and version states too."""
         controller = self.controller
         models = [controller.describe(m) for m in controller.models()]
-        if self._fleet is None:
+        fleet = self.fleet
+        if fleet is None:
             return json_response({"models": models})
         try:
-            reports = await self._fleet.reports()
+            reports = await fleet.reports()
         except Unavailable:  # the store is away: this replica's own view, and it says so
-            reports = [self._fleet.report()]
+            reports = [fleet.report()]
         for model in models:
             model["replicas"] = [
                 {"replica": r.get("replica"), **(r.get("models", {}).get(model["name"]) or {"seq": 0})} for r in reports
             ]
-        return json_response({"models": models, "state_store": self._fleet.describe()})
+        return json_response({"models": models, "state_store": fleet.describe()})
 
     @staticmethod
     def _wait(request: Request) -> float | None:
@@ -164,10 +156,11 @@ class AdminEndpoints:
     async def _answer(self, request: Request, name: str, body: Any) -> Response:
         """A change's answer; with ``?wait=all``, once every live replica applied it (202 naming the rest)."""
         timeout_s = self._wait(request)
-        if timeout_s is None or self._fleet is None:  # one replica: applied before the answer
+        fleet = self.fleet
+        if timeout_s is None or fleet is None:  # one replica: applied before the answer
             return json_response(body)
         seq = self.controller.seq(name)
-        pending = await self._fleet.wait_all(name, seq, timeout_s)
+        pending = await fleet.wait_all(name, seq, timeout_s)
         if not pending:
             return json_response(body)
         names = ", ".join(str(p["replica"]) for p in pending)
@@ -281,10 +274,10 @@ class AdminEndpoints:
         return json_response({})
 
 
-def admin_mounts(endpoints: AdminEndpoints, auth: BearerAuth) -> list[Mount]:
+def admin_mounts(endpoints: AdminEndpoints, slot: CoreSlot) -> list[Mount]:
     """``/admin`` and ``/v2/repository``, every route behind the token (unknown paths too)."""
     e = endpoints
-    token = [Middleware(RequireToken, auth=auth)]
+    token = [Middleware(RequireToken, slot=slot)]
     admin = Mount(
         "/admin",
         routes=[

@@ -25,10 +25,10 @@ from gateway.api.endpoints import Endpoints
 from gateway.api.ports import AdminPortSplit
 from gateway.api.responses import handle_error
 from gateway.api_grpc.server import GrpcFrontEnd
-from gateway.api_grpc.service import CoreState
 from gateway.auth import BearerAuth, hash_key, provision_token
 from gateway.console.serve import Console
 from gateway.console.stats import stats_reader
+from gateway.core import Core, CoreSlot
 from gateway.drift.online import DriftMonitor
 from gateway.errors import GatewayError
 from gateway.exchange import RequestIds
@@ -47,7 +47,7 @@ from gateway.rollouts.figures import Figures
 from gateway.rollouts.runner import rollout_manager
 from gateway.settings import Settings, registry_names
 from gateway.state.controller import FleetController
-from gateway.state.fleet import Fleet, StoreUpCollector
+from gateway.state.fleet import Fleet
 from gateway.state.redis_store import read_secret
 from gateway.telemetry.collector import GatewayCollector
 from gateway.telemetry.logs import AccessLog
@@ -132,32 +132,34 @@ def create_app(
     """Build the ASGI app; models load in the background once the lifespan starts.
 
     ``lifecycle`` is shared with the server, whose signal handler starts the drain. ``grpc``,
-    the gRPC listener the server runs beside uvicorn, is handed the same core once it exists.
+    the gRPC listener the server runs beside uvicorn, shares the app's core slot (``grpc.slot``).
     """
     import_runtimes()  # here, not on the event loop when a first version loads or connects
     lifecycle = lifecycle or Lifecycle(settings.max_concurrent_requests, settings.max_inflight_body_bytes)
+    # The one place the running state lives: every handler, middleware and collector below reads
+    # the core from it; the lifespan sets it once everything is built and clears it at shutdown.
+    # The gRPC listener is built before the app (the server binds it first) and brings its slot.
+    slot = grpc.slot if grpc is not None else CoreSlot()
     request_metrics = RequestMetrics()
-    collector = GatewayCollector(request_metrics, lifecycle)
+    collector = GatewayCollector(request_metrics, lifecycle, slot)
     metrics_registry = CollectorRegistry()
     metrics_registry.register(collector)
-    store_up = StoreUpCollector()  # tensorgate_state_store_up
-    metrics_registry.register(store_up)
     if grpc is not None:
         metrics_registry.register(grpc.collector)
     ProcessCollector(registry=metrics_registry)
     PlatformCollector(registry=metrics_registry)
     endpoints = Endpoints(
+        slot,
         settings.max_body_bytes,
         lifecycle,
         metrics_registry,
         strict_readiness=settings.strict_readiness,
         max_decompressed_bytes=settings.max_decompressed_bytes,
     )
-    admin = AdminEndpoints(stats_reader(collector.collect, time.time))  # GET /admin/stats: the console's figures
-    auth = BearerAuth()  # denies everything until the lifespan has provisioned the token
+    admin = AdminEndpoints(slot, stats_reader(collector.collect, time.time))  # GET /admin/stats: the console's figures
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def build_core() -> tuple[Core, AliasFollower]:
+        """Build and start everything the app serves from (the follower is the lifespan's to stop)."""
         devices = probe_devices()
         log.info("devices: %s", devices.describe())
         store = StateStore(settings.state_dir)
@@ -168,7 +170,6 @@ def create_app(
             password = await asyncio.to_thread(read_secret, password_file) if password_file else None
             fleet = Fleet(settings.state_store, f"{socket.gethostname()}:{settings.port}", password=password)
             records = await fleet.open(records)
-            store_up.fleet = fleet
         token = await asyncio.to_thread(
             provision_token, os.environ if environ is None else environ, settings.admin_token_file, settings.state_dir
         )
@@ -189,23 +190,16 @@ def create_app(
             predlog=predlog,
         )
         service = InferenceService(manager, rng=random_source, shadows=shadows)
-        endpoints.attach(manager, service)
-        dispatcher.predlog = predlog
         drift = None
         if predlog is not None:  # online drift reads the prediction log's stream
             drift = DriftMonitor(manager)
             predlog.add_observer(drift.observe)
             drift.start()
-        collector.attach(manager, shadows, predlog, drift)
         controller = (
             ReleaseController(manager, store, records, shadows=shadows)
             if fleet is None
             else FleetController(manager, store, records, fleet, shadows=shadows)
         )
-        admin.attach(controller, fleet)
-        auth.set_token(token)
-        if grpc is not None:
-            grpc.attach(CoreState(manager, service, controller, auth, predlog))
         manager.start()
         follower = AliasFollower(manager, controller, settings.registry_poll_s)
         follower.start()  # idle unless a model's [mlflow] table follows an alias
@@ -216,26 +210,49 @@ def create_app(
         started = manager.wait_started
         rollouts = rollout_manager(settings.state_dir, controller, figures, started=started, environ=environ)
         await rollouts.start()
-        admin.attach_rollouts(rollouts)
-        settle = asyncio.create_task(_freeze_after_startup(manager), name="gc-freeze")
+        core = Core(
+            manager=manager,
+            service=service,
+            controller=controller,
+            auth=BearerAuth(token),
+            shadows=shadows,
+            rollouts=rollouts,
+            predlog=predlog,
+            drift=drift,
+            fleet=fleet,
+        )
+        return core, follower
+
+    async def close_core(core: Core, follower: AliasFollower) -> None:
+        """Stop what ``build_core`` started, in the reverse order of what depends on what."""
+        await core.rollouts.close()
+        if core.fleet is not None:
+            await core.fleet.close()
+        await follower.close()
+        if core.drift is not None:
+            await core.drift.close()
+        await core.shadows.close()
+        if core.predlog is not None:
+            # Requests have drained by now (the server waits for them before the lifespan);
+            # a healthy disk writes what is queued in milliseconds, a stalled one gets 10 s.
+            await core.predlog.close(timeout_s=min(settings.graceful_timeout_s, PREDLOG_CLOSE_S))
+        await core.manager.close()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Core]]:
+        core, follower = await build_core()
+        slot.set(core)
+        settle = asyncio.create_task(_freeze_after_startup(core.manager), name="gc-freeze")
         if on_ready is not None:
-            on_ready(manager)
+            on_ready(core.manager)
         try:
-            yield
+            yield {"core": core}  # Starlette's lifespan state: request.state.core
         finally:
             settle.cancel()
-            await rollouts.close()
-            if fleet is not None:
-                await fleet.close()
-            await follower.close()
-            if drift is not None:
-                await drift.close()
-            await shadows.close()
-            if predlog is not None:
-                # Requests have drained by now (the server waits for them before the lifespan);
-                # a healthy disk writes what is queued in milliseconds, a stalled one gets 10 s.
-                await predlog.close(timeout_s=min(settings.graceful_timeout_s, PREDLOG_CLOSE_S))
-            await manager.close()
+            try:
+                await close_core(core, follower)
+            finally:
+                slot.clear()
 
     e = endpoints
     # Inference (.../infer) never reaches these routes: the dispatcher in front serves it.
@@ -253,7 +270,7 @@ def create_app(
         Route("/v2/models/{model}/versions/{version}", e.model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", e.model_ready, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/config", e.model_config, methods=["GET"]),
-        *admin_mounts(admin, auth),
+        *admin_mounts(admin, slot),
         *(Console().routes() if settings.console else []),  # GET /console (docs/console.md)
     ]
     app = Starlette(
@@ -268,6 +285,7 @@ def create_app(
     dispatcher = InferenceDispatcher(
         app,
         e.infer,
+        slot=slot,
         lifecycle=lifecycle,
         metrics=request_metrics,
         ids=request_ids or RequestIds(),

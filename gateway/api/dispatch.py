@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.body import BodyHeaders
 from gateway.api.responses import ErrorReply, error_reply, reply_for, send_error, send_reply
+from gateway.core import CoreSlot
 from gateway.errors import ClientDisconnected, GatewayError
 from gateway.exchange import Exchange, RequestIds
 from gateway.lifecycle import Lifecycle
@@ -67,6 +68,7 @@ class InferenceDispatcher:
         app: ASGIApp,
         handler: Handler,
         *,
+        slot: CoreSlot,
         lifecycle: Lifecycle,
         metrics: RequestMetrics,
         ids: RequestIds,
@@ -78,8 +80,8 @@ class InferenceDispatcher:
         self._metrics = metrics
         self._ids = ids
         self._access_log = access_log
-        #: Set by the lifespan when the prediction log is on.
-        self.predlog: PredictionLog | None = None
+        #: The core (its prediction log, when on), set by the app's lifespan.
+        self._slot = slot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one ASGI connection."""
@@ -113,7 +115,8 @@ class InferenceDispatcher:
                 send, exchange, error_reply(503, "too many requests in flight; retry later", {"Retry-After": "1"})
             )
         else:
-            predlog = self.predlog
+            core = self._slot.current  # read once: the request keeps the log it started with
+            predlog = core.predlog if core is not None else None
             held = predlog is not None and not predlog.blocking  # block: once its place is reserved
             life.inflight += 1  # also while it waits for room in the log: max_concurrent_requests bounds the waiters
             try:

@@ -15,9 +15,9 @@ from gateway.api.body import BodyHeaders, read_body
 from gateway.api.client import AsgiClient
 from gateway.api.dispatch import echoable
 from gateway.api.responses import error_response, json_response
+from gateway.core import CoreSlot
 from gateway.errors import BadRequest, Unavailable
 from gateway.exchange import Exchange
-from gateway.inference import InferenceService
 from gateway.lifecycle import Lifecycle
 from gateway.models import Model, ModelManager, ModelVersion, VersionState, no_servable_version
 from gateway.protocol.codec import MAX_ID_LENGTH
@@ -25,10 +25,11 @@ from gateway.registry.names import parse_version
 
 
 class Endpoints:
-    """Route handlers bound to the state the app's lifespan builds."""
+    """Route handlers that serve from the core in ``slot`` (set by the app's lifespan)."""
 
     def __init__(
         self,
+        slot: CoreSlot,
         max_body_bytes: int,
         lifecycle: Lifecycle,
         metrics: CollectorRegistry,
@@ -42,20 +43,12 @@ class Endpoints:
         self.strict_readiness = strict_readiness
         self._lifecycle = lifecycle
         self._metrics = metrics
-        self._manager: ModelManager | None = None
-        self._service: InferenceService | None = None
-
-    def attach(self, manager: ModelManager, service: InferenceService) -> None:
-        """Called by the lifespan once the model manager and the inference service exist."""
-        self._manager = manager
-        self._service = service
+        self._slot = slot
 
     @property
     def manager(self) -> ModelManager:
         """The model manager; 503 before the lifespan has built it."""
-        if self._manager is None:
-            raise Unavailable("the server is starting")
-        return self._manager
+        return self._slot.core.manager
 
     # -- health and metadata -------------------------------------------------------------------
 
@@ -67,7 +60,8 @@ class Endpoints:
         """Readiness: start-up done, every routed version READY, and no drain under way."""
         if self._lifecycle.draining:
             return error_response(503, "not ready: the server is shutting down", {"Retry-After": "1"})
-        reason = "the server is starting" if self._manager is None else self._manager.not_ready(self.strict_readiness)
+        core = self._slot.current
+        reason = "the server is starting" if core is None else core.manager.not_ready(self.strict_readiness)
         if reason is None:
             return json_response({"ready": True})
         return error_response(503, f"not ready: {reason}", {"Retry-After": "1"})
@@ -138,8 +132,7 @@ class Endpoints:
         cost a measurable share of a small model's request (docs/benchmarks.md). The dispatcher
         in front has parsed the headers and answers errors.
         """
-        if self._service is None:
-            raise Unavailable("the server is starting")
+        service = self._slot.core.service
         if headers.duplicated is not None:
             raise BadRequest("Inference-Header-Content-Length is given twice")
         headers.check_media_type()
@@ -151,7 +144,7 @@ class Endpoints:
                 raise BadRequest(f"x-request-id is longer than {MAX_ID_LENGTH} characters")
             header_length = headers.header_length
             params = scope["path_params"]
-            result = await self._service.infer(
+            result = await service.infer(
                 params["model"],
                 params.get("version"),
                 body,

@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc  # type: ignore[import-untyped]
 
 from gateway.api.dispatch import CLIENT_CLOSED
-from gateway.auth import BearerAuth
-from gateway.errors import GatewayError, Unavailable
-from gateway.inference import InferenceService
+from gateway.core import Core, CoreSlot
+from gateway.errors import GatewayError
 from gateway.lifecycle import Lifecycle
-from gateway.models import ModelManager
-from gateway.predlog.writer import PredictionLog
-from gateway.release.controller import ReleaseController
 
 log = logging.getLogger(__name__)
 
@@ -52,40 +47,28 @@ def status_code(status: int) -> Any:
     return _CODES.get(status, grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.INVALID_ARGUMENT)
 
 
-@dataclass(frozen=True, slots=True)
-class CoreState:
-    """What the app's lifespan builds and the gRPC calls use."""
-
-    manager: ModelManager
-    service: InferenceService
-    controller: ReleaseController
-    auth: BearerAuth
-    predlog: PredictionLog | None
-
-
 def call_metadata(context: Any) -> dict[str, str]:
     """The call's metadata as a dict (keys are lower case on the wire; text values only)."""
     return {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
 
 
 class CallBase:
-    """The servicer's state every group of calls reads; ``attach`` gives it the core."""
+    """The servicer's state every group of calls reads: the core in ``slot``, set by the app's lifespan."""
 
-    def __init__(self, lifecycle: Lifecycle, *, strict_readiness: bool = True) -> None:
+    def __init__(self, lifecycle: Lifecycle, slot: CoreSlot, *, strict_readiness: bool = True) -> None:
         self._lifecycle = lifecycle
         self._strict_readiness = strict_readiness
-        self._core: CoreState | None = None
-
-    def attach(self, core: CoreState | None) -> None:
-        """Called by the lifespan once the core exists (None again at shutdown)."""
-        self._core = core
+        self._slot = slot
 
     @property
-    def core(self) -> CoreState:
+    def _core(self) -> Core | None:
+        """The core, or None before start-up and after shutdown."""
+        return self._slot.current
+
+    @property
+    def core(self) -> Core:
         """The core; UNAVAILABLE before the lifespan has built it."""
-        if self._core is None:
-            raise Unavailable("the server is starting")
-        return self._core
+        return self._slot.core
 
     async def _call(self, context: Any, work: Callable[[], Any]) -> Any:
         """Run a non-inference call's body, its errors answered as gRPC statuses."""

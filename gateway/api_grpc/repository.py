@@ -6,8 +6,9 @@ from typing import Any
 
 from tritonclient.grpc import service_pb2 as pb
 
-from gateway.api_grpc.calls import CallBase, CoreState, Unauthenticated, call_metadata
+from gateway.api_grpc.calls import CallBase, Unauthenticated, call_metadata
 from gateway.api_grpc.codec import parameter_value
+from gateway.core import Core
 from gateway.errors import BadRequest
 from gateway.registry.names import check_model_name
 from gateway.release.overrides import refuse_load_overrides
@@ -16,7 +17,7 @@ from gateway.release.overrides import refuse_load_overrides
 class RepositoryCalls(CallBase):
     """``RepositoryIndex``, ``RepositoryModelLoad`` and ``RepositoryModelUnload``, as the admin API."""
 
-    def _authorize(self, context: Any) -> tuple[CoreState, str]:
+    def _authorize(self, context: Any) -> tuple[Core, str]:
         """The core and the actor, if the call carries the admin token; else UNAUTHENTICATED."""
         core = self.core
         metadata_ = call_metadata(context)

@@ -10,7 +10,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from tritonclient.grpc import service_pb2_grpc
 
-from gateway.api_grpc.service import CoreState, GrpcInference, status_code
+from gateway.api_grpc.service import GrpcInference, status_code
+from gateway.core import CoreSlot
 from gateway.exchange import RequestIds
 from gateway.lifecycle import Lifecycle
 from gateway.settings import Settings
@@ -81,9 +82,10 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
 
 
 class GrpcFrontEnd:
-    """The gRPC server beside uvicorn: bound before serving, attached to the core by the lifespan.
+    """The gRPC server beside uvicorn: bound before serving; it serves from the app's core slot.
 
-    ``start`` binds and serves (calls answer UNAVAILABLE until ``attach``); ``stop`` is the
+    ``start`` binds and serves (calls answer UNAVAILABLE until the app's lifespan sets the core
+    in ``slot``, which ``create_app`` shares); ``stop`` is the
     drain: new calls are refused (GOAWAY), in-flight ones get ``grace_s`` to finish.
     """
 
@@ -103,15 +105,13 @@ class GrpcFrontEnd:
         self.required = required
         self.metrics = RequestMetrics()
         self.collector = GrpcMetrics(self.metrics)
+        #: The core the calls serve from: ``create_app`` shares this slot and its lifespan sets it.
+        self.slot = CoreSlot()
         self.servicer = GrpcInference(
-            lifecycle, self.metrics, ids or RequestIds(), strict_readiness=settings.strict_readiness
+            lifecycle, self.slot, self.metrics, ids or RequestIds(), strict_readiness=settings.strict_readiness
         )
         self.port = 0
         self._server: grpc.aio.Server | None = None
-
-    def attach(self, core: CoreState | None) -> None:
-        """Hand the calls the core the lifespan built (None at shutdown)."""
-        self.servicer.attach(core)
 
     async def start(self) -> int:
         """Listen on ``listen_port`` and serve; the bound port."""

@@ -22,11 +22,12 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from gateway.api.dispatch import CLIENT_CLOSED, InferenceDispatcher
-from gateway.api_grpc.calls import CoreState, Overloaded, abort, call_metadata, status_code
+from gateway.api_grpc.calls import Overloaded, abort, call_metadata, status_code
 from gateway.api_grpc.codec import infer_response as encode_infer_response
 from gateway.api_grpc.codec import request_body
 from gateway.api_grpc.health import HealthCalls
 from gateway.api_grpc.repository import RepositoryCalls
+from gateway.core import Core, CoreSlot
 from gateway.errors import BadRequest, ClientDisconnected, GatewayError, InternalError, Unavailable
 from gateway.exchange import Exchange, RequestIds
 from gateway.lifecycle import Lifecycle
@@ -34,7 +35,7 @@ from gateway.predlog.writer import PredictionLog
 from gateway.protocol.codec import MAX_ID_LENGTH
 from gateway.telemetry.requests import RequestMetrics
 
-__all__ = ["CoreState", "GrpcClient", "GrpcInference", "status_code"]
+__all__ = ["GrpcClient", "GrpcInference", "status_code"]
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,18 @@ class GrpcClient:
 
 
 class GrpcInference(HealthCalls, RepositoryCalls, service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    """The servicer; ``attach`` gives it the core once the app's lifespan has built it."""
+    """The servicer; it serves from the core in ``slot`` once the app's lifespan has set it."""
 
     def __init__(
-        self, lifecycle: Lifecycle, metrics: RequestMetrics, ids: RequestIds, *, strict_readiness: bool = True
+        self,
+        lifecycle: Lifecycle,
+        slot: CoreSlot,
+        metrics: RequestMetrics,
+        ids: RequestIds,
+        *,
+        strict_readiness: bool = True,
     ) -> None:
-        super().__init__(lifecycle, strict_readiness=strict_readiness)
+        super().__init__(lifecycle, slot, strict_readiness=strict_readiness)
         self._metrics = metrics
         self._ids = ids
 
@@ -178,7 +185,7 @@ class GrpcInference(HealthCalls, RepositoryCalls, service_pb2_grpc.GRPCInference
         return response, error, exchange.request_id
 
     async def _infer(
-        self, core: CoreState, request: Any, context: Any, metadata_: dict[str, str], *, given: str | None,
+        self, core: Core, request: Any, context: Any, metadata_: dict[str, str], *, given: str | None,
         exchange: Exchange, stream: bool,
     ) -> Any:  # fmt: skip
         remaining = context.time_remaining()

@@ -14,6 +14,7 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.core import CoreSlot
 from gateway.lifecycle import Lifecycle
 from gateway.models import ModelManager, VersionState
 from gateway.release.shadow import ShadowRunner
@@ -61,25 +62,32 @@ class DriftScores(Protocol):
 
 
 class GatewayCollector(Collector):
-    """Every ``tensorgate_*`` family; attach the lifespan's state before the first scrape."""
+    """Every ``tensorgate_*`` family; the state's families read the core in ``slot`` (empty before start-up)."""
 
-    def __init__(self, requests: RequestMetrics, lifecycle: Lifecycle) -> None:
+    def __init__(self, requests: RequestMetrics, lifecycle: Lifecycle, slot: CoreSlot) -> None:
         self._requests = requests
         self._lifecycle = lifecycle
-        self._manager: ModelManager | None = None
-        self._shadows: ShadowRunner | None = None
-        self._predlog: PredictionLogStats | None = None
-        self._drift: DriftScores | None = None
+        self._slot = slot
 
-    def attach(
-        self,
-        manager: ModelManager,
-        shadows: ShadowRunner,
-        predlog: PredictionLogStats | None = None,
-        drift: DriftScores | None = None,
-    ) -> None:
-        """Called by the lifespan once the state exists."""
-        self._manager, self._shadows, self._predlog, self._drift = manager, shadows, predlog, drift
+    @property
+    def _manager(self) -> ModelManager | None:
+        core = self._slot.current
+        return core.manager if core is not None else None
+
+    @property
+    def _shadows(self) -> ShadowRunner | None:
+        core = self._slot.current
+        return core.shadows if core is not None else None
+
+    @property
+    def _predlog(self) -> PredictionLogStats | None:
+        core = self._slot.current
+        return core.predlog if core is not None else None
+
+    @property
+    def _drift(self) -> DriftScores | None:
+        core = self._slot.current
+        return core.drift if core is not None else None
 
     def collect(self) -> Iterator[Metric]:
         """Build the families from the current counters and state."""
@@ -95,6 +103,14 @@ class GatewayCollector(Collector):
             drift.add_metric(list(labels), value)
         yield drift
         yield from self._drift_health()
+        # The release state store: a fleet's shared store may be away; the local directory is always up.
+        core = self._slot.current
+        fleet = core.fleet if core is not None else None
+        up = GaugeMetricFamily(
+            "tensorgate_state_store_up", "1 while the release state store answers (always 1 without state_store)"
+        )
+        up.add_metric([], 0.0 if fleet is not None and not fleet.up else 1.0)
+        yield up
 
     def _drift_health(self) -> Iterator[Metric]:
         errors = CounterMetricFamily(
