@@ -431,12 +431,13 @@ def test_rollback_and_the_audit_trail_are_fleet_wide(fleet: list[Gateway]) -> No
 
 def test_compare_and_set_in_redis(redis_server: RedisServer) -> None:
     """The store's own contract: a change based on an old seq is refused, naming the seq it holds."""
+    from gateway.release.history import HistoryEntry
     from gateway.release.store import ModelRecord
     from gateway.state.redis_store import RedisState, redact
     from routing.route import Route
 
-    def entry(seq: int, actor: str) -> dict[str, Any]:
-        return {"seq": seq, "actor": actor, "action": "route", "before": None, "after": {"weights": {"1": 100}}}
+    def entry(seq: int, actor: str) -> HistoryEntry:
+        return HistoryEntry(seq, "", actor, "route", None, None, {"weights": {"1": 100}})
 
     async def scenario() -> None:
         state = RedisState(redis_server.url)
@@ -451,7 +452,7 @@ def test_compare_and_set_in_redis(redis_server: RedisServer) -> None:
             assert await state.commit("m", 3, late, late.history[-1], [1]) == 4  # refused: the store is at 4
             stored = await state.model("m")
             assert stored is not None and stored.loaded == frozenset({1})
-            assert [e["actor"] for e in stored.record.history] == ["earlier", "earlier", "first", "winner"]
+            assert [e.actor for e in stored.record.history] == ["earlier", "earlier", "first", "winner"]
             assert await state.seqs() == {"m": 4}
         finally:
             await state.close()

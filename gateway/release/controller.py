@@ -21,7 +21,7 @@ from typing import Any
 from gateway.errors import BadRequest, Conflict, LoadFailed, LoadTimedOut, NotFound, StoreFailed
 from gateway.metadata import version_status
 from gateway.models import Model, ModelManager, ModelVersion, VersionState
-from gateway.release.history import provenance_of
+from gateway.release.history import HistoryEntry, provenance_of
 from gateway.release.shadow import ShadowRunner
 from gateway.release.store import ModelRecord, StateStore
 from routing.route import Route, RouteError
@@ -49,9 +49,9 @@ class ReleaseController:
         self._locks: dict[str, asyncio.Lock] = {}
         self._save_lock = asyncio.Lock()
         #: Called with (model, history entry) after every applied route change (rollouts pause on one).
-        self._route_listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self._route_listeners: list[Callable[[str, HistoryEntry], None]] = []
 
-    def add_route_listener(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
+    def add_route_listener(self, listener: Callable[[str, HistoryEntry], None]) -> None:
         """Call ``listener(model, entry)`` after each route change is saved and applied."""
         self._route_listeners.append(listener)
 
@@ -72,14 +72,14 @@ class ReleaseController:
         record = self._records.get(name)
         return record.seq if record is not None else 0
 
-    async def _persist(self, name: str, record: ModelRecord, entry: dict[str, Any]) -> None:
+    async def _persist(self, name: str, record: ModelRecord, entry: HistoryEntry) -> None:
         """Save the model's new record (blocking writes in a thread); OSError when it cannot be written."""
         await asyncio.to_thread(self._store.save, {**self._records, name: record})
 
     def _applied(self, name: str) -> None:
         """Called once a change of ``name`` is saved and applied here (a fleet reports it)."""
 
-    def _notify(self, name: str, entry: dict[str, Any]) -> None:
+    def _notify(self, name: str, entry: HistoryEntry) -> None:
         for listener in self._route_listeners:
             try:
                 listener(name, entry)
@@ -122,6 +122,10 @@ class ReleaseController:
         return model.route.to_json()
 
     def history(self, name: str) -> list[dict[str, Any]]:
+        """The model's audit trail, oldest first, as the admin API shows it."""
+        return [entry.to_json() for entry in self.entries(name)]
+
+    def entries(self, name: str) -> list[HistoryEntry]:
         """The model's audit trail, oldest first."""
         self._manager.model(name)
         record = self._records.get(name)
@@ -157,11 +161,11 @@ class ReleaseController:
         for version in idle:
             await self.unload(name, version, actor, reason)
 
-    def _last_change(self, name: str) -> dict[str, Any] | None:
+    def _last_change(self, name: str) -> HistoryEntry | None:
         """The latest history entry that changed the route (loads and unloads of idle versions don't)."""
         record = self._records.get(name)
-        history: list[dict[str, Any]] = record.history if record is not None else []
-        changes = [e for e in history if e["before"] is not None and e["before"] != e["after"]]
+        history = record.history if record is not None else []
+        changes = [e for e in history if e.before is not None and e.changes_route]
         return changes[-1] if changes else None
 
     def _standby(self, model: Model) -> int | None:
@@ -170,8 +174,8 @@ class ReleaseController:
         if change is None or model.route is None:
             return None
         # A promoted rollout names the old primary (before it, the candidate may have had the most weight).
-        standby = change.get("standby")
-        previous = int(standby) if isinstance(standby, str) else Route.from_json(change["before"]).primary
+        standby = change.details.get("standby")
+        previous = int(standby) if isinstance(standby, str) else Route.from_json(change.before).primary
         return None if previous in model.route.versions else previous
 
     def _role(self, model: Model, version: int) -> str | None:
@@ -273,13 +277,13 @@ class ReleaseController:
                 change = self._last_change(name)
                 if change is None:
                     raise Conflict(f"model {name!r} has no route change to roll back")
-                target = change["before"]
+                target = change.before
             else:
                 record = self._records.get(name)
-                matches = [e for e in (record.history if record is not None else []) if e["seq"] == to]
-                if not matches or matches[0]["after"] is None:
+                matches = [e for e in (record.history if record is not None else []) if e.seq == to]
+                target = matches[0].after if matches else None
+                if target is None:
                     raise Conflict(f"model {name!r} has no change {to} to roll back to")
-                target = matches[0]["after"]
             route = Route.from_json(target)
             for version in sorted(route.versions):
                 await self._load_ready(model, version)  # reload what was unloaded since
@@ -346,40 +350,35 @@ class ReleaseController:
         """
         after = after if after is not None else model.route
         assert after is not None
-        entry: dict[str, Any] = {
-            "seq": seq if seq is not None else self._next_seq(model),
-            "time": datetime.datetime.fromtimestamp(self._wall_clock(), datetime.UTC).isoformat(),
-            "actor": actor,
-            "action": action,
-            "reason": reason,
-            "before": before.to_json() if before is not None else None,
-            "after": after.to_json(),
-        }
-        if details:
-            entry.update(details)
         versions = set(after.versions)
         if details and "version" in details:
             versions.add(int(details["version"]))
-        provenance = provenance_of(model, versions)
-        if provenance:
-            entry["provenance"] = provenance
+        entry = HistoryEntry(
+            seq=seq if seq is not None else self._next_seq(model),
+            time=datetime.datetime.fromtimestamp(self._wall_clock(), datetime.UTC).isoformat(),
+            actor=actor,
+            action=action,
+            reason=reason,
+            before=before.to_json() if before is not None else None,
+            after=after.to_json(),
+            details=dict(details or {}),
+            provenance=provenance_of(model, versions),
+        )
         task = asyncio.ensure_future(self._save_then_apply(model, entry, after))
         # A caller gone mid-save never reads the outcome: fetch it so asyncio does not warn.
         task.add_done_callback(lambda done: done.cancelled() or done.exception())
         await asyncio.shield(task)
 
-    async def _save_then_apply(self, model: Model, entry: dict[str, Any], after: Route) -> None:
+    async def _save_then_apply(self, model: Model, entry: HistoryEntry, after: Route) -> None:
         async with self._save_lock:
             current = self._records.get(model.name)
             record = ModelRecord(after, [*(current.history if current is not None else ()), entry])
             try:
                 await self._persist(model.name, record, entry)
             except OSError as exc:
-                log.error(
-                    "model %r: %s not applied, the state could not be saved: %s", model.name, entry["action"], exc
-                )
+                log.error("model %r: %s not applied, the state could not be saved: %s", model.name, entry.action, exc)
                 raise StoreFailed(
-                    f"{entry['action']} of model {model.name!r} not applied: the state directory cannot be"
+                    f"{entry.action} of model {model.name!r} not applied: the state directory cannot be"
                     " written (disk full or read-only?); nothing changed",
                     retry_after_s=5,
                 ) from None
@@ -387,5 +386,5 @@ class ReleaseController:
             self._applied(model.name)
             if after is not model.route:
                 self._manager.set_route(model, after)
-                if entry["before"] != entry["after"]:
+                if entry.changes_route:
                     self._notify(model.name, entry)

@@ -81,9 +81,9 @@ class AliasFollower:
 
     def _last_acted(self, model: Model, alias: str) -> tuple[int | None, int]:
         """The version this alias last moved to, as the history recorded it, and that entry's seq (None, 0: never)."""
-        for entry in reversed(self._controller.history(model.name)):
-            if entry.get("actor") == ACTOR and entry.get("alias") == alias:
-                return int(entry["alias_version"]), int(entry["seq"])
+        for entry in reversed(self._controller.entries(model.name)):
+            if entry.actor == ACTOR and entry.details.get("alias") == alias:
+                return int(entry.details["alias_version"]), entry.seq
         return None, 0
 
     def _moved(self, model: Model, alias: str, version: int, in_sync: bool) -> bool:

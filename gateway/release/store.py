@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.release.history import HistoryEntry
 from routing.route import Route, RouteError
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,12 @@ class ModelRecord:
     """A model's route and its audit trail."""
 
     route: Route
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
 
     @property
     def seq(self) -> int:
         """The number of the latest change (0: none yet)."""
-        return int(self.history[-1]["seq"]) if self.history else self.route.seq
+        return self.history[-1].seq if self.history else self.route.seq
 
 
 class StateStore:
@@ -87,7 +88,10 @@ class StateStore:
         doc = {
             "format": FORMAT,
             "models": {
-                name: {"route": record.route.to_json(), "history": record.history[-HISTORY_LIMIT:]}
+                name: {
+                    "route": record.route.to_json(),
+                    "history": [e.to_json() for e in record.history[-HISTORY_LIMIT:]],
+                }
                 for name, record in sorted(records.items())
             },
         }
@@ -119,18 +123,10 @@ def _record(entry: Any) -> ModelRecord:
     if not isinstance(entry, dict) or not isinstance(entry["route"], dict):
         raise TypeError("an entry must be an object with a route object")
     history = entry.get("history") or []
-    if not isinstance(history, list) or not all(_entry_ok(e) for e in history):
+    if not isinstance(history, list):
         raise TypeError("history must be a list of entries with a seq, a before and an after")
-    return ModelRecord(Route.from_json(entry["route"], int(entry["route"].get("seq", 0))), history)
-
-
-def _entry_ok(entry: Any) -> bool:
-    """A history entry the controller can read: an integer seq, and routes (or null) before and after."""
-    return (
-        isinstance(entry, dict)
-        and isinstance(entry.get("seq"), int)
-        and all(key in entry and isinstance(entry[key], dict | None) for key in ("before", "after"))
-    )
+    entries = [HistoryEntry.from_json(e) for e in history]
+    return ModelRecord(Route.from_json(entry["route"], int(entry["route"].get("seq", 0))), entries)
 
 
 def write_atomic(directory: Path, name: str, data: bytes) -> None:

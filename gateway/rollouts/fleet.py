@@ -28,6 +28,7 @@ import orjson
 
 from gateway.errors import StoreFailed
 from gateway.release.controller import ReleaseController
+from gateway.release.history import HistoryEntry
 from gateway.rollouts.analysis import Counters, Result, evaluate
 from gateway.rollouts.events import Webhooks
 from gateway.rollouts.figures import Figures, Snapshot, counters_from_json, counters_json, fleet_window
@@ -223,21 +224,21 @@ class FleetRolloutManager(RolloutManager):
     def _spawn(self, name: str, *, resume: bool) -> None:
         """No task per rollout: the tick leads the rollouts whose lease this replica holds."""
 
-    def _route_changed(self, name: str, entry: dict[str, Any]) -> None:
+    def _route_changed(self, name: str, entry: HistoryEntry) -> None:
         """A manual route change made through this replica pauses the fleet's rollout (once, here)."""
-        if entry.get("replica") not in (None, self.replica) or entry.get("rollout") is not None:
+        if entry.replica not in (None, self.replica) or entry.details.get("rollout") is not None:
             return
         task = asyncio.create_task(self._pause_for(name, entry), name=f"rollout-pause-{name}")
         self._helpers.add(task)
         task.add_done_callback(self._helpers.discard)
 
-    async def _pause_for(self, name: str, entry: dict[str, Any]) -> None:
+    async def _pause_for(self, name: str, entry: HistoryEntry) -> None:
         try:
             async with self._guard(name):
                 rollout = self._rollouts.get(name)
-                if rollout is None or not rollout.active or entry.get("rollout") == rollout.id:
+                if rollout is None or not rollout.active or entry.details.get("rollout") == rollout.id:
                     return
-                why = f"manual route change (seq {entry['seq']}: {entry['action']} by {entry['actor']})"
+                why = f"manual route change (seq {entry.seq}: {entry.action} by {entry.actor})"
                 await self._apply(rollout, rollout.pause(self._clock(), why, ACTOR), ACTOR)
         except (StoreFailed, *STORE_ERRORS) as exc:
             log.error("the rollout of %r could not be paused after a manual change: %s", name, exc)

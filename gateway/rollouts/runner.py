@@ -23,6 +23,7 @@ from typing import Any
 
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
 from gateway.release.controller import ReleaseController
+from gateway.release.history import HistoryEntry
 from gateway.release.store import write_atomic
 from gateway.rollouts.analysis import Counters, Result, evaluate
 from gateway.rollouts.events import Webhooks, webhook_secret
@@ -312,12 +313,12 @@ class RolloutManager:
             except OSError as exc:  # the routes themselves are saved by the controller; say so and go on
                 log.error("rollouts could not be saved to %s: %s", self._store.path, exc)
 
-    def _route_changed(self, name: str, entry: dict[str, Any]) -> None:
+    def _route_changed(self, name: str, entry: HistoryEntry) -> None:
         """A route change not made by the rollout pauses it (a person took the wheel)."""
         rollout = self._rollouts.get(name)
-        if rollout is None or not rollout.active or entry.get("rollout") == rollout.id:
+        if rollout is None or not rollout.active or entry.details.get("rollout") == rollout.id:
             return
-        why = f"manual route change (seq {entry['seq']}: {entry['action']} by {entry['actor']})"
+        why = f"manual route change (seq {entry.seq}: {entry.action} by {entry.actor})"
         effects = rollout.pause(self._clock(), why, "rollout")
         if not effects:
             return

@@ -7,8 +7,9 @@ The release controller talks to the shared state through ``SharedState`` only; w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+from gateway.release.history import HistoryEntry
 from gateway.release.store import ModelRecord
 
 
@@ -28,7 +29,7 @@ class SharedState(Protocol):
     async def fetch(self, name: str) -> StoredModel | None:
         """The model's state in the store (None: the fleet never changed it)."""
 
-    async def commit(self, name: str, expected: int, record: ModelRecord, entry: dict[str, Any]) -> None:
+    async def commit(self, name: str, expected: int, record: ModelRecord, entry: HistoryEntry) -> None:
         """Save the change if the model's seq is still ``expected``; Conflict (409) if another won."""
 
     def applied(self, name: str) -> None:

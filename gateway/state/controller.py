@@ -8,11 +8,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from gateway.errors import Conflict, GatewayError
 from gateway.models import ModelManager, VersionState
 from gateway.release.controller import ReleaseController
+from gateway.release.history import HistoryEntry
 from gateway.release.shadow import ShadowRunner
 from gateway.release.store import ModelRecord, StateStore
 from gateway.state import SharedState, StoredModel
@@ -65,10 +65,10 @@ class FleetController(ReleaseController):
         async with self._lock(name):
             return await self._adopt(name, stored)
 
-    async def _persist(self, name: str, record: ModelRecord, entry: dict[str, Any]) -> None:
+    async def _persist(self, name: str, record: ModelRecord, entry: HistoryEntry) -> None:
         """Compare-and-set on the seq the change was based on (409 if another won), then the local copy."""
-        entry["replica"] = self._shared.replica
-        await self._shared.commit(name, int(entry["seq"]) - 1, record, entry)
+        entry.replica = self._shared.replica
+        await self._shared.commit(name, entry.seq - 1, record, entry)
         await self._save_copy({**self._records, name: record})
 
     def _applied(self, name: str) -> None:
@@ -104,7 +104,7 @@ class FleetController(ReleaseController):
             self._manager.set_route(model, record.route)
             log.info("model %r: applied the fleet's change %d: %s", name, record.seq, record.route.to_json())
             entry = record.history[-1] if record.history else None
-            if entry is not None and entry.get("before") != entry.get("after"):
+            if entry is not None and entry.changes_route:
                 self._notify(name, entry)  # a rollout here pauses on a change made elsewhere too
         self._shared.applied(name)
         return None

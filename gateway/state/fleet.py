@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway.errors import Conflict, StoreFailed
 from gateway.models import ModelManager
+from gateway.release.history import HistoryEntry
 from gateway.release.store import ModelRecord
 from gateway.state import StoredModel
 from gateway.state.controller import FleetController
@@ -139,22 +140,22 @@ class Fleet:
             self._intents[name] = stored.loaded
         return stored
 
-    async def commit(self, name: str, expected: int, record: ModelRecord, entry: dict[str, Any]) -> None:
+    async def commit(self, name: str, expected: int, record: ModelRecord, entry: HistoryEntry) -> None:
         """Compare-and-set on the model's seq: 409 when another replica's change came first."""
         loaded = set(self._intents.get(name, frozenset()))
-        if entry["action"] == "load":
-            loaded.add(int(entry["version"]))
-        elif entry["action"] == "unload":
-            loaded.discard(int(entry["version"]))
+        if entry.action == "load":
+            loaded.add(int(entry.details["version"]))
+        elif entry.action == "unload":
+            loaded.discard(int(entry.details["version"]))
         try:
             held = await self._redis.commit(name, expected, record, entry, loaded, seed=name in self._unseen)
         except STORE_ERRORS as exc:
-            raise self._away(entry["action"], exc) from None
+            raise self._away(entry.action, exc) from None
         self._mark_up()
         if held is not None:
             raise Conflict(
                 f"model {name!r} changed meanwhile through another replica (the fleet is at change {held}, "
-                f"this {entry['action']} was based on change {expected}): nothing changed; read the route and retry"
+                f"this {entry.action} was based on change {expected}): nothing changed; read the route and retry"
             )
         self._unseen.discard(name)
         self._intents[name] = frozenset(loaded)

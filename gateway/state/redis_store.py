@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.auth import SecretError
+from gateway.release.history import HistoryEntry
 from gateway.release.store import HISTORY_LIMIT, ModelRecord, parse_record
 from gateway.state import StoredModel
 
@@ -129,7 +130,7 @@ class RedisState:
         name: str,
         expected: int,
         record: ModelRecord,
-        entry: dict[str, Any],
+        entry: HistoryEntry,
         loaded: Iterable[int],
         *,
         seed: bool = False,
@@ -138,9 +139,9 @@ class RedisState:
 
         ``seed``: the store had no record of the model when this change began; send the earlier history.
         """
-        seq = int(entry["seq"])
-        earlier = [orjson.dumps(e) for e in record.history[:-1][-HISTORY_LIMIT:]] if seed else []
-        message = orjson.dumps({"model": name, "seq": seq, "replica": entry.get("replica")})
+        seq = entry.seq
+        earlier = [orjson.dumps(e.to_json()) for e in record.history[:-1][-HISTORY_LIMIT:]] if seed else []
+        message = orjson.dumps({"model": name, "seq": seq, "replica": entry.replica})
         result = await self._commit(
             keys=[PREFIX + "model:" + name, PREFIX + "history:" + name, PREFIX + "models", CHANNEL],
             args=[
@@ -148,7 +149,7 @@ class RedisState:
                 seq,
                 orjson.dumps(record.route.to_json()),
                 orjson.dumps(sorted(loaded)),
-                orjson.dumps(entry),
+                orjson.dumps(entry.to_json()),
                 HISTORY_LIMIT,
                 name,
                 message,
