@@ -17,11 +17,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway.errors import Conflict, StoreFailed
 from gateway.models import ModelManager
@@ -322,18 +321,3 @@ class Fleet:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._report_now.wait(), self._heartbeat_s)
             self._report_now.clear()
-
-
-class StoreUpCollector:
-    """``tensorgate_state_store_up``: 1 while the release state store answers (the local directory: 1)."""
-
-    def __init__(self) -> None:
-        self.fleet: Fleet | None = None
-
-    def collect(self) -> Iterator[Metric]:
-        """The one gauge."""
-        gauge = GaugeMetricFamily(
-            "tensorgate_state_store_up", "1 while the release state store answers (always 1 without state_store)"
-        )
-        gauge.add_metric([], 0.0 if self.fleet is not None and not self.fleet.up else 1.0)
-        yield gauge
