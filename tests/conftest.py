@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from tests.redis_server import RedisServer
 
 # MLflow's client (imported by tests/test_mlflow.py) would report usage from a background thread;
 # the gateway turns that off for itself, the tests do it before any import. Child processes (the
@@ -19,3 +24,29 @@ os.environ.setdefault("TENSORGATE_GRPC_PORT", "0")
 def anyio_backend() -> str:
     """Async tests run on asyncio, as the server does."""
     return "asyncio"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a loopback port for the test, killed after it."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.kill()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, so a disk really fills or turns read-only (``remount``; needs root, as CI has)."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)], check=False)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root): the disk-fault tests need a real small disk")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)

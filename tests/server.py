@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import random
+import socket
 import tempfile
 import threading
 import time
@@ -47,6 +48,13 @@ class RunningServer:
         """``127.0.0.1:port`` of the gRPC listener (``serve(..., grpc=True)``), once it listens."""
         assert self.server.grpc is not None and self.server.grpc.port, "no gRPC listener"
         return f"127.0.0.1:{self.server.grpc.port}"
+
+
+def free_port() -> int:
+    """A loopback port free now (for a server started in another process)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_for(url: str, status: int = 200, timeout_s: float = 30.0) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import subprocess
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from starlette.routing import Mount
 
 from gateway.api.app import create_app
 from gateway.settings import Settings
+from tests.disks import remount
 from tests.onnx_models import add_sub, write_model
 from tests.rawhttp import Reply, request
 from tests.server import ADMIN_TOKEN, AUTH, RunningServer, admin, serve
@@ -388,24 +388,6 @@ def test_unloading_a_zero_weight_version_drops_it_from_the_route(server: Running
 
 
 # -- a state directory that cannot be written: saved first, applied only once saved -------------
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs for the state directory, remounted read-only mid-test (needs root, as CI has)."""
-    mountpoint = tmp_path / "tiny"
-    mountpoint.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)], check=False)
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root): the unwritable-state tests need a real disk")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def remount(mountpoint: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True)
 
 
 def fill(mountpoint: Path) -> None:

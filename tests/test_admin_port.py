@@ -15,17 +15,11 @@ from gateway.config_error import ConfigError
 from gateway.settings import load_settings
 from tests.onnx_models import identity, write_model
 from tests.rawhttp import request
-from tests.server import AUTH, admin, serve, wait_for
+from tests.server import AUTH, admin, free_port, serve, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = orjson.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
 JSON = {"Content-Type": "application/json"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,9 @@ import pytest
 from gateway.settings import load_settings, setting_types
 from tests.onnx_models import slow_matmul, write_model
 from tests.rawhttp import request
-from tests.server import prediction_log, wait_for
+from tests.server import free_port, prediction_log, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_serve_the_examples_then_drain_on_sigterm(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -22,59 +21,12 @@ import redis.asyncio as aioredis
 
 from tests.onnx_models import identity, write_model
 from tests.rawhttp import Reply, request
-from tests.required import server_unavailable
-from tests.server import ADMIN_TOKEN, AUTH, wait_for
+from tests.redis_server import RedisServer
+from tests.server import ADMIN_TOKEN, AUTH, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = orjson.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
 JSON = {"Content-Type": "application/json"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A redis-server process on a loopback port, with an append-only file so a restart keeps the data."""
-
-    def __init__(self, directory: Path, password: str | None = None) -> None:
-        self.password = password
-        binary = shutil.which("redis-server")
-        if binary is None:
-            server_unavailable("redis-server is not installed (scripts/setup-redis)")
-        self.binary = binary
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.directory), "--protected-mode", "no",
-             *(["--requirepass", self.password] if self.password else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        server_unavailable("redis-server did not start")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(timeout=10)
-        self.process = None
 
 
 class Gateway:
@@ -154,17 +106,6 @@ def eventually(check: Any, timeout_s: float = 30.0) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"never true: {check}")
         time.sleep(0.02)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.process is not None:
-            server.kill()
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from runtimes.datatypes import NUMPY_DTYPES
 from tests.gated import Runtimes
 from tests.onnx_models import add_sub, identity, write_model
 from tests.rawhttp import request
-from tests.server import ADMIN_TOKEN, RunningServer, admin, prediction_log, serve, wait_for
+from tests.server import ADMIN_TOKEN, RunningServer, admin, free_port, prediction_log, serve, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -589,12 +589,6 @@ def test_grpc_port_setting() -> None:
     for bad in ("8000", "70000"):
         with pytest.raises(ConfigError, match="grpc_port"):
             load_settings(environ={}, overrides={"grpc_port": bad})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_tensorgate_serve_answers_grpc_and_drains_on_sigterm(tmp_path: Path) -> None:

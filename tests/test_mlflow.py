@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.server
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import numpy as np
 import orjson
 import pytest
 
+from tests.disks import remount
 from tests.mlflow_server import MlflowServer, scorer_weights
 from tests.rawhttp import Reply, request
 from tests.required import import_or_unavailable
@@ -236,19 +236,6 @@ def test_artifacts_outside_the_allow_list_are_never_fetched(
         assert reply.status == 502 and "registry_artifact_allow" in reply.json()["error"]  # type: ignore[index]
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs for the state directory (needs root, as CI has)."""
-    mountpoint = tmp_path / "tiny"
-    mountpoint.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)], check=False).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
 def test_the_alias_follower_survives_an_unwritable_state_dir(
     mlflow_server: MlflowServer, tiny_disk: Path, tmp_path: Path
 ) -> None:
@@ -263,7 +250,7 @@ def test_the_alias_follower_survives_an_unwritable_state_dir(
     with serve(**settings) as gateway:  # type: ignore[arg-type]
         wait_until(lambda: weights() == {"2": 80, "3": 20}, 60)  # champion serves, the challenger's canary
         history = admin(gateway, "GET", "/admin/models/fraud/history").json()["history"]  # type: ignore[index]
-        subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+        remount(tiny_disk, "ro")
         try:
             registry.set_registered_model_alias("fraud-scorer", "champion", "1")
             time.sleep(1.5)  # several polls, each failing to save the swap
@@ -271,7 +258,7 @@ def test_the_alias_follower_survives_an_unwritable_state_dir(
             assert admin(gateway, "GET", "/admin/models/fraud/history").json()["history"] == history  # type: ignore[index]
             assert infer(gateway.port).status == 200
         finally:
-            subprocess.run(["mount", "-o", "remount,rw", str(tiny_disk)], check=True)
+            remount(tiny_disk, "rw")
         wait_until(lambda: weights() == {"1": 100}, 60)  # the follower kept going
         last = admin(gateway, "GET", "/admin/models/fraud/history").json()["history"][-1]  # type: ignore[index]
         assert (last["actor"], last["action"], last["alias_version"]) == ("mlflow-alias", "swap", "1")

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from gateway.predlog.files import LogFile
 from gateway.predlog.records import PredictionRecord, RecordEncoder, RecordMeta
 from gateway.predlog.writer import PredictionLog, entry_bytes
 from gateway.registry.config import LoggingConfig
+from tests.disks import remount
 from tests.onnx_models import add_sub, write_model
 from tests.rawhttp import Reply, request
 from tests.server import RunningServer, admin, prediction_log, serve
@@ -145,24 +145,6 @@ def test_redaction_and_sampling_from_config_toml(tmp_path: Path) -> None:
 
 
 # -- faults: a full disk, a read-only disk, the block policy ------------------------------------
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs, so the disk really fills (needs root, as CI has)."""
-    mountpoint = tmp_path / "tiny"
-    mountpoint.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)], check=False)
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk tests need a real small disk")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def remount(mountpoint: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True)
 
 
 def test_a_full_disk_never_fails_a_request_and_every_drop_is_counted(repository: Path, tiny_disk: Path) -> None:

@@ -24,8 +24,7 @@ import pytest
 
 from routing.route import sticky_bucket
 from tests.rawhttp import request
-from tests.server import wait_for
-from tests.test_cli import free_port
+from tests.server import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "release-workflows.md"

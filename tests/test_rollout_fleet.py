@@ -19,7 +19,8 @@ from gateway.rollouts.analysis import Counters
 from gateway.rollouts.figures import fleet_window
 from gateway.telemetry.histogram import LATENCY_BUCKETS
 from tests.onnx_models import write_model
-from tests.test_fleet import Gateway, RedisServer, eventually
+from tests.redis_server import RedisServer
+from tests.test_fleet import Gateway, eventually
 from tests.test_rollout_e2e import CONFIG, POISON, fails_past, identity
 
 
@@ -63,17 +64,6 @@ def _fleet(tmp_path: Path, store: str, candidate: onnx.ModelProto) -> list[Gatew
     write_model(root, "m", 1, identity(), config=CONFIG)
     write_model(root, "m", 2, candidate)
     return [Gateway(name, root, tmp_path / name, store) for name in ("a", "b", "c")]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.process is not None:
-            server.kill()
 
 
 def _running(gateways: list[Gateway]) -> Iterator[list[Gateway]]:

@@ -18,8 +18,7 @@ from gateway.config_error import ConfigError
 from gateway.settings import Settings
 from tests.onnx_models import _model, identity, write_model
 from tests.rawhttp import request
-from tests.server import admin, serve, wait_for
-from tests.test_cli import free_port
+from tests.server import admin, free_port, serve, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = orjson.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
