@@ -151,11 +151,15 @@
   async function act(description, method, path, body, resetForm) {
     const answer = await confirmAction(description);
     if (answer === null) return false;
-    const doc = Object.assign({}, body || {}, { actor: actor() });
-    if (answer.reason) doc.reason = answer.reason;
     showNotice("");
     let failure = null;
     try {
+      // A body may be a function: a route change is built from the route read from the server
+      // now, after the confirmation, not from the page's last poll (which may predate the
+      // previous action's answer, and would undo it).
+      const payload = typeof body === "function" ? await body() : body;
+      const doc = Object.assign({}, payload || {}, { actor: actor() });
+      if (answer.reason) doc.reason = answer.reason;
       await api(method, path, doc);
       if (resetForm) delete state.forms[resetForm];
     } catch (exc) {
@@ -595,6 +599,9 @@
     return state.models.find((m) => m.name === model.name) || model;
   }
 
+  // The model's route as the server holds it now (PUT replaces the whole route).
+  const serverRoute = (model) => api("GET", modelPath(model.name) + "/route");
+
   async function setWeights(stale, form) {
     const model = current(stale);
     const weights = {};
@@ -612,10 +619,10 @@
       showError("The weights sum to " + total + ", not 100. Nothing was changed.");
       return;
     }
-    const route = model.route || { shadow: {} };
     const sticky = form.querySelector("input[name=sticky]").value.trim();
-    const body = { weights, shadow: route.shadow || {}, sticky_header: sticky || null };
-    await act("set the route of " + model.name + " to " + routeText(body), "PUT", modelPath(model.name) + "/route", body, model.name);
+    const shown = { weights, shadow: (model.route || {}).shadow || {}, sticky_header: sticky || null };
+    const body = async () => Object.assign({}, shown, { shadow: (await serverRoute(model)).shadow || {} });
+    await act("set the route of " + model.name + " to " + routeText(shown), "PUT", modelPath(model.name) + "/route", body, model.name);
   }
 
   async function addShadow(stale, version, fraction) {
@@ -626,17 +633,21 @@
       showError("A shadow's fraction is in (0, 1]. Nothing was changed.");
       return;
     }
-    const shadow = Object.assign({}, route.shadow, { [version]: fraction });
-    const body = { weights: route.weights, shadow, sticky_header: route.sticky_header };
+    const body = async () => {
+      const now = await serverRoute(model);
+      return { weights: now.weights, shadow: Object.assign({}, now.shadow, { [version]: fraction }), sticky_header: now.sticky_header };
+    };
     await act("add v" + version + " as a shadow of " + model.name + " (" + fmt.percent(fraction) + " of requests)", "PUT", modelPath(model.name) + "/route", body, model.name);
   }
 
   async function removeShadow(stale, version) {
     const model = current(stale);
-    const route = model.route;
-    const shadow = Object.assign({}, route.shadow);
-    delete shadow[version];
-    const body = { weights: route.weights, shadow, sticky_header: route.sticky_header };
+    const body = async () => {
+      const now = await serverRoute(model);
+      const shadow = Object.assign({}, now.shadow);
+      delete shadow[version];
+      return { weights: now.weights, shadow, sticky_header: now.sticky_header };
+    };
     await act("stop shadowing " + model.name + " with v" + version, "PUT", modelPath(model.name) + "/route", body, model.name);
   }
 
