@@ -1,0 +1,79 @@
+"""Which process of a multi-process host this one is, and where its peers listen.
+
+``tensorgate serve --workers N`` (N > 1, or ``engine = true``) runs a supervisor that starts
+every child with the same command line and settings, plus the variables below; ``serve``
+reads them back with ``HostRole.from_env`` and becomes that child. Every channel between the
+processes is a ZeroMQ socket over IPC in the host's run directory (a short private path under
+the system's temporary directory: IPC paths are limited to about 100 bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+#: ``worker-<i>`` or ``engine-<device>`` (``engine-cpu``, ``engine-cuda0``).
+ENV_PROCESS = "TENSORGATE_HOST_PROCESS"
+#: The run directory holding the IPC sockets.
+ENV_DIR = "TENSORGATE_HOST_DIR"
+#: A worker's inherited listening sockets: the main port's fd, then the admin port's if any.
+ENV_FDS = "TENSORGATE_HOST_FDS"
+#: How many workers the host runs (a worker needs it to know when every worker applied a change).
+ENV_WORKERS = "TENSORGATE_HOST_WORKERS"
+
+
+@dataclass(frozen=True, slots=True)
+class HostRole:
+    """This process's place on the host."""
+
+    process: str
+    run_dir: Path
+    workers: int
+    fds: tuple[int, ...] = ()
+
+    @property
+    def is_engine(self) -> bool:
+        """An engine process (owns a device's model sessions and batchers)."""
+        return self.process.startswith("engine-")
+
+    @property
+    def device(self) -> str:
+        """The engine's device (``cpu``, ``cuda0``); only for an engine."""
+        return self.process.removeprefix("engine-")
+
+    def environ(self) -> dict[str, str]:
+        """The variables that make a child this process."""
+        env = {ENV_PROCESS: self.process, ENV_DIR: str(self.run_dir), ENV_WORKERS: str(self.workers)}
+        if self.fds:
+            env[ENV_FDS] = ",".join(str(fd) for fd in self.fds)
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> HostRole | None:
+        """This process's role, or None when it is a whole server on its own (no supervisor)."""
+        process = environ.get(ENV_PROCESS)
+        if not process:
+            return None
+        fds = tuple(int(fd) for fd in environ.get(ENV_FDS, "").split(",") if fd)
+        return cls(process, Path(environ[ENV_DIR]), int(environ.get(ENV_WORKERS, "1")), fds)
+
+
+def engine_endpoint(run_dir: Path, device: str) -> str:
+    """Where the engine of ``device`` takes requests (a ROUTER socket; workers connect DEALERs)."""
+    return f"ipc://{run_dir}/engine-{device}.sock"
+
+
+def state_endpoint(run_dir: Path) -> str:
+    """Where the supervisor's host state store answers (release state shared by the workers)."""
+    return f"ipc://{run_dir}/state.sock"
+
+
+def state_events_endpoint(run_dir: Path) -> str:
+    """Where the host state store publishes its change messages (a PUB socket)."""
+    return f"ipc://{run_dir}/state-events.sock"
+
+
+def control_endpoint(run_dir: Path, process: str) -> str:
+    """Where a process answers control calls (metrics and statistics snapshots)."""
+    return f"ipc://{run_dir}/control-{process}.sock"
