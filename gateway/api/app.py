@@ -32,6 +32,7 @@ from gateway.core import Core, CoreSlot
 from gateway.drift.online import DriftMonitor
 from gateway.errors import GatewayError
 from gateway.exchange import RequestIds
+from gateway.host.roles import HostRole
 from gateway.inference import InferenceService
 from gateway.lifecycle import Lifecycle
 from gateway.loader import RuntimeLoader, connect_remote, load_runtime
@@ -128,11 +129,13 @@ def create_app(
     lifecycle: Lifecycle | None = None,
     request_ids: RequestIds | None = None,
     grpc: GrpcFrontEnd | None = None,
+    role: HostRole | None = None,
 ) -> ASGIApp:
     """Build the ASGI app; models load in the background once the lifespan starts.
 
     ``lifecycle`` is shared with the server, whose signal handler starts the drain. ``grpc``,
     the gRPC listener the server runs beside uvicorn, shares the app's core slot (``grpc.slot``).
+    ``role`` is this process's place on a multi-process host (a worker), None for one process.
     """
     import_runtimes()  # here, not on the event loop when a first version loads or connects
     lifecycle = lifecycle or Lifecycle(settings.max_concurrent_requests, settings.max_inflight_body_bytes)
@@ -220,6 +223,7 @@ def create_app(
             predlog=predlog,
             drift=drift,
             fleet=fleet,
+            role=role,
         )
         return core, follower
 
