@@ -19,6 +19,11 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 #: A compressed body may inflate to 16 MiB (about 2 M JSON numbers, a second or two to decode).
 DEFAULT_MAX_DECOMPRESSED_BYTES = 16 * 1024 * 1024
 ENV_PREFIX = "TENSORGATE_"
+#: ``workers = "auto"``: one per usable CPU, at most this many (the largest count measured; a
+#: bigger machine can set ``workers`` explicitly). See docs/operations.md, "Workers".
+AUTO_WORKERS_CAP = 8
+#: An explicit ``workers`` beyond this is a typo, not a plan (each worker holds its own memory).
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,8 @@ class Settings:
     console: bool = True
     state_store: str = ""
     state_store_password_file: Path | None = None
+    workers: int = 1
+    engine: bool = False
 
 
 #: One line per setting: the flag's help, and docs/configuration.md's description.
@@ -127,6 +134,9 @@ _HELP = {
     "state_store": "routes, history and load intents shared by a fleet: redis://[:password@]host:6379/0 "
     "(rediss:// for TLS); empty: state_dir, one replica (docs/operations.md)",
     "state_store_password_file": "a file holding the state store's password (when the URL has none)",
+    "workers": f"HTTP worker processes sharing the port: N (1-{MAX_WORKERS}) or auto (one per usable CPU, at most "
+    f"{AUTO_WORKERS_CAP}); 2 or more run a supervisor and an engine per device (docs/operations.md)",
+    "engine": "run models in an engine process per device even with one worker (workers >= 2 always does)",
 }
 
 
@@ -175,8 +185,35 @@ def registry_names(settings: Settings) -> dict[str, str]:
     return names
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, lowered by a cgroup v2/v1 CPU quota."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(count, quota) if quota is not None else count)
+
+
+def _cgroup_cpu_quota() -> int | None:
+    """The container's CPU limit rounded up (``cpu.max`` 150000 100000 -> 2), None when unlimited or unknown."""
+    try:
+        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()  # cgroup v2
+        quota, period = (text[0], text[1]) if len(text) == 2 else ("max", "1")
+    except OSError:
+        try:  # cgroup v1
+            quota = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text().strip()
+            period = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:  # "max": no limit
+        return None
+    return -(-q // p) if q > 0 and p > 0 else None
+
+
 def _coerce(key: str, value: Any, source: str) -> Any:
     kind = _TYPES[key]
+    if key == "workers" and isinstance(value, str) and value.strip().lower() == "auto":
+        value = min(usable_cpus(), AUTO_WORKERS_CAP)  # resolved here: every child sees the same count
     if key in _LIST_SETTINGS and isinstance(value, list) and all(isinstance(v, str) for v in value):
         value = ",".join(value)  # a TOML array, as the comma-separated text the environment gives
     try:
@@ -202,7 +239,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             raise ValueError
         return value
     except ValueError:
-        raise ConfigError(f"{source}: {key}: expected {kind.__name__}, got {value!r}") from None
+        expected = "auto or an int" if key == "workers" else kind.__name__
+        raise ConfigError(f"{source}: {key}: expected {expected}, got {value!r}") from None
 
 
 def _validate(settings: Settings) -> Settings:
@@ -226,6 +264,8 @@ def _validate(settings: Settings) -> Settings:
         )
     if not settings.send_timeout_s > 0:
         raise ConfigError("send_timeout_s: must be > 0")
+    if not 1 <= settings.workers <= MAX_WORKERS:
+        raise ConfigError(f"workers: must be auto or 1-{MAX_WORKERS}, got {settings.workers}")
     if settings.log_level not in _LOG_LEVELS:
         raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)}")
     if not settings.shadow_timeout_s > 0 or settings.shadow_max_inflight < 1:
