@@ -10,6 +10,7 @@ from gateway.errors import Unavailable
 if TYPE_CHECKING:
     from gateway.auth import BearerAuth
     from gateway.drift.online import DriftMonitor
+    from gateway.host.merge import HostView
     from gateway.host.roles import HostRole
     from gateway.inference import InferenceService
     from gateway.models import ModelManager
@@ -35,6 +36,8 @@ class Core:
     drift: DriftMonitor | None = None
     #: The shared state of a fleet (``[state] store``); None for one replica.
     fleet: Fleet | None = None
+    #: A worker of a multi-process host: /metrics and statistics for the whole host (gateway/host/merge.py).
+    host: HostView | None = None
     #: This process's place on a multi-process host (``--workers``); None for one process.
     role: HostRole | None = None
 

@@ -32,6 +32,7 @@ from gateway.core import Core, CoreSlot
 from gateway.drift.online import DriftMonitor
 from gateway.errors import GatewayError
 from gateway.exchange import RequestIds
+from gateway.host.merge import HostView, worker_stats
 from gateway.host.roles import HostRole
 from gateway.inference import InferenceService
 from gateway.lifecycle import Lifecycle
@@ -213,6 +214,10 @@ def create_app(
         started = manager.wait_started
         rollouts = rollout_manager(settings.state_dir, controller, figures, started=started, environ=environ)
         await rollouts.start()
+        host = None
+        if role is not None:  # a worker: /metrics and statistics answer for every process of the host
+            host = HostView(role, metrics_registry.collect, worker_stats(slot))
+            await host.start()
         core = Core(
             manager=manager,
             service=service,
@@ -224,6 +229,7 @@ def create_app(
             drift=drift,
             fleet=fleet,
             role=role,
+            host=host,
         )
         return core, follower
 
@@ -241,6 +247,8 @@ def create_app(
             # a healthy disk writes what is queued in milliseconds, a stalled one gets 10 s.
             await core.predlog.close(timeout_s=min(settings.graceful_timeout_s, PREDLOG_CLOSE_S))
         await core.manager.close()
+        if core.host is not None:  # last: the peers' scrapes count this process until it is done
+            await core.host.close()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Core]]:

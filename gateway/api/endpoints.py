@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
@@ -18,10 +16,12 @@ from gateway.api.responses import error_response, json_response
 from gateway.core import CoreSlot
 from gateway.errors import BadRequest, Unavailable
 from gateway.exchange import Exchange
+from gateway.host.merge import Families
 from gateway.lifecycle import Lifecycle
 from gateway.models import Model, ModelManager, ModelVersion, VersionState, no_servable_version
 from gateway.protocol.codec import MAX_ID_LENGTH
 from gateway.registry.names import parse_version
+from gateway.telemetry.statistics import stats_entries, stats_versions
 
 
 class Endpoints:
@@ -69,7 +69,11 @@ class Endpoints:
     async def metrics(self, request: Request) -> Response:
         """``GET /metrics``: Prometheus text format (or OpenMetrics when the scraper asks for it)."""
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encode(self._metrics), media_type=content_type)
+        core = self._slot.current
+        host = core.host if core is not None else None
+        if host is None:  # one process (or a worker still starting): its own registry
+            return Response(encode(self._metrics), media_type=content_type)
+        return Response(encode(Families(await host.metrics())), media_type=content_type)
 
     async def server_metadata(self, request: Request) -> Response:
         """``GET /v2``."""
@@ -109,19 +113,10 @@ class Endpoints:
 
     async def model_stats(self, request: Request) -> Response:
         """``GET /v2/models[/{m}[/versions/{v}]]/stats``: Triton's statistics extension."""
-        manager = self.manager
+        core = self._slot.core
         params = request.path_params
-        models = [manager.model(params["model"])] if "model" in params else manager.models()
-        entries: list[dict[str, Any]] = []
-        for model in models:
-            if "version" in params:
-                versions = [manager.version(model, parse_version(params["version"]))]
-            else:
-                versions = [model.versions[v] for v in sorted(model.versions)]
-            entries.extend(
-                mv.stats.to_triton(model.name, str(mv.version)) for mv in versions if mv.state is VersionState.READY
-            )
-        return json_response({"model_stats": entries})
+        versions = stats_versions(core.manager, params.get("model"), params.get("version"))
+        return json_response({"model_stats": await stats_entries(core, versions)})
 
     # -- inference -----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from gateway.api_grpc.calls import CallBase
 from gateway.errors import GatewayError, Unavailable
 from gateway.models import Model, ModelVersion, VersionState, no_servable_version
 from gateway.registry.names import parse_version
+from gateway.telemetry.statistics import stats_entries, stats_versions
 
 
 class HealthCalls(CallBase):
@@ -91,21 +92,11 @@ class HealthCalls(CallBase):
         """Triton's statistics extension: every READY version, of one model or of all."""
 
         async def work() -> Any:
-            manager = self.core.manager
-            models = [manager.model(request.name)] if request.name else manager.models()
+            core = self.core
+            versions = stats_versions(core.manager, request.name or None, request.version or None)
             response = pb.ModelStatisticsResponse()
-            for model in models:
-                if request.version:
-                    versions = [manager.version(model, parse_version(request.version))]
-                else:
-                    versions = [model.versions[v] for v in sorted(model.versions)]
-                for mv in versions:
-                    if mv.state is VersionState.READY:
-                        json_format.ParseDict(
-                            mv.stats.to_triton(model.name, str(mv.version)),
-                            response.model_stats.add(),
-                            ignore_unknown_fields=True,
-                        )
+            for entry in await stats_entries(core, versions):  # the whole host's on a multi-process host
+                json_format.ParseDict(entry, response.model_stats.add(), ignore_unknown_fields=True)
             return response
 
         return await self._call(context, work)
