@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from gateway import __version__
 from gateway.admin_cli import add_commands, run
@@ -20,6 +20,9 @@ from gateway.config_error import ConfigError
 from gateway.drift.cli import add_command as add_drift
 from gateway.drift.cli import run as run_drift
 from gateway.settings import Settings, load_settings, setting_help, setting_types
+
+if TYPE_CHECKING:
+    from gateway.host.roles import HostRole
 
 #: Exit status of a usage or configuration error (argparse's, and the drift command's).
 EXIT_USAGE = 2
@@ -131,8 +134,14 @@ def _check_repository(path: Path) -> None:
         raise ConfigError(f"repository {path.absolute()} holds no model (no <model>/<version>/model.onnx) {hint}")
 
 
-def serve(args: argparse.Namespace) -> int:
-    """Run the server until SIGTERM or SIGINT, then drain (docs/operations.md)."""
+def serve(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    """Run the server until SIGTERM or SIGINT, then drain (docs/operations.md).
+
+    ``argv`` is the command line after ``tensorgate``: a supervisor (``workers >= 2`` or
+    ``engine``) starts each child with it, so every child loads the same settings.
+    """
+    from gateway.host.roles import HostRole
+
     try:
         settings = load_settings(args.config, overrides={k: getattr(args, k) for k in setting_types()})
     except ConfigError as exc:
@@ -142,18 +151,40 @@ def serve(args: argparse.Namespace) -> int:
 
     # Before the checks: a token generated there is logged (its path) in the configured format.
     configure_logging(settings.log_level, settings.log_format)
+    role = HostRole.from_env(os.environ)
+    if role is not None:  # a child of a supervisor, which already ran the checks below
+        return _run_child(settings, role, grpc_chosen=_grpc_chosen(args, settings))
     try:
         check_startup(settings)
     except ConfigError as exc:
         print(f"tensorgate: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    grpc_chosen = (
-        args.grpc_port is not None or "TENSORGATE_GRPC_PORT" in os.environ or settings.grpc_port != Settings().grpc_port
-    )
-    return _run_server(settings, grpc_chosen=grpc_chosen)
+    from gateway.host.supervisor import run_supervisor, wants_supervisor
+
+    if wants_supervisor(settings):
+        return run_supervisor(settings, argv)
+    return _run_server(settings, grpc_chosen=_grpc_chosen(args, settings))
 
 
-def _run_server(settings: Settings, *, grpc_chosen: bool = True) -> int:
+def _grpc_chosen(args: argparse.Namespace, settings: Settings) -> bool:
+    chosen = args.grpc_port is not None or "TENSORGATE_GRPC_PORT" in os.environ
+    return chosen or settings.grpc_port != Settings().grpc_port
+
+
+def _run_child(settings: Settings, role: HostRole, *, grpc_chosen: bool) -> int:
+    """Be the worker or engine the supervisor started this process as."""
+    from gateway.host.children import die_with_parent, tag_logs
+
+    tag_logs(role.process)
+    die_with_parent(os.environ)
+    if role.is_engine:
+        from gateway.engine.main import run_engine
+
+        return run_engine(settings, role)
+    return _run_server(settings, grpc_chosen=grpc_chosen, role=role)
+
+
+def _run_server(settings: Settings, *, grpc_chosen: bool = True, role: HostRole | None = None) -> int:
     # Imported here: the admin subcommands need none of the server (nor ONNX Runtime).
     import logging
     import signal
@@ -162,6 +193,7 @@ def _run_server(settings: Settings, *, grpc_chosen: bool = True) -> int:
     from gateway.api.app import create_app
     from gateway.api.server import build_server
     from gateway.api_grpc.server import GrpcFrontEnd
+    from gateway.host.listeners import inherited_sockets
     from gateway.lifecycle import Lifecycle
 
     log = logging.getLogger(__name__)
@@ -169,7 +201,9 @@ def _run_server(settings: Settings, *, grpc_chosen: bool = True) -> int:
     lifecycle = Lifecycle(settings.max_concurrent_requests, settings.max_inflight_body_bytes)
     # A busy gRPC port stops the server when grpc_port was chosen; the default one is skipped.
     grpc = GrpcFrontEnd(settings, lifecycle, required=grpc_chosen) if settings.grpc_port else None
-    server = build_server(settings, create_app(settings, lifecycle=lifecycle, grpc=grpc), lifecycle, grpc)
+    server = build_server(settings, create_app(settings, lifecycle=lifecycle, grpc=grpc, role=role), lifecycle, grpc)
+    # A worker serves on the sockets its supervisor bound (main port, then admin port).
+    sockets = inherited_sockets(role.fds) if role is not None and role.fds else None
 
     # uvicorn re-raises the signal it drained on to the handler that was there before it; ours
     # notes it, so that a graceful drain exits 0 as operators expect.
@@ -178,7 +212,7 @@ def _run_server(settings: Settings, *, grpc_chosen: bool = True) -> int:
 
     previous = {sig: signal.signal(sig, drained) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -189,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tensorgate`` console script."""
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        return serve(args)
+        return serve(args, sys.argv[1:] if argv is None else argv)
     if args.command == "drift":
         return run_drift(args)
     return run(args)

@@ -1,0 +1,297 @@
+"""The supervisor of a multi-process host (``workers >= 2`` or ``engine = true``).
+
+It serves nothing itself: it binds the listening sockets, creates the run directory, starts
+the host state store, one engine per device and the workers, keeps them running (a worker
+that dies is replaced at once, with the same index and sockets; an engine is restarted), and
+on SIGTERM or SIGINT drains them in order: workers first (their in-flight requests finish),
+then the engines, then the state store. Each event is one log line (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.host.children import child_command, child_environ
+from gateway.host.listeners import bind_listener
+from gateway.host.roles import HostRole
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: A child that lived this long before it exited is restarted at once; one that died sooner
+#: is restarted after a delay that doubles (from RESTART_DELAY_S up to MAX_RESTART_DELAY_S),
+#: so a child that cannot start does not spin the machine.
+STABLE_S = 10.0
+RESTART_DELAY_S = 0.1
+MAX_RESTART_DELAY_S = 5.0
+#: Exit statuses of a worker that cannot start at all (2: configuration, 3: a port it cannot
+#: bind): the host stops with that status instead of restarting it forever.
+FATAL_STATUSES = (2, 3)
+#: How long an engine, and the state store, may take to stop after SIGTERM before being killed.
+ENGINE_STOP_S = 15.0
+#: How long ``nvidia-smi -L`` may take to list the GPUs.
+GPU_PROBE_S = 10.0
+
+
+def wants_supervisor(settings: Settings) -> bool:
+    """Whether ``serve`` runs a supervisor (and children) rather than one process."""
+    return settings.workers >= 2 or settings.engine
+
+
+@dataclass(slots=True)
+class Child:
+    """One supervised process slot: its role, and the process now filling it (if any)."""
+
+    role: HostRole
+    process: asyncio.subprocess.Process | None = None
+    started: float = 0.0
+    #: Exits in a row that came before STABLE_S (the restart delay doubles with each).
+    quick_exits: int = 0
+    keeper: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    """Starts, watches and stops the processes of one host."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        argv: Sequence[str],
+        *,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._argv = list(argv)
+        self._environ = dict(os.environ if environ is None else environ)
+        self._clock = clock
+        self._listeners: list[socket.socket] = []
+        self._run_dir: Path | None = None
+        self._children: list[Child] = []
+        self._stop = asyncio.Event()
+        self._signals = 0
+        #: Set when a worker cannot start at all: the host stops and exits with it.
+        self._fatal: int | None = None
+
+    def run(self) -> int:
+        """Run the host until SIGTERM or SIGINT; the exit status (0 after a graceful stop)."""
+        import uvloop
+
+        try:
+            self._listeners = self._bind()
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", self.settings.host, exc)
+            return 3  # uvicorn's status when it cannot bind
+        self._run_dir = Path(tempfile.mkdtemp(prefix="tg-"))
+        try:
+            return uvloop.run(self._main())
+        finally:
+            for sock in self._listeners:
+                sock.close()
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+
+    def _bind(self) -> list[socket.socket]:
+        host, ports = self.settings.host, [self.settings.port]
+        if self.settings.admin_port:
+            ports.append(self.settings.admin_port)
+        listeners: list[socket.socket] = []
+        try:
+            for port in ports:
+                listeners.append(bind_listener(host, port))
+        except OSError:
+            for sock in listeners:
+                sock.close()
+            raise
+        return listeners
+
+    async def _main(self) -> int:
+        assert self._run_dir is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        workers = self.settings.workers
+        fds = tuple(sock.fileno() for sock in self._listeners)
+        port = self._listeners[0].getsockname()[1]
+        store = await self._start_state_store()
+        devices = ["cpu", *await gpu_devices()]
+        engines = [Child(HostRole(f"engine-{device}", self._run_dir, workers)) for device in devices]
+        self._children = engines + [Child(HostRole(f"worker-{i}", self._run_dir, workers, fds)) for i in range(workers)]
+        log.info(
+            "supervisor: serving http://%s:%d with %d workers and engines %s",
+            self.settings.host,
+            port,
+            workers,
+            ", ".join(devices),
+            extra={"fields": {"event": "host_start", "workers": workers, "engines": devices, "port": port}},
+        )
+        for child in self._children:
+            child.keeper = asyncio.create_task(self._keep(child), name=child.role.process)
+        await self._stop.wait()
+        await self._shutdown(store)
+        return self._fatal if self._fatal is not None else (0 if self._signals <= 1 else 1)
+
+    def _on_signal(self, sig: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("supervisor: signal %d: draining the workers", sig, extra={"fields": {"event": "host_drain"}})
+            self._stop.set()
+            return
+        fields = {"event": "host_kill"}
+        log.warning("supervisor: signal %d during the drain: killing every process", sig, extra={"fields": fields})
+        for child in self._children:
+            _send(child, signal.SIGKILL)
+
+    async def _keep(self, child: Child) -> None:
+        """Run ``child``'s process, and start it again whenever it exits before the host stops."""
+        while not self._stop.is_set():
+            process = await self._spawn(child)
+            if process is None:
+                return
+            status = await process.wait()
+            lived = self._clock() - child.started
+            if self._stop.is_set():
+                return
+            child.quick_exits = child.quick_exits + 1 if lived < STABLE_S else 0
+            kind = "engine" if child.role.is_engine else "worker"
+            fields = {"event": f"{kind}_exit", "process": child.role.process, "pid": process.pid, "status": status}
+            if not child.role.is_engine and status in FATAL_STATUSES and lived < STABLE_S:
+                log.error(
+                    "supervisor: %s exited with status %d at start: stopping the host",
+                    child.role.process,
+                    status,
+                    extra={"fields": fields},
+                )
+                self._fatal = status
+                self._stop.set()
+                return
+            delay = restart_delay(child.quick_exits)
+            log.warning(
+                "supervisor: %s (pid %d) exited with status %d after %.1f s: restarting in %.1f s",
+                child.role.process,
+                process.pid,
+                status,
+                lived,
+                delay,
+                extra={"fields": {**fields, "lived_s": round(lived, 3), "restart_in_s": delay}},
+            )
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _spawn(self, child: Child) -> asyncio.subprocess.Process | None:
+        env = child_environ(child.role, self._environ, os.getpid())
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *child_command(self._argv),
+                env=env,
+                pass_fds=child.role.fds,
+                stdin=asyncio.subprocess.DEVNULL,
+                # A session of its own: Ctrl-C in a terminal reaches the supervisor alone, which
+                # then drains the children in order (they die with it: die_with_parent).
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.error("supervisor: cannot start %s: %s", child.role.process, exc)
+            self._fatal = 1
+            self._stop.set()
+            return None
+        child.process, child.started = process, self._clock()
+        log.info(
+            "supervisor: started %s (pid %d)",
+            child.role.process,
+            process.pid,
+            extra={"fields": {"event": "process_start", "process": child.role.process, "pid": process.pid}},
+        )
+        if self._stop.is_set():  # the stop came while it was starting: it drains with the others
+            _send(child, signal.SIGTERM)
+        return process
+
+    async def _shutdown(self, store: object | None) -> None:
+        """Workers drain first, then the engines stop, then the state store closes."""
+        # The supervisor's copies close first: once the last worker stops listening, new
+        # connections are refused at once instead of waiting in a queue nobody accepts from.
+        for sock in self._listeners:
+            sock.close()
+        workers = [c for c in self._children if not c.role.is_engine]
+        engines = [c for c in self._children if c.role.is_engine]
+        await self._stop_all(workers, self.settings.graceful_timeout_s + 5.0)
+        await self._stop_all(engines, ENGINE_STOP_S)
+        if store is not None:
+            await self._close_state_store(store)
+        log.info("supervisor: every process stopped", extra={"fields": {"event": "host_stop"}})
+
+    async def _stop_all(self, children: list[Child], timeout_s: float) -> None:
+        for child in children:
+            _send(child, signal.SIGTERM)
+        keepers = [c.keeper for c in children if c.keeper is not None]
+        if not keepers:
+            return
+        _, pending = await asyncio.wait(keepers, timeout=timeout_s)
+        if pending:
+            for child in children:
+                if child.keeper in pending:
+                    log.warning("supervisor: %s did not stop in %.0f s: killed", child.role.process, timeout_s)
+                    _send(child, signal.SIGKILL)
+            await asyncio.wait(pending)
+
+    # -- the host state store (gateway/host/state_server.py) ---------------------------------
+
+    async def _start_state_store(self) -> object | None:
+        """HOOK: the host state store (helper C's gateway/host/state_server.py); None until it exists."""
+        return None
+
+    async def _close_state_store(self, store: object) -> None:
+        """HOOK: close what ``_start_state_store`` started."""
+
+
+def restart_delay(quick_exits: int) -> float:
+    """How long to wait before restarting a child that exited ``quick_exits`` times in a row soon after starting."""
+    return 0.0 if quick_exits <= 0 else min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** (quick_exits - 1))
+
+
+def _send(child: Child, sig: int) -> None:
+    process = child.process
+    if process is not None and process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):  # it exited between the check and the signal
+            process.send_signal(sig)
+
+
+async def gpu_devices() -> list[str]:
+    """``cuda0``, ``cuda1``...: one per GPU ``nvidia-smi -L`` lists; none without it."""
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is None:
+        return []
+    try:
+        probe = await asyncio.create_subprocess_exec(
+            nvidia_smi, "-L", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+    except OSError as exc:
+        log.warning("supervisor: cannot run nvidia-smi (%s): no GPU engine", exc)
+        return []
+    try:
+        out, _ = await asyncio.wait_for(probe.communicate(), GPU_PROBE_S)
+    except TimeoutError:
+        probe.kill()
+        await probe.wait()
+        log.warning("supervisor: nvidia-smi -L took over %.0f s: no GPU engine", GPU_PROBE_S)
+        return []
+    lines = [line for line in out.decode(errors="replace").splitlines() if line.startswith("GPU ")]
+    return [f"cuda{i}" for i in range(len(lines))]
+
+
+def run_supervisor(settings: Settings, argv: Sequence[str]) -> int:
+    """``tensorgate serve`` as a supervisor: the exit status."""
+    sys.stdout.flush()
+    return Supervisor(settings, argv).run()
