@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from gateway.batching.batcher import Batcher
 from gateway.batching.policy import ComputeTimes, DelayPolicy
@@ -27,6 +28,9 @@ from runtimes.devices import Devices
 from runtimes.executor import AnyExecutor, Executor, RemoteExecutor
 from runtimes.kinds import runtime_kind
 from runtimes.warmup import CostModel
+
+if TYPE_CHECKING:
+    from gateway.engine.placement import Engines
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +99,15 @@ class VersionLoader:
         rng: random.Random,
         current: Callable[[ModelVersion], bool],
         remote_loader: RemoteLoader | None = None,
+        engines: Engines | None = None,
     ) -> None:
         self.registry = registry
+        #: A worker of a multi-process host: versions placed in an engine load there.
+        self._engine = None
+        if engines is not None:
+            from gateway.engine.versions import EngineVersions  # only on a multi-process host
+
+            self._engine = EngineVersions(engines, registry, current)
         self._loader = loader
         self._remote_loader = remote_loader
         self._rng = rng
@@ -122,6 +133,8 @@ class VersionLoader:
             await retry.close()
         pending = [t for t in self._loads.values() if not t.done()]
         await asyncio.gather(*pending, return_exceptions=True)
+        if self._engine is not None:
+            await self._engine.close()
 
     @staticmethod
     async def release(mv: ModelVersion) -> None:
@@ -166,8 +179,11 @@ class VersionLoader:
         try:
             # A version's own config.toml may say how it runs (a canary on another runtime).
             mv.config = await asyncio.to_thread(self.registry.version_config, mv.model, mv.version)
+            engine = self._engine.engines.placing(mv.config) if self._engine is not None else None
             if runtime_kind(mv.config.runtime).remote:
                 artifact, executor = await self._load_remote(mv)
+            elif engine is not None and self._engine is not None:
+                artifact, executor = await self._engine.load(mv, engine)
             else:
                 artifact, runtime, cost = await asyncio.to_thread(self._load_blocking, mv)
                 executor = Executor(
@@ -200,14 +216,18 @@ class VersionLoader:
         mv.input_types = {s.name: s.datatype for s in info.inputs}
         mv.output_types = {s.name: s.datatype for s in info.outputs}
         mv.executor = executor
-        if mv.config.max_batch_size > 0:
+        if mv.config.max_batch_size > 0 and engine is not None and isinstance(executor, RemoteExecutor):
+            mv.batcher = self._engine.batcher(mv, executor) if self._engine is not None else None
+        elif mv.config.max_batch_size > 0:
             mv.batcher = self._batcher(mv, executor, executor.cost)
             mv.batcher.start()
         mv.state = VersionState.READY
         if not executor.cost.measured:  # synthetic warm-up failed (logged): counted, not fatal
             key = (mv.model, mv.label)
             self.warmup_failures[key] = self.warmup_failures.get(key, 0) + 1
-        if isinstance(executor, RemoteExecutor):
+        if engine is not None:
+            detail = f"in {engine.name}, sha256 {(artifact.sha256 or '')[:12]}"
+        elif isinstance(executor, RemoteExecutor):
             detail = f"remote platform {info.platform}"
         else:
             digest = (artifact.sha256 or "")[:12]

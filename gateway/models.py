@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from gateway.config_error import ConfigError
 from gateway.errors import NotFound, Unavailable, unknown_model, unknown_version
@@ -21,6 +22,9 @@ from gateway.registry.config import ModelConfig
 from gateway.registry.names import check_model_name
 from gateway.versions import Model, ModelVersion, VersionState, no_servable_version
 from routing.route import Route
+
+if TYPE_CHECKING:
+    from gateway.engine.placement import Engines
 
 __all__ = ["Model", "ModelManager", "ModelVersion", "VersionState", "no_servable_version"]
 
@@ -38,13 +42,18 @@ class ModelManager:
         rng: random.Random,
         saved_routes: Mapping[str, Route] | None = None,
         remote_loader: RemoteLoader | None = None,
+        engines: Engines | None = None,
     ) -> None:
         self.registry = registry
         self._saved_routes = dict(saved_routes or {})
         self._models: dict[str, Model] = {}
         self._startup: asyncio.Task[None] | None = None
         self.started = False
-        self.loader = VersionLoader(registry, loader, rng=rng, current=self._current, remote_loader=remote_loader)
+        #: A worker's clients of its host's engines (the lifespan starts and closes them); None alone.
+        self.engines = engines
+        self.loader = VersionLoader(
+            registry, loader, rng=rng, current=self._current, remote_loader=remote_loader, engines=engines
+        )
         #: (model, reason) -> failed loads, for ``tensorgate_model_load_failures_total``.
         self.load_failures = self.loader.load_failures
         #: (model, version) -> warm-ups on synthetic data that failed (the version serves anyway).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.batching.batcher import Batcher
 from gateway.predlog.records import RecordMeta
@@ -16,6 +16,9 @@ from routing.route import Route
 from runtimes.base import RemoteRuntime, TensorSpec
 from runtimes.executor import AnyExecutor, RemoteExecutor
 from runtimes.kinds import DEFAULT_RUNTIME, RUNTIME_KINDS
+
+if TYPE_CHECKING:
+    from gateway.engine.remote import EngineBatcher
 
 
 class VersionState(enum.StrEnum):
@@ -38,7 +41,7 @@ class ModelVersion:
     artifact: Artifact | None = None
     executor: AnyExecutor | None = None
     #: Set when the model batches (``max_batch_size > 0``).
-    batcher: Batcher | None = None
+    batcher: Batcher | EngineBatcher | None = None
     stats: VersionStats = field(default_factory=VersionStats)
     error: str | None = None
     #: Why it failed to load (the ``reason`` label of ``tensorgate_model_load_failures_total``).

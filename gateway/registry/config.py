@@ -15,6 +15,9 @@ from runtimes.kinds import DEFAULT_RUNTIME, RUNTIME_KINDS
 from runtimes.options import OnnxOptions, TritonOptions
 
 CONFIG_FILE = "config.toml"
+#: Where a CPU version runs on a multi-process host when its config does not say (measured:
+#: loadtests/engine_hop.py, docs/benchmarks.md).
+DEFAULT_PLACEMENT: Literal["engine", "worker"] = "engine"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,9 @@ class ModelConfig:
     max_batch_size: int = 0
     instance_count: int = 1
     inline_threshold_us: float = 50.0
+    #: On a multi-process host: run the version in its device's engine (one copy, batches from
+    #: every worker) or in each worker; GPU versions always run in the engine (docs/configuration.md).
+    placement: Literal["engine", "worker"] = DEFAULT_PLACEMENT
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     #: Every runtime kind's options (its table, named after the kind), by kind name.
     runtime_options: dict[str, Any] = field(
@@ -274,6 +280,7 @@ def parse_model_config(data: dict[str, Any], source: str) -> ModelConfig:
         max_batch_size=top.integer("max_batch_size", 0, 0, 2**20),
         instance_count=top.integer("instance_count", 1, 1, 64),
         inline_threshold_us=top.number("inline_threshold_us", 50.0),
+        placement="worker" if top.choice("placement", DEFAULT_PLACEMENT, {"engine", "worker"}) == "worker" else "engine",
         batching=_batching(top.table("batching")),
         # Every kind's table is checked, not only the selected one's: a typo fails wherever it is.
         runtime_options={name: kind.parse_options(top.table(name)) for name, kind in RUNTIME_KINDS.items()},
@@ -290,7 +297,9 @@ def parse_model_config(data: dict[str, Any], source: str) -> ModelConfig:
 
 #: Keys a version's own ``config.toml`` may set: how that version runs. The others (version
 #: policy, logging, drift) are the model's, whatever version serves.
-VERSION_KEYS = frozenset({"runtime", "max_batch_size", "instance_count", "inline_threshold_us", "batching"}) | set(
+VERSION_KEYS = frozenset(
+    {"runtime", "max_batch_size", "instance_count", "inline_threshold_us", "placement", "batching"}
+) | set(
     RUNTIME_KINDS
 )
 

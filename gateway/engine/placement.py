@@ -1,0 +1,72 @@
+"""Where a worker's version runs: in an engine (which one) or in the worker itself.
+
+A worker of a multi-process host holds one ``EngineClient`` per engine (one per device). A
+version placed ``"engine"`` runs in its device's engine; a GPU version always does (one copy
+per device, whatever the number of workers); ``"worker"`` keeps a CPU version in each worker
+(a tiny model whose call costs less than the hop). Remote Triton versions need no engine.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+from gateway.engine.client import EngineClient
+from gateway.engine.wire import SharedFiles
+from gateway.host.roles import HostRole, engine_endpoint
+from gateway.registry.config import ModelConfig
+from runtimes.devices import Devices
+from runtimes.kinds import runtime_kind
+
+
+def shared_files(role: HostRole) -> SharedFiles:
+    """The shared-memory files of this host's engine hops (named after the run directory)."""
+    return SharedFiles(f"{role.run_dir.name}-tensor")
+
+
+def engine_device(config: ModelConfig, devices: Devices) -> str:
+    """The engine device of a version: ``cpu`` or ``cuda<N>`` (from ``[onnx] device``)."""
+    device = config.onnx.device
+    if device == "cpu" or (device == "auto" and not devices.cuda_devices):
+        return "cpu"
+    if device == "auto":
+        return "cuda0"
+    return f"cuda{device.partition(':')[2] or 0}"
+
+
+def engine_devices(devices: Devices) -> list[str]:
+    """Every engine of a host with these devices: the CPU's, then one per GPU."""
+    return ["cpu", *(f"cuda{i}" for i in range(devices.cuda_devices))]
+
+
+class Engines:
+    """The worker's clients of its host's engines, and the placement rule."""
+
+    def __init__(self, role: HostRole, devices: Devices) -> None:
+        self.devices = devices
+        files = shared_files(role)
+        # Unique per worker process: a replaced worker is a new peer for the engine.
+        identity = f"{role.process}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.clients = {
+            device: EngineClient(engine_endpoint(role.run_dir, device), device=device, identity=identity, files=files)
+            for device in engine_devices(devices)
+        }
+
+    async def start(self) -> None:
+        """Connect to every engine (each may still be starting)."""
+        for client in self.clients.values():
+            await client.start()
+
+    async def close(self) -> None:
+        """Let go of the engines' versions and close the sockets."""
+        for client in self.clients.values():
+            await client.close()
+
+    def placing(self, config: ModelConfig) -> EngineClient | None:
+        """The engine that runs a version of this config, or None (in this worker, or remote)."""
+        if runtime_kind(config.runtime).remote:
+            return None
+        device = engine_device(config, self.devices)
+        if device == "cpu" and config.placement == "worker":
+            return None
+        return self.clients.get(device)

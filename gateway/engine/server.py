@@ -1,0 +1,215 @@
+"""The engine's socket: a ZeroMQ ROUTER that serves the workers' messages.
+
+Every message is ``[worker identity, header, *tensor frames]`` (gateway/engine/wire.py). The
+header's ``op``: ``hello`` and ``ping`` (answered with this incarnation's id), ``load`` and
+``unload`` (refcounted per worker), ``infer`` (through the version's batcher, or its executor
+when it does not batch) and ``cancel`` (the worker's client left: the request leaves the
+queue, or its answer is dropped). Every request is answered by its ``id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, cast
+
+import zmq
+import zmq.asyncio
+
+from gateway.engine import wire
+from gateway.engine.catalogue import EngineModels
+from gateway.engine.errors import error_reply
+from gateway.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+#: A worker silent for this long (no ping, no request) has gone: its versions are let go.
+WORKER_TIMEOUT_S = 15.0
+#: How often the engine looks for silent workers.
+SWEEP_S = 5.0
+
+
+class EngineServer:
+    """Serves one device's versions to the workers over ``endpoint``."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        models: EngineModels,
+        files: wire.SharedFiles,
+        *,
+        device: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.endpoint = endpoint
+        self.models = models
+        self.files = files
+        self.device = device
+        #: Changes at every start: a worker that sees a new one loads its versions again.
+        self.incarnation = uuid.uuid4().hex
+        self._clock = clock
+        self._context = zmq.asyncio.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 1000)
+        #: (worker, request id) -> the task computing it.
+        self._tasks: dict[tuple[bytes, int], asyncio.Task[None]] = {}
+        self._seen: dict[bytes, float] = {}
+        self._stopping = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def bind(self) -> None:
+        """Bind the socket (the previous incarnation's leftovers are removed first)."""
+        removed = self.files.clean()
+        if removed:
+            log.info("removed %d shared tensors left by a previous engine", removed)
+        self._socket.bind(self.endpoint)
+
+    @property
+    def inflight(self) -> int:
+        """Requests being computed or queued."""
+        return len(self._tasks)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then finish what is in flight and return."""
+        self._sweeper = asyncio.create_task(self._sweep_workers(), name="engine-sweep-workers")
+        receiving = asyncio.ensure_future(self._receive_loop())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({receiving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if receiving.done():
+                receiving.result()  # a bug in the loop: raise it
+            self._stopping = True
+            # In-flight requests finish and are answered; new ones are refused meanwhile.
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+        finally:
+            stopped.cancel()
+            receiving.cancel()
+            self._sweeper.cancel()
+            await asyncio.gather(receiving, self._sweeper, stopped, return_exceptions=True)
+
+    def close(self) -> None:
+        """Close the socket and the ZeroMQ context."""
+        self._socket.close()
+        self._context.term()
+
+    async def _receive_loop(self) -> None:
+        socket = self._socket
+        while True:
+            frames = await socket.recv_multipart(copy=False)
+            try:
+                self._handle(frames)
+            except Exception:  # a malformed message must not stop the engine
+                log.exception("engine: a message could not be handled")
+
+    def _send(self, worker: bytes, header: dict[str, Any], frames: list[wire.Frame] | None = None) -> None:
+        parts: list[Any] = [worker, wire.dumps(header)]
+        if frames:
+            parts.extend(frames)
+        # A ROUTER never blocks a send: to a worker gone or over its queue, the answer is dropped.
+        # pyzmq copies the frames under its copy threshold anyway; larger ones go zero-copy.
+        sent = cast("asyncio.Future[Any]", self._socket.send_multipart(parts, copy=False))
+        if sent.done():
+            _sent(sent)
+        else:
+            sent.add_done_callback(_sent)
+
+    def _handle(self, frames: list[Any]) -> None:
+        worker = frames[0].bytes
+        header = wire.loads(frames[1])
+        op = header.get("op")
+        self._seen[worker] = self._clock()
+        if op == "infer":
+            request_id = int(header["id"])
+            if self._stopping:
+                self._send(worker, error_reply(request_id, Unavailable("the engine is stopping")))
+                return
+            key = (worker, request_id)
+            task = asyncio.create_task(self._infer(worker, header, frames[2:]))
+            self._tasks[key] = task
+            task.add_done_callback(lambda _: self._tasks.pop(key, None))
+        elif op == "cancel":
+            running = self._tasks.get((worker, int(header["id"])))
+            if running is not None:
+                running.cancel()
+        elif op in ("hello", "ping"):
+            reply = {"op": "pong", "id": header.get("id", 0), "ok": True}
+            reply.update(incarnation=self.incarnation, device=self.device)
+            self._send(worker, reply)
+        elif op == "load":
+            self._spawn(self._load(worker, header))
+        elif op == "unload":
+            self._spawn(self._unload(worker, header))
+        elif op == "bye":
+            self._spawn(self.models.release_worker(worker))
+        else:
+            log.warning("engine: unknown message %r", op)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        key = (b"", id(task))
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._tasks.pop(key, None))
+
+    async def _load(self, worker: bytes, header: dict[str, Any]) -> None:
+        request_id = int(header["id"])
+        try:
+            info = await self.models.load(worker, str(header["model"]), int(header["version"]))
+        except Exception as exc:
+            self._send(worker, error_reply(request_id, exc))
+            return
+        reply = {"id": request_id, "ok": True, "incarnation": self.incarnation, **info}
+        self._send(worker, reply)
+
+    async def _unload(self, worker: bytes, header: dict[str, Any]) -> None:
+        try:
+            await self.models.unload(worker, str(header["model"]), int(header["version"]))
+        except Exception:
+            log.exception("engine: unloading %s version %s failed", header.get("model"), header.get("version"))
+        self._send(worker, {"id": int(header["id"]), "ok": True})
+
+    async def _infer(self, worker: bytes, header: dict[str, Any], frames: list[Any]) -> None:
+        request_id = int(header["id"])
+        try:
+            inputs = wire.unpack(header["t"], frames, self.files)
+            mv = self.models.servable(header["m"], header["v"])
+            if mv is None:
+                raise Unavailable(f"version {header['v']} of model {header['m']!r} is not loaded in the engine")
+            names: list[str] = header["o"]
+            batcher = mv.batcher
+            if batcher is not None and header.get("b", True):
+                rows = int(next(iter(inputs.values())).shape[0])
+                results = await batcher.submit(
+                    inputs, names, rows, priority=int(header.get("p", 0)), timeout_s=float(header.get("to", 0.0))
+                )
+            else:
+                executor = mv.executor
+                assert executor is not None  # READY
+                elements = sum(a.size for a in inputs.values())
+                timeout = float(header.get("to", 0.0))
+                results = await executor.run(inputs, names, elements, timeout or None)
+        except asyncio.CancelledError:
+            return  # the worker's client left: the worker answers nobody, nor do we
+        except Exception as exc:
+            self._send(worker, error_reply(request_id, exc))
+            return
+        descriptors, out = wire.pack(zip(names, results, strict=True), self.files)
+        self._send(worker, {"id": request_id, "ok": True, "t": descriptors}, out)
+
+    async def _sweep_workers(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = self._clock()
+            for worker, seen in list(self._seen.items()):
+                if now - seen > WORKER_TIMEOUT_S:
+                    del self._seen[worker]
+                    log.info("engine: worker %s stopped answering; releasing its versions", worker.decode(errors="replace"))
+                    await self.models.release_worker(worker)
+
+
+def _sent(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("engine: an answer could not be sent: %s", future.exception())

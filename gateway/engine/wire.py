@@ -1,0 +1,172 @@
+"""The engine's wire format: an orjson header frame, then one raw frame per tensor.
+
+A message is ``[header, *buffers]``: the header is a small JSON object (orjson), and every
+tensor travels as its own numpy buffer (sent with ``copy=False``, received as a view of the
+ZeroMQ frame: no pickle, no copy on either side beyond the socket's). A tensor of more than
+``SHM_THRESHOLD_BYTES`` goes through a file in shared memory instead (``/dev/shm``): the
+sender writes it once, the receiver maps it (no copy) and unlinks it at once, so a file
+outlives its message only when a process dies between the two (the engine removes its host's
+leftovers when it starts). The threshold is measured by ``loadtests/engine_shm.py``.
+
+A tensor's descriptor in the header is ``[name, dtype, shape]`` with a frame, or
+``[name, dtype, shape, file]`` through shared memory; ``dtype`` is numpy's ``dtype.str``, or
+``"O"`` for BYTES (object arrays of ``bytes``), sent as the V2 binary form (4-byte lengths).
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+#: Tensors above this size go through shared memory (measured: loadtests/engine_shm.py,
+#: docs/benchmarks.md; below it a ZeroMQ frame over IPC is as fast and needs no file).
+SHM_THRESHOLD_BYTES = 256 * 1024
+#: Where the shared-memory files live (a tmpfs); the run directory when there is none.
+SHM_DIR = Path("/dev/shm")
+
+_LENGTH = struct.Struct("<I")
+
+Frame = bytes | memoryview
+Descriptor = list[Any]
+
+
+def dumps(header: dict[str, Any]) -> bytes:
+    """A header frame."""
+    return orjson.dumps(header)
+
+
+def loads(frame: Any) -> dict[str, Any]:
+    """A header frame back (a zmq.Frame, bytes or memoryview)."""
+    data = frame.bytes if hasattr(frame, "bytes") else frame
+    value = orjson.loads(data)
+    if not isinstance(value, dict):
+        raise ValueError("an engine message's header must be a JSON object")
+    return value
+
+
+def _bytes_to_buffer(array: np.ndarray) -> bytes:
+    parts = []
+    for item in array.reshape(-1):
+        parts.append(_LENGTH.pack(len(item)))
+        parts.append(item)
+    return b"".join(parts)
+
+
+def _buffer_to_bytes(buffer: memoryview, shape: Sequence[int]) -> np.ndarray:
+    count = int(np.prod(shape)) if shape else 1
+    out = np.empty(count, dtype=object)
+    offset = 0
+    for i in range(count):
+        (length,) = _LENGTH.unpack_from(buffer, offset)
+        offset += _LENGTH.size
+        out[i] = bytes(buffer[offset : offset + length])
+        offset += length
+    return out.reshape(shape)
+
+
+class SharedFiles:
+    """Writes tensors to shared-memory files named ``<tag>-<pid>-<n>`` and maps received ones."""
+
+    def __init__(self, tag: str, directory: Path | None = None, threshold: int = SHM_THRESHOLD_BYTES) -> None:
+        self.directory = directory if directory is not None else (SHM_DIR if SHM_DIR.is_dir() else Path("/tmp"))
+        self.tag = tag
+        self.threshold = threshold
+        self._names = itertools.count()
+
+    def write(self, buffer: memoryview) -> str:
+        """Write ``buffer`` to a new file; its name (the receiver unlinks it)."""
+        name = f"{self.tag}-{os.getpid()}-{next(self._names)}"
+        fd = os.open(self.directory / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            view = buffer.cast("B")
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+        finally:
+            os.close(fd)
+        return name
+
+    def read(self, name: str, size: int) -> memoryview:
+        """Map file ``name`` (``size`` bytes) and unlink it: the mapping lives as long as its arrays."""
+        if "/" in name or not name.startswith(self.tag):
+            raise ValueError(f"not a shared tensor of this host: {name!r}")
+        path = self.directory / name
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.unlink(path)
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            mapped = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        return memoryview(mapped)
+
+    def discard(self, descriptors: Iterable[Descriptor]) -> None:
+        """Unlink the files of tensors that will never be read (an answer nobody waits for)."""
+        for desc in descriptors:
+            if len(desc) > 3:
+                try:
+                    os.unlink(self.directory / desc[3])
+                except OSError:
+                    pass
+
+    def clean(self) -> int:
+        """Remove every file of this tag (a previous incarnation's leftovers); how many."""
+        removed = 0
+        for path in self.directory.glob(f"{self.tag}-*"):
+            try:
+                path.unlink()
+                removed += 1
+            except OSError:
+                pass
+        return removed
+
+
+def pack(arrays: Iterable[tuple[str, np.ndarray]], files: SharedFiles) -> tuple[list[Descriptor], list[Frame]]:
+    """Descriptors and frames for ``arrays`` (large ones written to shared memory)."""
+    descriptors: list[Descriptor] = []
+    frames: list[Frame] = []
+    for name, array in arrays:
+        if array.dtype == object:
+            buffer: Frame = _bytes_to_buffer(array)
+            dtype = "O"
+        else:
+            contiguous = np.ascontiguousarray(array)
+            buffer = contiguous.data.cast("B") if contiguous.size else b""
+            dtype = array.dtype.str
+        shape = list(array.shape)
+        if len(buffer) > files.threshold:
+            descriptors.append([name, dtype, shape, files.write(memoryview(buffer)), len(buffer)])
+        else:
+            descriptors.append([name, dtype, shape])
+            frames.append(buffer)
+    return descriptors, frames
+
+
+def unpack(descriptors: Sequence[Descriptor], frames: Sequence[Any], files: SharedFiles) -> dict[str, np.ndarray]:
+    """The arrays of ``descriptors``: views of the frames (zmq.Frame or bytes) or of mapped files."""
+    arrays: dict[str, np.ndarray] = {}
+    index = 0
+    for desc in descriptors:
+        name, dtype, shape = desc[0], desc[1], desc[2]
+        if len(desc) > 3:
+            buffer = files.read(desc[3], desc[4])
+        else:
+            frame = frames[index]
+            index += 1
+            buffer = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
+        if dtype == "O":
+            arrays[name] = _buffer_to_bytes(buffer, shape)
+            continue
+        array = np.frombuffer(buffer, dtype=np.dtype(dtype)) if len(buffer) else np.empty(0, np.dtype(dtype))
+        if not array.flags.aligned:
+            array = array.copy()
+        arrays[name] = array.reshape(shape)
+    return arrays
