@@ -179,12 +179,19 @@ def create_app(
         )
         random_source = rng or random.Random()
         source = registry if registry is not None else await asyncio.to_thread(build_registry, settings)
+        engines = None
+        if role is not None and not role.is_engine:  # a worker: versions placed in an engine load there
+            from gateway.engine.placement import Engines
+
+            engines = Engines(role, devices)
+            await engines.start()
         manager = ModelManager(
             source,
             loader or partial(load_runtime, devices),
             rng=random_source,
             saved_routes={name: record.route for name, record in records.items()},
             remote_loader=connect_remote,
+            engines=engines,
         )
         predlog = await _prediction_log(settings, random_source) if settings.predlog else None
         shadows = ShadowRunner(
@@ -247,6 +254,8 @@ def create_app(
             # a healthy disk writes what is queued in milliseconds, a stalled one gets 10 s.
             await core.predlog.close(timeout_s=min(settings.graceful_timeout_s, PREDLOG_CLOSE_S))
         await core.manager.close()
+        if core.manager.engines is not None:  # after the versions let go of theirs
+            await core.manager.engines.close()
         if core.host is not None:  # last: the peers' scrapes count this process until it is done
             await core.host.close()
 
