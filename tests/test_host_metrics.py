@@ -173,7 +173,8 @@ async def test_engine_counts_join_the_host(run_dir: Path) -> None:
     engine_stats = VersionStats()
     engine_stats.execution_done(4, 1, 2, 3, requests=2)
     engine_stats.queued(7)
-    engine = engine_control(HostRole("engine-cpu", run_dir, 1), lambda: {("m", 1): engine_stats}, lambda: {("m", 1): 3})
+    role = HostRole("engine-cpu", run_dir, 1)
+    engine = engine_control(role, lambda: {("m", "1"): engine_stats}, lambda: {("m", "1"): 3})
     await engine.start()
     await worker.view.start()
     try:

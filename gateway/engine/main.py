@@ -25,6 +25,7 @@ from gateway.host.roles import HostRole, engine_endpoint
 from gateway.loader import load_runtime
 from gateway.models import ModelManager
 from gateway.settings import Settings
+from gateway.telemetry.engine import engine_control
 from runtimes.devices import probe_devices
 from runtimes.kinds import import_runtimes
 
@@ -42,12 +43,26 @@ async def serve_engine(settings: Settings, role: HostRole, stop: asyncio.Event) 
     server = EngineServer(engine_endpoint(role.run_dir, role.device), models, shared_files(role), device=role.device)
     server.bind()
     log.info("engine %s listening (%s; incarnation %s)", role.device, devices.describe(), server.incarnation[:8])
+    # Its batch-level statistics and metrics, for the workers' /metrics and stats (gateway/host/merge.py).
+    control = engine_control(role, models.stats, partial(_queued, manager))
+    await control.start()
     try:
         await server.serve(stop)
     finally:
         await manager.close()
         server.close()
+        await control.close()
     return server
+
+
+def _queued(manager: ModelManager) -> dict[tuple[str, str], int]:
+    """Requests waiting in each version's batch queue (the engine's batchers; the workers report 0)."""
+    return {
+        (model.name, mv.label): mv.batcher.queued
+        for model in manager.models()
+        for mv in model.versions.values()
+        if mv.batcher is not None
+    }
 
 
 def run_engine(settings: Settings, role: HostRole) -> int:

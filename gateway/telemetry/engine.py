@@ -18,9 +18,9 @@ from gateway.host.control import ControlServer
 from gateway.host.roles import HostRole, control_endpoint
 from gateway.stats import VersionStats
 
-#: ``(model, version)`` -> what the engine holds for it.
-Versions = Callable[[], Mapping[tuple[str, int | str], VersionStats]]
-Depths = Callable[[], Mapping[tuple[str, int | str], int]]
+#: ``(model, version label)`` -> what the engine holds for it.
+Versions = Callable[[], Mapping[tuple[str, str], VersionStats]]
+Depths = Callable[[], Mapping[tuple[str, str], int]]
 
 
 class EngineCollector(Collector):
