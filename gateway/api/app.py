@@ -50,7 +50,7 @@ from gateway.rollouts.runner import rollout_manager
 from gateway.settings import Settings, registry_names
 from gateway.state.controller import FleetController
 from gateway.state.fleet import Fleet
-from gateway.state.redis_store import read_secret
+from gateway.state.redis_store import RedisState, read_secret
 from gateway.telemetry.collector import GatewayCollector
 from gateway.telemetry.logs import AccessLog
 from gateway.telemetry.requests import RequestMetrics
@@ -172,7 +172,8 @@ def create_app(
         if settings.state_store:  # fleet mode: the shared store's state, else the local copy (docs/operations.md)
             password_file = settings.state_store_password_file
             password = await asyncio.to_thread(read_secret, password_file) if password_file else None
-            fleet = Fleet(settings.state_store, f"{socket.gethostname()}:{settings.port}", password=password)
+            backend = RedisState(settings.state_store, password=password)
+            fleet = Fleet(backend, f"{socket.gethostname()}:{settings.port}")
             records = await fleet.open(records)
         token = await asyncio.to_thread(
             provision_token, os.environ if environ is None else environ, settings.admin_token_file, settings.state_dir

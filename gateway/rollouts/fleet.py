@@ -1,6 +1,8 @@
-"""Rollouts in a fleet (``state_store = "redis://..."``): one rollout per model for the whole fleet.
+"""Rollouts in a fleet (``state_store = "redis://..."``, or the workers of one host): one rollout per model.
 
-The rollout itself lives in Redis (``tensorgate:rollout:{m}``, its JSON), so every replica answers
+The store is the fleet's ``StateBackend`` (Redis, or the supervisor's host store; key names below
+are Redis's, which adds the ``tensorgate:`` prefix). The rollout itself lives in the store
+(``tensorgate:rollout:{m}``, its JSON), so every replica answers
 ``GET .../rollouts/current`` the same and takes pause, resume, abort and promote. Each change is
 a read-modify-write under a short store-wide lock (``rollout-lock:{m}``). One replica leads each
 running rollout: it holds a lease (``rollout-lease:{m}``: SET NX PX with a token, renewed every
@@ -34,37 +36,25 @@ from gateway.rollouts.events import Webhooks
 from gateway.rollouts.figures import Figures, Snapshot, counters_from_json, counters_json, fleet_window
 from gateway.rollouts.machine import Rollout
 from gateway.rollouts.runner import ACTOR, RolloutManager, RolloutStore
-from gateway.state.redis_store import PREFIX, STORE_ERRORS, RedisState
+from gateway.state.backend import STORE_ERRORS, StateBackend
 
 log = logging.getLogger(__name__)
 
-ROLLOUTS = PREFIX + "rollouts"
-
-# KEYS: the lease. ARGV: the holder's token, the lease in ms. 1 when extended (still ours), else 0.
-_EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-# KEYS: the lease or lock. ARGV: the holder's token. Deleted only by its holder.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+#: The set of models that ever had a rollout in the fleet.
+ROLLOUTS = "rollouts"
+#: Each replica's published counters: ``rollout-figures:{replica}/{boot}``.
+FIGURES = "rollout-figures:"
 
 
 class FleetRolloutManager(RolloutManager):
-    """A ``RolloutManager`` whose rollouts live in the fleet's Redis, led by one replica at a time."""
+    """A ``RolloutManager`` whose rollouts live in the fleet's store, led by one replica at a time."""
 
     def __init__(
         self,
         controller: ReleaseController,
         figures: Figures,
         store: RolloutStore,
-        state: RedisState,
+        state: StateBackend,
         replica: str,
         *,
         clock: Callable[[], float] = time.time,
@@ -76,8 +66,7 @@ class FleetRolloutManager(RolloutManager):
         lock_s: float = 30.0,
     ) -> None:
         super().__init__(controller, figures, store, clock=clock, started=started, webhooks=webhooks)
-        self._state = state  # a pool of its own: owned (and closed) here
-        client = self._client = state.client
+        self._state = state  # a connection of its own: owned (and closed) here
         self.replica = replica
         self._source = f"{replica}/{uuid.uuid4().hex[:8]}"  # a restart's counters start over: a new source
         self._token = f"{replica}/{uuid.uuid4().hex}"
@@ -85,8 +74,6 @@ class FleetRolloutManager(RolloutManager):
         self._lease_s = lease_s
         self._figures_ttl_s = figures_ttl_s
         self._lock_s = lock_s
-        self._extend = client.register_script(_EXTEND)
-        self._release = client.register_script(_RELEASE)
         self._leading: set[str] = set()  # models whose rollout this replica leads
         self._created: set[str] = set()  # rollout ids started here (their first leader needs no restart)
         self._sums: Snapshot = {}  # the fleet's counters as read at the latest tick
@@ -110,10 +97,10 @@ class FleetRolloutManager(RolloutManager):
             self._supervisor = None
         for name in sorted(self._leading):
             with contextlib.suppress(TimeoutError, *STORE_ERRORS):
-                await asyncio.wait_for(self._release(keys=[self._lease_key(name)], args=[self._token]), 1.0)
+                await asyncio.wait_for(self._state.delete(self._lease_key(name), token=self._token), 1.0)
         self._leading.clear()
         with contextlib.suppress(TimeoutError, *STORE_ERRORS):
-            await asyncio.wait_for(self._client.delete(PREFIX + "rollout-figures:" + self._source), 1.0)
+            await asyncio.wait_for(self._state.delete(FIGURES + self._source), 1.0)
         await self._state.close()
         if self._webhooks is not None:
             await self._webhooks.close()
@@ -122,18 +109,18 @@ class FleetRolloutManager(RolloutManager):
 
     @staticmethod
     def _key(name: str) -> str:
-        return PREFIX + "rollout:" + name
+        return "rollout:" + name
 
     @staticmethod
     def _lease_key(name: str) -> str:
-        return PREFIX + "rollout-lease:" + name
+        return "rollout-lease:" + name
 
     def _away(self, exc: BaseException) -> StoreFailed:
         return StoreFailed(f"the fleet's state store is unreachable ({exc or type(exc).__name__}): rollout unchanged",
                            retry_after_s=5)  # fmt: skip
 
     async def _read(self, name: str) -> Rollout | None:
-        raw = await self._client.get(self._key(name))
+        raw = await self._state.get(self._key(name))
         if raw is None:
             return None
         try:
@@ -159,10 +146,10 @@ class FleetRolloutManager(RolloutManager):
     async def _guard(self, name: str, wait_s: float | None = None) -> AsyncIterator[None]:
         """This replica's lock, then the fleet's lock on the model's rollout (503 after ``wait_s``), then its state."""
         async with self._locks.setdefault(name, asyncio.Lock()):
-            key, token = PREFIX + "rollout-lock:" + name, uuid.uuid4().hex
+            key, token = "rollout-lock:" + name, uuid.uuid4().hex
             deadline = time.monotonic() + (self._lock_s if wait_s is None else wait_s)
             try:
-                while not await self._client.set(key, token, nx=True, px=int(self._lock_s * 1000)):
+                while not await self._state.put(key, token.encode(), only_new=True, ttl_ms=int(self._lock_s * 1000)):
                     if time.monotonic() >= deadline:
                         raise StoreFailed(f"the rollout of {name!r} is being changed elsewhere: retry", retry_after_s=1)
                     await asyncio.sleep(0.02)
@@ -173,7 +160,7 @@ class FleetRolloutManager(RolloutManager):
                 yield
             finally:
                 with contextlib.suppress(*STORE_ERRORS):
-                    await self._release(keys=[key], args=[token])
+                    await self._state.delete(key, token=token)
 
     async def _save(self, name: str | None = None) -> None:
         """Write the changed rollout to the store (the fleet's copy is the one that counts)."""
@@ -181,10 +168,8 @@ class FleetRolloutManager(RolloutManager):
             return
         doc = orjson.dumps(self._rollouts[name].to_json())
         try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.set(self._key(name), doc)
-                pipe.sadd(ROLLOUTS, name)
-                await pipe.execute()
+            await self._state.put(self._key(name), doc)
+            await self._state.add_member(ROLLOUTS, name)
         except STORE_ERRORS as exc:  # the leader's next tick writes it again
             log.error("the rollout of %r could not be saved to the state store: %s", name, exc)
 
@@ -195,11 +180,10 @@ class FleetRolloutManager(RolloutManager):
         await self._refresh(name)
         doc = dict(self.current(name))
         try:
-            holder = await self._client.get(self._lease_key(name))
+            raw = await self._state.get(self._lease_key(name))
         except STORE_ERRORS as exc:
             raise self._away(exc) from None
-        if isinstance(holder, bytes):
-            holder = holder.decode()
+        holder = raw.decode() if raw is not None else None
         leader = holder.rsplit("/", 1)[0] if holder is not None and doc.get("ended_at") is None else None
         doc["fleet"] = {"leader": leader, "replica": self.replica}
         return doc
@@ -209,7 +193,8 @@ class FleetRolloutManager(RolloutManager):
         result = await super().create(name, doc, actor)
         self._created.add(str(result["id"]))
         try:  # the replica that started it leads it, unless another is quicker
-            if await self._client.set(self._lease_key(name), self._token, nx=True, px=int(self._lease_s * 1000)):
+            lease_ms = int(self._lease_s * 1000)
+            if await self._state.put(self._lease_key(name), self._token.encode(), only_new=True, ttl_ms=lease_ms):
                 self._leading.add(name)
                 self._window.pop(name, None)
         except STORE_ERRORS as exc:
@@ -261,7 +246,7 @@ class FleetRolloutManager(RolloutManager):
             await asyncio.sleep(self._tick_s)
 
     async def _tick(self) -> None:
-        names = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in await self._client.smembers(ROLLOUTS))
+        names = await self._state.members(ROLLOUTS)
         active: dict[str, Rollout] = {}
         for name in names:
             rollout = await self._read(name)
@@ -272,7 +257,7 @@ class FleetRolloutManager(RolloutManager):
         if any(led):
             await self._gather()
         for name in sorted(set(self._leading) - set(active)):  # ended: hand the lease back
-            await self._release(keys=[self._lease_key(name)], args=[self._token])
+            await self._state.delete(self._lease_key(name), token=self._token)
             self._leading.discard(name)
         for name in sorted(self._leading & set(active)):
             await self._step(active[name])
@@ -284,18 +269,13 @@ class FleetRolloutManager(RolloutManager):
             doc[name] = {
                 str(v): counters_json(self._figures.snapshot(name, v)) for v in (rollout.spec.to, rollout.primary)
             }
-        key = PREFIX + "rollout-figures:" + self._source
-        await self._client.set(key, orjson.dumps(doc), px=int(self._figures_ttl_s * 1000))
+        await self._state.put(FIGURES + self._source, orjson.dumps(doc), ttl_ms=int(self._figures_ttl_s * 1000))
 
     async def _gather(self) -> None:
         """Every live replica's published counters."""
-        keys = [k async for k in self._client.scan_iter(match=PREFIX + "rollout-figures:*", count=1000)]
-        raws = await self._client.mget(keys) if keys else []
         sums: Snapshot = {}
-        for key, raw in zip(keys, raws, strict=True):
-            if raw is None:
-                continue
-            source = (key.decode() if isinstance(key, bytes) else str(key)).removeprefix(PREFIX + "rollout-figures:")
+        for key, raw in (await self._state.scan(FIGURES)).items():
+            source = key.removeprefix(FIGURES)
             try:
                 doc = orjson.loads(raw)
                 sums[source] = {
@@ -310,12 +290,12 @@ class FleetRolloutManager(RolloutManager):
         key = self._lease_key(name)
         ms = int(self._lease_s * 1000)
         if name in self._leading:
-            if int(await self._extend(keys=[key], args=[self._token, ms])):
+            if await self._state.extend(key, self._token, ms):
                 return True
             self._leading.discard(name)
             log.warning("rollout of %r: the lease was lost; another replica leads it", name)
             return False
-        if not await self._client.set(key, self._token, nx=True, px=ms):
+        if not await self._state.put(key, self._token.encode(), only_new=True, ttl_ms=ms):
             return False
         self._leading.add(name)
         self._window.pop(name, None)  # a fresh window, from the counters gathered below

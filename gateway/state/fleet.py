@@ -1,4 +1,7 @@
-"""This replica's part in a fleet sharing one release state in Redis (docs/operations.md, fleet mode).
+"""This replica's part in a fleet sharing one release state (docs/operations.md, fleet mode).
+
+The store is a ``StateBackend``: Redis for a fleet of pods, the supervisor's host store for the
+workers of one host (gateway/host/state_server.py); the logic below is the same for both.
 
 Changes go through the release controller, which asks ``Fleet.commit`` for a compare-and-set on
 the model's seq. Other replicas learn of a change from the pub/sub message every commit sends,
@@ -20,15 +23,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from gateway.errors import Conflict, StoreFailed
 from gateway.models import ModelManager
 from gateway.release.history import HistoryEntry
 from gateway.release.store import ModelRecord
 from gateway.state import StoredModel
+from gateway.state.backend import STORE_ERRORS, StateBackend
 from gateway.state.controller import FleetController
-from gateway.state.redis_store import CHANNEL, PREFIX, STORE_ERRORS, RedisState, redact
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class Fleet:
 
     def __init__(
         self,
-        url: str,
+        backend: StateBackend,
         replica: str,
         *,
         heartbeat_s: float = 1.0,
@@ -49,12 +50,10 @@ class Fleet:
         reconcile_s: float = 2.0,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        password: str | None = None,
     ) -> None:
         self.replica = replica
-        self.url = redact(url)
-        self._redis = RedisState(url, password=password)
-        self._url, self._password = url, password
+        self.url = backend.url
+        self._backend = backend  # owned: closed by ``close``
         self._heartbeat_s = heartbeat_s
         self._ttl_s = ttl_s
         self._reconcile_s = reconcile_s
@@ -75,9 +74,9 @@ class Fleet:
         self._report_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def connect(self) -> RedisState:
-        """A connection pool of its own to the same store (the fleet's rollouts; the caller closes it)."""
-        return RedisState(self._url, password=self._password)
+    def connect(self) -> StateBackend:
+        """A connection of its own to the same store (the fleet's rollouts; the caller closes it)."""
+        return self._backend.connect()
 
     # -- start-up and shutdown ---------------------------------------------------------------
 
@@ -85,8 +84,8 @@ class Fleet:
         """The records to start from: the store's where it has them, else ``local`` (the cached copy)."""
         records = dict(local)
         try:
-            for name in await self._redis.seqs():
-                stored = await self._redis.model(name)
+            for name in await self._backend.seqs():
+                stored = await self._backend.model(name)
                 if stored is not None:
                     records[name] = stored.record
                     self._intents[name] = stored.loaded
@@ -118,17 +117,17 @@ class Fleet:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         try:
-            await asyncio.wait_for(self._redis.client.delete(PREFIX + "replica:" + self.replica), 1.0)
+            await asyncio.wait_for(self._backend.withdraw(self.replica), 1.0)
         except (TimeoutError, *STORE_ERRORS):
             pass
-        await self._redis.close()
+        await self._backend.close()
 
     # -- what the controller asks (gateway.state.SharedState) --------------------------------
 
     async def fetch(self, name: str) -> StoredModel | None:
         """The model's state in the store; 503 when the store is away."""
         try:
-            stored = await self._redis.model(name)
+            stored = await self._backend.model(name)
         except STORE_ERRORS as exc:
             raise self._away("changes", exc) from None
         self._mark_up()
@@ -147,7 +146,7 @@ class Fleet:
         elif entry.action == "unload":
             loaded.discard(int(entry.details["version"]))
         try:
-            held = await self._redis.commit(name, expected, record, entry, loaded, seed=name in self._unseen)
+            held = await self._backend.commit(name, expected, record, entry, loaded, seed=name in self._unseen)
         except STORE_ERRORS as exc:
             raise self._away(entry.action, exc) from None
         self._mark_up()
@@ -188,7 +187,7 @@ class Fleet:
     async def reports(self) -> list[dict[str, Any]]:
         """Every live replica's report; 503 when the store is away."""
         try:
-            reports = await self._redis.replicas()
+            reports = await self._backend.replicas()
         except STORE_ERRORS as exc:
             raise self._away("reading the replicas", exc) from None
         self._mark_up()
@@ -213,27 +212,18 @@ class Fleet:
     async def _listen(self) -> None:
         """Subscribe to the change messages; on any failure subscribe again (the reconcile covers the gap)."""
         while True:
-            pubsub = self._redis.client.pubsub()
             try:
-                await pubsub.subscribe(CHANNEL)
-                self._wake.set()  # (re)subscribed: reconcile once for what was missed
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is None or message.get("type") != "message":
+                async for doc in self._backend.changes():
+                    if doc is None:
+                        self._wake.set()  # (re)subscribed: reconcile once for what was missed
                         continue
-                    try:
-                        doc = orjson.loads(message["data"])
-                        name = str(doc["model"])
-                    except (ValueError, KeyError, TypeError):
-                        continue
-                    if doc.get("replica") != self.replica:
+                    name = doc.get("model")
+                    if isinstance(name, str) and doc.get("replica") != self.replica:
                         self._pending.add(name)
                         self._wake.set()
             except STORE_ERRORS:
-                await asyncio.sleep(min(1.0, self._reconcile_s))
-            finally:
-                with contextlib.suppress(*STORE_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                pass
+            await asyncio.sleep(min(1.0, self._reconcile_s))
 
     async def _reconcile_loop(self) -> None:
         assert self._manager is not None
@@ -261,14 +251,14 @@ class Fleet:
         assert self._controller is not None
         controller = self._controller
         if names is None:
-            seqs = await self._redis.seqs()
+            seqs = await self._backend.seqs()
             self._mark_up()
             names = {n for n, seq in seqs.items() if seq > controller.seq(n)} | set(self._lagging)
             forced = False
         else:
             forced = True
         for name in sorted(names):
-            stored = await self._redis.model(name)
+            stored = await self._backend.model(name)
             self._mark_up()
             if stored is None:
                 continue
@@ -312,7 +302,7 @@ class Fleet:
     async def _report_loop(self) -> None:
         while True:
             try:
-                await self._redis.report(self.replica, self.report(), self._ttl_s)
+                await self._backend.report(self.replica, self.report(), self._ttl_s)
                 self._mark_up()
             except STORE_ERRORS as exc:
                 if self.up:

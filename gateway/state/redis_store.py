@@ -10,20 +10,23 @@ and publish, atomically; so two replicas racing get one winner, never a lost upd
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway.auth import SecretError
 from gateway.release.history import HistoryEntry
 from gateway.release.store import HISTORY_LIMIT, ModelRecord, parse_record
 from gateway.state import StoredModel
+from gateway.state.backend import STORE_ERRORS
+
+__all__ = ["CHANNEL", "PREFIX", "STORE_ERRORS", "RedisState", "read_secret", "redact"]
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +57,20 @@ redis.call('SADD', KEYS[3], ARGV[7])
 redis.call('PUBLISH', KEYS[4], ARGV[8])
 return -1
 """
-
-#: Store errors: Redis's own, and the OSError family a refused or reset connection raises.
-STORE_ERRORS = (RedisError, OSError, TimeoutError)
+# KEYS: a lease or lock. ARGV: the holder's token, the lease in ms. 1 when extended (still its), else 0.
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# KEYS: a lease or lock. ARGV: the holder's token. Deleted only by its holder.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 def redact(url: str) -> str:
@@ -72,16 +86,23 @@ def redact(url: str) -> str:
 
 
 class RedisState:
-    """Async calls on the fleet's keys; every call raises one of ``STORE_ERRORS`` when Redis is away."""
+    """The fleet's keys in Redis (a ``StateBackend``); every call raises one of ``STORE_ERRORS`` when Redis is away."""
 
     def __init__(self, url: str, *, timeout_s: float = 2.0, password: str | None = None) -> None:
-        self.url = url
+        self.url = redact(url)
+        self._url, self._password, self._timeout_s = url, password, timeout_s
         # Short socket timeouts: a partitioned Redis must turn into a 503 quickly, never a hung admin call.
         # A password in the URL wins over ``password`` (state_store_password_file).
         self.client: aioredis.Redis = aioredis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0, password=password
         )
         self._commit = self.client.register_script(_COMMIT)
+        self._extend = self.client.register_script(_EXTEND)
+        self._release = self.client.register_script(_RELEASE)
+
+    def connect(self) -> RedisState:
+        """A connection pool of its own to the same Redis (the fleet's rollouts; the caller closes it)."""
+        return RedisState(self._url, timeout_s=self._timeout_s, password=self._password)
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -170,6 +191,73 @@ class RedisState:
         raws = await self.client.mget(keys)
         reports = [orjson.loads(raw) for raw in raws if raw is not None]
         return sorted(reports, key=lambda r: str(r.get("replica")))
+
+    async def withdraw(self, replica: str) -> None:
+        """Remove the replica's report (it stops: the live set shrinks at once)."""
+        await self.client.delete(PREFIX + "replica:" + replica)
+
+    async def changes(self) -> AsyncIterator[dict[str, Any] | None]:
+        """The ``changes`` channel's messages; None once subscribed. Raises a store error when Redis goes."""
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.subscribe(CHANNEL)
+            yield None
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None or message.get("type") != "message":
+                    continue
+                try:
+                    doc = orjson.loads(message["data"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if isinstance(doc, dict):
+                    yield doc
+        finally:
+            with contextlib.suppress(*STORE_ERRORS):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # -- plain keys ------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        """The key's value."""
+        raw = await self.client.get(PREFIX + key)
+        return _bytes(raw) if raw is not None else None
+
+    async def put(self, key: str, value: bytes, *, ttl_ms: int | None = None, only_new: bool = False) -> bool:
+        """SET, with PX and NX as asked; whether it was set."""
+        return bool(await self.client.set(PREFIX + key, value, px=ttl_ms, nx=only_new))
+
+    async def delete(self, key: str, *, token: str | None = None) -> bool:
+        """DEL (with ``token``: only by its holder, in one script)."""
+        if token is None:
+            return bool(await self.client.delete(PREFIX + key))
+        return bool(int(await self._release(keys=[PREFIX + key], args=[token])))
+
+    async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        """PEXPIRE by its holder only (one script)."""
+        return bool(int(await self._extend(keys=[PREFIX + key], args=[token, ttl_ms])))
+
+    async def scan(self, prefix: str) -> dict[str, bytes]:
+        """SCAN for the prefix, then MGET."""
+        keys = [k async for k in self.client.scan_iter(match=PREFIX + prefix + "*", count=1000)]
+        raws = await self.client.mget(keys) if keys else []
+        found = {}
+        for key, raw in zip(keys, raws, strict=True):
+            if raw is not None:
+                found[(key.decode() if isinstance(key, bytes) else str(key)).removeprefix(PREFIX)] = _bytes(raw)
+        return found
+
+    async def add_member(self, key: str, member: str) -> None:
+        """SADD."""
+        await self.client.sadd(PREFIX + key, member)
+
+    async def members(self, key: str) -> list[str]:
+        """SMEMBERS, sorted."""
+        return sorted(n.decode() if isinstance(n, bytes) else str(n) for n in await self.client.smembers(PREFIX + key))
+
+
+def _bytes(raw: bytes | str) -> bytes:
+    return raw if isinstance(raw, bytes) else raw.encode()
 
 
 def read_secret(path: Path) -> str:
