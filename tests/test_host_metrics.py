@@ -6,12 +6,18 @@ collector's output; the last part runs a real multi-process host (tests/host.py)
 
 from __future__ import annotations
 
+import gzip
+import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 import zmq
 import zmq.asyncio
@@ -30,6 +36,9 @@ from gateway.stats import VersionStats
 from gateway.telemetry.collector import GatewayCollector
 from gateway.telemetry.engine import engine_control
 from gateway.telemetry.requests import RequestMetrics
+from tests.host import Host, serve_host
+from tests.onnx_models import add_sub, write_model
+from tests.rawhttp import request
 
 pytestmark = pytest.mark.anyio
 
@@ -236,3 +245,150 @@ async def test_control_server_answers_errors_and_survives(run_dir: Path) -> None
         assert reply is not None and reply["metrics"] == [] and reply["process"] == "worker-1"
     finally:
         await server.close()
+
+
+# -- a real host: supervisor, engine and two workers (tests/host.py) ---------------------------
+
+JSON = {"Content-Type": "application/json"}
+ADD_SUB = orjson.dumps(
+    {
+        "inputs": [
+            {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": list(range(16))},
+            {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16},
+        ]
+    }
+)
+#: Batched in the engine (its batch-level counts come from there), and one run inside each worker.
+BATCHED = "max_batch_size = 8\n[batching]\nmax_queue_delay_ms = 1\n"
+IN_WORKER = 'placement = "worker"\n'
+
+
+def scrape(port: int) -> tuple[str, dict[str, dict[tuple[tuple[str, str], ...], float]]]:
+    """One /metrics answer on a fresh connection: which worker answered, and every sample by name and labels."""
+    text = request(port, "GET", "/metrics", timeout_s=30).body.decode()
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    (answered,) = found["tensorgate_host_answered_by"]
+    return dict(answered)["process"], found
+
+
+def get_json(port: int, path: str) -> Any:
+    """A GET's JSON body (200 expected)."""
+    reply = request(port, "GET", path, timeout_s=30)
+    assert reply.status == 200, reply.body
+    return reply.json()
+
+
+def served(found: dict[str, dict[tuple[tuple[str, str], ...], float]], model: str) -> float:
+    """Requests answered 200 for ``model``, summed over versions and roles."""
+    return sum(
+        value
+        for labels, value in found.get("tensorgate_requests_total", {}).items()
+        if dict(labels).get("model") == model and dict(labels).get("code") == "200"
+    )
+
+
+def records_by_pid(log_dir: Path) -> dict[int, int]:
+    """Prediction-log records per writing process (every file's name carries its writer's pid)."""
+    counts: dict[int, int] = {}
+    for path in log_dir.rglob("*.jsonl*"):
+        pid = int(path.name.split("-")[-2])
+        data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+        complete = [line for line in data.splitlines() if line.endswith(b"}")]
+        counts[pid] = counts.get(pid, 0) + len(complete)
+    return counts
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    """``simple`` (add_sub, batched in the engine) and ``local`` (add_sub, run inside each worker)."""
+    root = tmp_path / "models"
+    write_model(root, "simple", 1, add_sub(), config=BATCHED)
+    write_model(root, "local", 1, add_sub(), config=IN_WORKER)
+    return root
+
+
+def infer_until_both_workers_served(host: Host, model: str, at_least: int) -> int:
+    """Send requests (fresh connections, a few at a time) until every worker served some; how many were sent."""
+    sent = 0
+    deadline = time.monotonic() + 120
+    workers = set(host.pids("worker").values())
+    with ThreadPoolExecutor(4) as pool:
+        while time.monotonic() < deadline:
+            statuses = list(
+                pool.map(
+                    lambda _: request(host.port, "POST", f"/v2/models/{model}/infer", ADD_SUB, JSON).status, range(8)
+                )
+            )
+            assert statuses == [200] * 8
+            sent += 8
+            if sent >= at_least and workers <= set(records_by_pid(host.log_dir)):
+                return sent
+            time.sleep(0.01)
+    raise AssertionError(f"requests never reached every worker: {records_by_pid(host.log_dir)}")
+
+
+def test_a_host_answers_for_all_its_processes(repository: Path) -> None:
+    """N=2 workers: /metrics, the statistics extension and the prediction log add up to K, from either worker."""
+    with serve_host(repository, workers=2, predlog_flush_interval_s=0.01) as host:
+        k_engine = infer_until_both_workers_served(host, "simple", 40)
+        k_local = infer_until_both_workers_served(host, "local", 16)
+        workers = host.pids("worker")
+        # Prediction log: one file set per worker, each worker's records its own; together exactly K.
+        host.wait_until(lambda: sum(records_by_pid(host.log_dir).values()) == k_engine + k_local, "all records")
+        by_pid = records_by_pid(host.log_dir)
+        assert set(by_pid) == set(workers.values()) and all(by_pid.values())
+
+        answers: dict[str, dict[str, dict[tuple[tuple[str, str], ...], float]]] = {}
+        deadline = time.monotonic() + 60
+        while len(answers) < 2 and time.monotonic() < deadline:
+            answered, found = scrape(host.port)
+            answers[answered] = found
+        assert set(answers) == {"worker-0", "worker-1"}, "both workers answered /metrics"
+        for found in answers.values():
+            assert served(found, "simple") == k_engine
+            assert served(found, "local") == k_local
+            up = found["tensorgate_host_process_up"]
+            assert up == {(("process", p),): 1.0 for p in ("engine-cpu", "worker-0", "worker-1")}
+            records = found["tensorgate_predlog_records_total"]
+            assert records[(("model", "simple"),)] == k_engine and records[(("model", "local"),)] == k_local
+            key = (("model", "simple"), ("version", "1"))
+            # Batches formed in the engine: its batch-level histogram counts every request's rows once.
+            assert found["tensorgate_batch_size_sum"][key] == k_engine
+            assert found["tensorgate_inflight_requests"][()] >= 0
+            assert {dict(labels)["process"] for labels in found["tensorgate_model_state"]} == set(workers)
+
+        # The statistics extension: the workers' inference counts and the engine's executions, summed.
+        for _ in range(6):
+            (simple,) = get_json(host.port, "/v2/models/simple/stats")["model_stats"]
+            assert simple["inference_count"] == k_engine
+            assert simple["inference_stats"]["success"]["count"] == k_engine
+            assert 0 < simple["execution_count"] <= k_engine
+            assert (
+                sum(batch["batch_size"] * batch["compute_infer"]["count"] for batch in simple["batch_stats"])
+                == k_engine
+            )
+            (local,) = get_json(host.port, "/v2/models/local/versions/1/stats")["model_stats"]
+            assert local["inference_count"] == local["execution_count"] == k_local
+
+
+def test_a_stalled_worker_does_not_hang_the_scrape(repository: Path) -> None:
+    """SIGSTOP one worker: the other answers /metrics within the peer timeout, the stalled one left out."""
+    with serve_host(repository, workers=2) as host:
+        infer_until_both_workers_served(host, "local", 8)
+        workers = host.pids("worker")
+        os.kill(workers["worker-1"], signal.SIGSTOP)
+        try:
+            for _ in range(3):  # the shared listening socket: only the running worker accepts now
+                started = time.monotonic()
+                answered, found = scrape(host.port)
+                assert time.monotonic() - started < 10.0  # the 0.5 s timeout, on a loaded 2-core machine
+                assert answered == "worker-0"
+                assert found["tensorgate_host_process_up"][(("process", "worker-1"),)] == 0
+                assert found["tensorgate_host_process_up"][(("process", "engine-cpu"),)] == 1
+                stats = get_json(host.port, "/v2/models/stats")["model_stats"]
+                assert {entry["name"] for entry in stats} == {"simple", "local"}
+        finally:
+            os.kill(workers["worker-1"], signal.SIGCONT)

@@ -250,7 +250,11 @@ class HostView:
         )
         for process in sorted([self.role.process, *got, *missing]):
             up.add_metric([process], 0 if process in missing else 1)
-        families.append(up)
+        answered = GaugeMetricFamily(
+            "tensorgate_host_answered_by", "The worker that answered this scrape (1)", labels=[PROCESS_LABEL]
+        )
+        answered.add_metric([self.role.process], 1)
+        families += [up, answered]
         return families
 
     async def stats(self) -> dict[tuple[str, str], dict[str, Any]]:
