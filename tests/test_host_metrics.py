@@ -392,3 +392,27 @@ def test_a_stalled_worker_does_not_hang_the_scrape(repository: Path) -> None:
                 assert {entry["name"] for entry in stats} == {"simple", "local"}
         finally:
             os.kill(workers["worker-1"], signal.SIGCONT)
+
+
+def test_prediction_log_accounting_is_exact_across_workers(repository: Path) -> None:
+    """A log queue too small for the load: written (files, by pid) + dropped (summed over workers) = requests served."""
+    with serve_host(repository, workers=2, predlog_queue_size=2, predlog_flush_interval_s=0.3) as host:
+        sent = infer_until_both_workers_served(host, "local", 64)
+        workers = set(host.pids("worker").values())
+
+        def settled() -> bool:
+            _, found = scrape(host.port)
+            if found["tensorgate_predlog_queue_depth"][()] != 0:
+                return False
+            written = sum(found["tensorgate_predlog_records_total"].values())
+            return written == sum(records_by_pid(host.log_dir).values())
+
+        host.wait_until(settled, "every queued record written")
+        _, found = scrape(host.port)
+        written = found["tensorgate_predlog_records_total"][(("model", "local"),)]
+        dropped = found["tensorgate_predlog_dropped_total"]
+        assert dropped and set(dict(labels)["reason"] for labels in dropped) == {"queue_full"}
+        assert served(found, "local") == sent
+        assert written + sum(dropped.values()) == sent
+        by_pid = records_by_pid(host.log_dir)
+        assert set(by_pid) == workers and sum(by_pid.values()) == written
