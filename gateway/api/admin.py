@@ -153,16 +153,22 @@ class AdminEndpoints:
             raise BadRequest(f"'timeout' must be 0 to {WAIT_TIMEOUT_MAX_S:.0f} seconds")
         return timeout_s
 
-    async def _answer(self, request: Request, name: str, body: Any) -> Response:
-        """A change's answer; with ``?wait=all``, once every live replica applied it (202 naming the rest)."""
+    async def _answer(self, request: Request, name: str, body: Any, status: int = 200) -> Response:
+        """A change's answer; with ``?wait=all``, once every live replica applied it (202 naming the rest).
+
+        The workers of one host always wait (read-your-writes: a request after the answer, to any
+        worker, sees the change), for ``timeout`` or 30 s.
+        """
         timeout_s = self._wait(request)
         fleet = self.fleet
+        if timeout_s is None and fleet is not None and fleet.wait_always:
+            timeout_s = WAIT_TIMEOUT_S
         if timeout_s is None or fleet is None:  # one replica: applied before the answer
-            return json_response(body)
+            return json_response(body, status=status)
         seq = self.controller.seq(name)
         pending = await fleet.wait_all(name, seq, timeout_s)
         if not pending:
-            return json_response(body)
+            return json_response(body, status=status)
         names = ", ".join(str(p["replica"]) for p in pending)
         return json_response(
             {"model": name, "seq": seq, "pending": pending, "result": body,
@@ -228,7 +234,9 @@ class AdminEndpoints:
     async def start_rollout(self, request: Request) -> Response:
         """``POST /admin/models/{m}/rollouts``: 201 with the rollout; 409 while one runs."""
         call = await self._call(request)
-        return json_response(await self.rollouts.create(call.model, call.doc, call.actor), status=201)
+        return await self._answer(
+            request, call.model, await self.rollouts.create(call.model, call.doc, call.actor), 201
+        )
 
     async def current_rollout(self, request: Request) -> Response:
         """``GET /admin/models/{m}/rollouts/current``: the running or the last rollout."""
@@ -241,7 +249,9 @@ class AdminEndpoints:
         if action not in ("pause", "resume", "abort", "promote"):
             raise NotFound(f"no rollout action {action[:50]!r}: pause, resume, abort or promote")
         call = await self._call(request)
-        return json_response(await self.rollouts.control(call.model, action, call.actor, call.reason))
+        return await self._answer(
+            request, call.model, await self.rollouts.control(call.model, action, call.actor, call.reason)
+        )
 
     async def stats(self, request: Request) -> Response:
         """``GET /admin/stats``: per-version counters for the console (docs/console.md)."""
@@ -265,13 +275,13 @@ class AdminEndpoints:
             raise PayloadTooLarge(f"{exc.message}: model file uploads are not supported; nothing was loaded") from None
         refuse_load_overrides(call.doc.get("parameters"))
         await self.controller.load_model(call.model, call.actor, call.reason)
-        return json_response({})
+        return await self._answer(request, call.model, {})
 
     async def repository_unload(self, request: Request) -> Response:
         """``POST /v2/repository/models/{m}/unload``: unload every version without a role."""
         call = await self._call(request)
         await self.controller.unload_idle(call.model, call.actor, call.reason)
-        return json_response({})
+        return await self._answer(request, call.model, {})
 
 
 def admin_mounts(endpoints: AdminEndpoints, slot: CoreSlot) -> list[Mount]:

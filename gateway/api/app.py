@@ -7,7 +7,6 @@ import gc
 import logging
 import os
 import random
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -49,8 +48,7 @@ from gateway.rollouts.figures import Figures
 from gateway.rollouts.runner import rollout_manager
 from gateway.settings import Settings, registry_names
 from gateway.state.controller import FleetController
-from gateway.state.fleet import Fleet
-from gateway.state.redis_store import RedisState, read_secret
+from gateway.state.mode import open_state
 from gateway.telemetry.collector import GatewayCollector
 from gateway.telemetry.logs import AccessLog
 from gateway.telemetry.requests import RequestMetrics
@@ -167,14 +165,8 @@ def create_app(
         devices = probe_devices()
         log.info("devices: %s", devices.describe())
         store = StateStore(settings.state_dir)
-        records = await asyncio.to_thread(store.load)
-        fleet = None
-        if settings.state_store:  # fleet mode: the shared store's state, else the local copy (docs/operations.md)
-            password_file = settings.state_store_password_file
-            password = await asyncio.to_thread(read_secret, password_file) if password_file else None
-            backend = RedisState(settings.state_store, password=password)
-            fleet = Fleet(backend, f"{socket.gethostname()}:{settings.port}")
-            records = await fleet.open(records)
+        # The state directory's, a Redis fleet's, or (a worker of a multi-worker host) the host store's.
+        records, fleet = await open_state(settings, role, store)
         token = await asyncio.to_thread(
             provision_token, os.environ if environ is None else environ, settings.admin_token_file, settings.state_dir
         )
@@ -210,7 +202,7 @@ def create_app(
         controller = (
             ReleaseController(manager, store, records, shadows=shadows)
             if fleet is None
-            else FleetController(manager, store, records, fleet, shadows=shadows)
+            else FleetController(manager, store, records, fleet, shadows=shadows, local_copy=bool(settings.state_store))
         )
         manager.start()
         follower = AliasFollower(manager, controller, settings.registry_poll_s)

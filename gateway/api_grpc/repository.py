@@ -47,7 +47,10 @@ class RepositoryCalls(CallBase):
         async def work() -> Any:
             core, actor = self._authorize(context)
             refuse_load_overrides({k: parameter_value(v) for k, v in request.parameters.items()})
-            await core.controller.load_model(check_model_name(request.model_name), actor, None)
+            name = check_model_name(request.model_name)
+            await core.controller.load_model(name, actor, None)
+            if core.fleet is not None:  # a host's workers: answered once every worker applied it
+                await core.fleet.settle(name, core.controller.seq(name))
             return pb.RepositoryModelLoadResponse()
 
         return await self._call(context, work)
@@ -57,7 +60,10 @@ class RepositoryCalls(CallBase):
 
         async def work() -> Any:
             core, actor = self._authorize(context)
-            await core.controller.unload_idle(check_model_name(request.model_name), actor, None)
+            name = check_model_name(request.model_name)
+            await core.controller.unload_idle(name, actor, None)
+            if core.fleet is not None:
+                await core.fleet.settle(name, core.controller.seq(name))
             return pb.RepositoryModelUnloadResponse()
 
         return await self._call(context, work)

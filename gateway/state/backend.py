@@ -88,3 +88,7 @@ class StateBackend(Protocol):
 
     async def members(self, key: str) -> list[str]:
         """The members of the set ``key``, sorted."""
+
+
+class StoreWriteFailed(OSError):
+    """The store answered but could not save the change (its disk is full or read-only): nothing changed."""

@@ -32,9 +32,12 @@ class FleetController(ReleaseController):
         *,
         shadows: ShadowRunner | None = None,
         wall_clock: Callable[[], float] = time.time,
+        local_copy: bool = True,
     ) -> None:
         super().__init__(manager, store, records, shadows=shadows, wall_clock=wall_clock)
         self._shared = shared
+        # A host's workers share one state directory that the host store alone writes: no copies.
+        self._local_copy = local_copy
 
     @property
     def shared(self) -> SharedState:
@@ -111,6 +114,8 @@ class FleetController(ReleaseController):
 
     async def _save_copy(self, records: dict[str, ModelRecord]) -> None:
         """The local copy of the fleet's state, served by a start while the store is away."""
+        if not self._local_copy:
+            return
         try:
             await asyncio.to_thread(self._store.save, records)
         except OSError as exc:  # saved in the fleet's store: the change stands

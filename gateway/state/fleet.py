@@ -28,11 +28,13 @@ from gateway.models import ModelManager
 from gateway.release.history import HistoryEntry
 from gateway.release.store import ModelRecord
 from gateway.state import StoredModel
-from gateway.state.backend import STORE_ERRORS, StateBackend
+from gateway.state.backend import STORE_ERRORS, StateBackend, StoreWriteFailed
 from gateway.state.controller import FleetController
 
 log = logging.getLogger(__name__)
 
+#: How long a host's worker waits, at most, for every worker to apply a change before answering.
+SETTLE_S = 30.0
 #: Seconds before a failed apply of the same change is tried again by the periodic reconcile.
 RETRY_FAILED_S = 15.0
 
@@ -50,8 +52,11 @@ class Fleet:
         reconcile_s: float = 2.0,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        wait_always: bool = False,
     ) -> None:
         self.replica = replica
+        #: Every admin change answers once every live replica applied it, as with ``?wait=all`` (a host's workers).
+        self.wait_always = wait_always
         self.url = backend.url
         self._backend = backend  # owned: closed by ``close``
         self._heartbeat_s = heartbeat_s
@@ -164,6 +169,8 @@ class Fleet:
         self._report_now.set()
 
     def _away(self, action: str, exc: BaseException) -> StoreFailed:
+        if isinstance(exc, StoreWriteFailed):  # the store answers: only its disk failed
+            return StoreFailed(f"{action} not applied: {exc}; nothing changed", retry_after_s=5)
         if self.up:
             log.error("the state store %s is unreachable: %s", self.url, exc)
         self.up = False
@@ -192,6 +199,10 @@ class Fleet:
             raise self._away("reading the replicas", exc) from None
         self._mark_up()
         return reports
+
+    async def settle(self, name: str, seq: int) -> list[dict[str, Any]]:
+        """On a host's workers, wait until every live one applied change ``seq`` (``SETTLE_S`` at most)."""
+        return await self.wait_all(name, seq, SETTLE_S) if self.wait_always else []
 
     async def wait_all(self, name: str, seq: int, timeout_s: float) -> list[dict[str, Any]]:
         """Wait until every live replica applied change ``seq`` of ``name``; the replicas still pending."""

@@ -1,0 +1,288 @@
+"""One release state for every worker of a host: the supervisor's host store (gateway/host/state_server.py).
+
+Unit level: the real ZeroMQ server and client in this process (compare-and-set, the routes.json it
+writes, a start from a single process's routes.json, change messages, leases, rollouts.json).
+End to end: real ``tensorgate serve --workers N`` hosts (tests/host.py): read-your-writes after a
+swap through one worker, rollback and history identical from every worker, a restart of the whole
+host keeps its routes, and a single-process run afterwards reads the same routes.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.host.state_client import HostStateClient
+from gateway.host.state_server import ROLLOUTS_FILE, ROLLOUTS_FORMAT, HostStateServer
+from gateway.release.history import HistoryEntry
+from gateway.release.store import ModelRecord, StateStore
+from gateway.state.backend import StoreWriteFailed
+from routing.route import Route
+
+
+def entry(seq: int, actor: str, weights: dict[str, int] | None = None, replica: str | None = None) -> HistoryEntry:
+    """A route change's history entry."""
+    after = {"weights": weights or {"1": 100}, "seq": seq}
+    return HistoryEntry(seq, "2026-12-01T00:00:00+00:00", actor, "route", None, None, after, replica=replica)
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """A short run directory (IPC socket paths are limited to about 100 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="tg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@asynccontextmanager
+async def hosted(run_dir: Path, state_dir: Path, clock: Clock | None = None) -> AsyncIterator[HostStateServer]:
+    """A started host store, closed at the end."""
+    server = HostStateServer(run_dir, state_dir, monotonic=clock or Clock())
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    """Run an async scenario with a bound on the whole."""
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_compare_and_set_one_winner_and_the_earlier_history_seeds(run_dir: Path, tmp_path: Path) -> None:
+    """A change based on an old seq is refused with the seq the store holds; the first change seeds history."""
+
+    async def scenario() -> None:
+        async with hosted(run_dir, tmp_path / "state"):
+            a, b = HostStateClient(run_dir), HostStateClient(run_dir)
+            try:
+                local = [entry(1, "earlier"), entry(2, "earlier"), entry(3, "first", replica="worker-0")]
+                first = ModelRecord(Route({1: 100}, 3), local)
+                assert await a.model("m") is None
+                assert await a.commit("m", 2, first, local[-1], [1], seed=True) is None
+                won = ModelRecord(Route({1: 100}, 4), [*local, entry(4, "winner", replica="worker-0")])
+                lost = ModelRecord(Route({1: 100}, 4), [*local, entry(4, "loser", replica="worker-1")])
+                results = await asyncio.gather(
+                    a.commit("m", 3, won, won.history[-1], [1]), b.commit("m", 3, lost, lost.history[-1], [1])
+                )
+                assert sorted(results, key=str) == [4, None]  # exactly one wins; the other learns the store is at 4
+                stored = await b.model("m")
+                assert stored is not None and stored.loaded == frozenset({1})
+                actors = [e.actor for e in stored.record.history]
+                assert actors[:3] == ["earlier", "earlier", "first"] and actors[3] in ("winner", "loser")
+                assert len(actors) == 4 and await b.seqs() == {"m": 4}
+            finally:
+                await a.close()
+                await b.close()
+
+    run(scenario)
+
+
+def test_every_commit_is_in_routes_json_in_todays_format_before_it_answers(run_dir: Path, tmp_path: Path) -> None:
+    """routes.json is exactly what a single process's StateStore writes for the same records."""
+    state = tmp_path / "state"
+
+    async def scenario() -> None:
+        async with hosted(run_dir, state):
+            client = HostStateClient(run_dir)
+            try:
+                history = [entry(1, "a", replica="worker-0")]
+                assert await client.commit("m", 0, ModelRecord(Route({1: 100}, 1), history), history[0], [1]) is None
+                # Answered: on disk already (no wait), and a single process reads it back.
+                records = StateStore(state).load()
+                assert list(records) == ["m"] and records["m"].seq == 1
+                history.append(entry(2, "b", {"1": 90, "2": 10}, replica="worker-1"))
+                route = Route({1: 90, 2: 10}, 2)
+                assert await client.commit("m", 1, ModelRecord(route, history), history[-1], [1, 2]) is None
+            finally:
+                await client.close()
+        expected = tmp_path / "expected"
+        StateStore(expected).save({"m": ModelRecord(Route({1: 90, 2: 10}, 2), history)})
+        assert (state / "routes.json").read_bytes() == (expected / "routes.json").read_bytes()
+
+    run(scenario)
+
+
+def test_a_start_reads_a_single_process_routes_json_and_goes_on_from_its_seq(run_dir: Path, tmp_path: Path) -> None:
+    """The host store starts from what a single process (or its own last run) saved."""
+    state = tmp_path / "state"
+    saved = [entry(1, "one"), entry(2, "two", {"2": 100})]
+    StateStore(state).save({"m": ModelRecord(Route({2: 100}, 2), saved)})
+
+    async def scenario() -> None:
+        async with hosted(run_dir, state):
+            client = HostStateClient(run_dir)
+            try:
+                stored = await client.model("m")
+                assert stored is not None
+                assert stored.record.route.to_json() == Route({2: 100}, 2).to_json()
+                assert [e.actor for e in stored.record.history] == ["one", "two"]
+                stale = ModelRecord(Route({1: 100}, 2), [*saved[:1], entry(2, "stale")])
+                assert await client.commit("m", 1, stale, stale.history[-1], []) == 2
+                later = ModelRecord(Route({1: 100}, 3), [*saved, entry(3, "three")])
+                assert await client.commit("m", 2, later, later.history[-1], []) is None
+            finally:
+                await client.close()
+        # The next start (a restart of the whole host) reads what the last one wrote.
+        async with hosted(run_dir, state):
+            client = HostStateClient(run_dir)
+            try:
+                assert await client.seqs() == {"m": 3}
+            finally:
+                await client.close()
+
+    run(scenario)
+
+
+def test_a_change_is_published_to_every_subscriber(run_dir: Path, tmp_path: Path) -> None:
+    """Each commit sends ``{model, seq, replica}`` on the PUB socket; subscribing yields None first."""
+
+    async def scenario() -> None:
+        async with hosted(run_dir, tmp_path / "state"):
+            client = HostStateClient(run_dir)
+            changes = client.changes()
+            try:
+                assert await anext(changes) is None  # subscribed
+                seen: list[dict[str, Any]] = []
+                seq = 0
+                # A SUB socket's subscription reaches the PUB a moment after connect: send until one arrives.
+                while not seen:
+                    seq += 1
+                    change = entry(seq, "a", replica="worker-0")
+                    record = ModelRecord(Route({1: 100}, seq), [change])
+                    assert await client.commit("m", seq - 1, record, change, []) is None
+                    try:
+                        seen.append(await asyncio.wait_for(anext(changes), 0.5))  # type: ignore[arg-type]
+                    except TimeoutError:
+                        continue
+                assert seen[0]["model"] == "m" and seen[0]["replica"] == "worker-0" and seen[0]["seq"] >= 1
+            finally:
+                await changes.aclose()  # type: ignore[attr-defined]
+                await client.close()
+
+    run(scenario)
+
+
+def test_leases_locks_and_reports_expire_on_the_stores_clock(run_dir: Path, tmp_path: Path) -> None:
+    """Plain keys: set-if-absent, renew and delete by their holder only, expiry; reports are keys too."""
+    clock = Clock()
+
+    async def scenario() -> None:
+        async with hosted(run_dir, tmp_path / "state", clock):
+            client = HostStateClient(run_dir)
+            try:
+                assert await client.put("rollout-lease:m", b"w0/a", only_new=True, ttl_ms=3000)
+                assert not await client.put("rollout-lease:m", b"w1/b", only_new=True, ttl_ms=3000)
+                assert not await client.extend("rollout-lease:m", "w1/b", 3000)
+                assert not await client.delete("rollout-lease:m", token="w1/b")
+                clock.now += 2.0
+                assert await client.extend("rollout-lease:m", "w0/a", 3000)  # renewed: 3 s from now
+                clock.now += 2.5
+                assert await client.get("rollout-lease:m") == b"w0/a"
+                clock.now += 1.0  # expired: another takes it
+                assert await client.get("rollout-lease:m") is None
+                assert await client.put("rollout-lease:m", b"w1/b", only_new=True, ttl_ms=3000)
+                assert await client.delete("rollout-lease:m", token="w1/b")
+                await client.report("worker-0", {"replica": "worker-0", "models": {}}, 5.0)
+                await client.report("worker-1", {"replica": "worker-1", "models": {}}, 1.0)
+                assert [r["replica"] for r in await client.replicas()] == ["worker-0", "worker-1"]
+                clock.now += 2.0
+                assert [r["replica"] for r in await client.replicas()] == ["worker-0"]
+                await client.withdraw("worker-0")
+                assert await client.replicas() == []
+                await client.add_member("rollouts", "m")
+                assert await client.members("rollouts") == ["m"]
+            finally:
+                await client.close()
+
+    run(scenario)
+
+
+def test_rollouts_are_kept_in_rollouts_json_and_read_at_start(run_dir: Path, tmp_path: Path) -> None:
+    """A rollout's document goes to rollouts.json (the single-process format) and comes back after a restart."""
+    from gateway.rollouts import runner
+
+    assert (ROLLOUTS_FILE, ROLLOUTS_FORMAT) == (runner.ROLLOUTS_FILE, runner.FORMAT)
+    state = tmp_path / "state"
+    doc = {"id": "r1", "model": "m", "phase": "running"}
+
+    async def scenario() -> None:
+        async with hosted(run_dir, state):
+            client = HostStateClient(run_dir)
+            try:
+                assert await client.put("rollout:m", json.dumps(doc).encode())
+                await client.add_member("rollouts", "m")
+            finally:
+                await client.close()
+        saved = json.loads((state / ROLLOUTS_FILE).read_text())
+        assert saved == {"format": 1, "rollouts": {"m": doc}}
+        async with hosted(run_dir, state):
+            client = HostStateClient(run_dir)
+            try:
+                assert await client.members("rollouts") == ["m"]
+                raw = await client.get("rollout:m")
+                assert raw is not None and json.loads(raw) == doc
+            finally:
+                await client.close()
+
+    run(scenario)
+
+
+def test_an_unwritable_state_dir_refuses_the_commit_and_changes_nothing(run_dir: Path, tiny_disk: Path) -> None:
+    """Saved before anything changes: a full disk answers an error and the store keeps its seq."""
+    from tests.disks import remount
+
+    async def scenario() -> None:
+        async with hosted(run_dir, tiny_disk):
+            client = HostStateClient(run_dir)
+            try:
+                first = entry(1, "a")
+                assert await client.commit("m", 0, ModelRecord(Route({1: 100}, 1), [first]), first, []) is None
+                remount(tiny_disk, "ro")
+                try:
+                    second = entry(2, "b")
+                    with pytest.raises(StoreWriteFailed):
+                        await client.commit("m", 1, ModelRecord(Route({1: 100}, 2), [first, second]), second, [])
+                finally:
+                    remount(tiny_disk, "rw")
+                assert await client.seqs() == {"m": 1}
+                assert StateStore(tiny_disk).load()["m"].seq == 1
+            finally:
+                await client.close()
+
+    run(scenario)
+
+
+def test_a_store_that_does_not_answer_is_a_timeout_not_a_hang(run_dir: Path) -> None:
+    """No server at the endpoint: the call fails within its timeout (the fleet turns it into a 503)."""
+
+    async def scenario() -> None:
+        client = HostStateClient(run_dir, timeout_s=0.3)
+        try:
+            with pytest.raises(TimeoutError):
+                await client.seqs()
+        finally:
+            await client.close()
+
+    run(scenario)
