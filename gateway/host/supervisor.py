@@ -22,11 +22,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.host.children import child_command, child_environ
 from gateway.host.listeners import bind_listener
 from gateway.host.roles import HostRole
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.host.state_server import HostStateServer
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +128,12 @@ class Supervisor:
         workers = self.settings.workers
         fds = tuple(sock.fileno() for sock in self._listeners)
         port = self._listeners[0].getsockname()[1]
-        store = await self._start_state_store()
+        try:
+            store = await self._start_state_store()
+        except Exception as exc:  # an unreadable routes.json, a run dir it cannot bind in
+            fields = {"event": "host_fail"}
+            log.error("supervisor: cannot start the host state store: %s", exc, extra={"fields": fields})
+            return 1
         devices = ["cpu", *await gpu_devices()]
         engines = [Child(HostRole(f"engine-{device}", self._run_dir, workers)) for device in devices]
         self._children = engines + [Child(HostRole(f"worker-{i}", self._run_dir, workers, fds)) for i in range(workers)]
@@ -218,7 +227,7 @@ class Supervisor:
             _send(child, signal.SIGTERM)
         return process
 
-    async def _shutdown(self, store: object | None) -> None:
+    async def _shutdown(self, store: HostStateServer | None) -> None:
         """Workers drain first, then the engines stop, then the state store closes."""
         # The supervisor's copies close first: once the last worker stops listening, new
         # connections are refused at once instead of waiting in a queue nobody accepts from.
@@ -248,12 +257,23 @@ class Supervisor:
 
     # -- the host state store (gateway/host/state_server.py) ---------------------------------
 
-    async def _start_state_store(self) -> object | None:
-        """HOOK: the host state store (helper C's gateway/host/state_server.py); None until it exists."""
-        return None
+    async def _start_state_store(self) -> HostStateServer | None:
+        """The host's release state store, before any child; None with a ``state_store`` (Redis) of its own."""
+        if self.settings.state_store:
+            return None
+        from gateway.host.state_server import HostStateServer
 
-    async def _close_state_store(self, store: object) -> None:
-        """HOOK: close what ``_start_state_store`` started."""
+        assert self._run_dir is not None
+        store = HostStateServer(self._run_dir, self.settings.state_dir)
+        await store.start()
+        return store
+
+    async def _close_state_store(self, store: HostStateServer) -> None:
+        """Close the state store, last (every worker that could still write to it is gone)."""
+        try:
+            await store.close()
+        except Exception:  # the host is stopping anyway: say so, and exit as planned
+            log.exception("supervisor: closing the host state store failed")
 
 
 def restart_delay(quick_exits: int) -> float:
