@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 import zmq
@@ -28,9 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.core import CoreSlot
 from gateway.exchange import Exchange
-from gateway.host.control import METRICS, ControlServer, ask, family_rows
+from gateway.host.control import METRICS, ControlServer, ask, family_rows, retired, snapshot_dir
 from gateway.host.merge import Families, HostView, Policy, merge_entry, merge_families, policy
-from gateway.host.roles import HostRole, control_endpoint
+from gateway.host.roles import ENV_DIR, HostRole, control_endpoint
 from gateway.lifecycle import Lifecycle
 from gateway.stats import VersionStats
 from gateway.telemetry.collector import GatewayCollector
@@ -76,6 +77,18 @@ class Process:
             exchange = Exchange("id")
             exchange.model, exchange.version, exchange.role, exchange.status = model, version, "primary", status
             self.requests.record(exchange, 0.001)
+
+
+OK = (("code", "200"), ("model", "m"), ("role", "primary"), ("version", "1"))
+
+
+def flatten(rows: list[Any]) -> Iterator[tuple[str, dict[tuple[tuple[str, str], ...], float]]]:
+    """Snapshot rows as (sample name, {labels: value}), the shape ``scrape`` gives."""
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for _, _, _, _, sample_rows in rows:
+        for name, labels, value in sample_rows:
+            found.setdefault(name, {})[tuple(sorted(labels.items()))] = value
+    yield from found.items()
 
 
 def samples(families: list[Metric], name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -416,3 +429,70 @@ def test_prediction_log_accounting_is_exact_across_workers(repository: Path) -> 
         assert written + sum(dropped.values()) == sent
         by_pid = records_by_pid(host.log_dir)
         assert set(by_pid) == workers and sum(by_pid.values()) == written
+
+
+async def test_snapshots_keep_a_gone_process_counts(run_dir: Path) -> None:
+    """A process leaves its counts every interval; they count for the host once that pid no longer answers."""
+    stats = VersionStats()
+    stats.request_done(True, 5, 0, 10)
+    source = Process("worker-1", run_dir, 2)
+    source.serve(5)
+    server = ControlServer(
+        "worker-1",
+        control_endpoint(run_dir, "worker-1"),
+        source.registry.collect,
+        lambda: iter([("m", "1", stats)]),
+        snapshots=snapshot_dir(run_dir),
+        interval_s=0.01,
+    )
+    await server.start()
+    try:
+        path = server.snapshot_path
+        assert path is not None
+        deadline = time.monotonic() + 30
+        while not path.exists() and time.monotonic() < deadline:
+            await anyio.sleep(0.01)
+    finally:
+        await server.close()
+    assert retired(snapshot_dir(run_dir), {os.getpid()}) == []  # this pid is live: its own answer counts
+    (gone,) = retired(snapshot_dir(run_dir), set())
+    assert gone["process"] == "worker-1" and gone["stats"][0][2]["inference_count"] == 5
+    merged = merge_families([("worker-1", gone["metrics"])])
+    assert samples(merged, "tensorgate_requests_total")[OK] == 5
+
+
+def host_dir(host: Host) -> Path:
+    """The host's run directory (from a worker's environment)."""
+    pid = host.pids("worker")["worker-0"]
+    for variable in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if variable.startswith(ENV_DIR.encode() + b"="):
+            return Path(variable.split(b"=", 1)[1].decode())
+    raise AssertionError("worker-0 has no run directory")
+
+
+def test_a_killed_worker_counts_stay_in_the_sums(repository: Path) -> None:
+    """SIGKILL a worker that served requests: once it is replaced, both workers still count its requests."""
+    with serve_host(repository, workers=2) as host:
+        sent = infer_until_both_workers_served(host, "local", 16)
+        snapshots = snapshot_dir(host_dir(host))
+
+        def flushed() -> bool:  # every worker's snapshot counts everything it served
+            total = 0.0
+            for old in retired(snapshots, set()):
+                if str(old["process"]).startswith("worker-"):
+                    total += served(dict(flatten(old["metrics"])), "local")
+            return total == sent
+
+        host.wait_until(flushed, "snapshots with every request")
+        old_pid = host.pids("worker")["worker-1"]
+        os.kill(old_pid, signal.SIGKILL)
+        host.wait_until(lambda: host.pids("worker").get("worker-1") not in (None, old_pid), "worker-1 replaced")
+        host.wait_workers_loaded()
+        answers: dict[str, float] = {}
+        deadline = time.monotonic() + 60
+        while len(answers) < 2 and time.monotonic() < deadline:
+            answered, found = scrape(host.port)
+            answers[answered] = served(found, "local")
+        assert answers == {"worker-0": sent, "worker-1": sent}
+        (local,) = get_json(host.port, "/v2/models/local/stats")["model_stats"]
+        assert local["inference_count"] == sent

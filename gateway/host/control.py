@@ -11,6 +11,9 @@ A worker answering ``/metrics`` or the statistics extension asks every peer (``a
 merges the answers with its own (gateway/host/merge.py). The request path never touches any of
 this: the answers are built from the same lock-free accumulators ``/metrics`` reads in one
 process, when a peer asks.
+
+Every second, each process also leaves the same snapshot in ``<run_dir>/snapshots/`` (one file
+per process and pid): the counts of a process that died stay in the host's sums (``retired``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,6 +35,8 @@ from gateway.stats import VersionStats
 
 log = logging.getLogger(__name__)
 
+#: How often a process leaves a snapshot of its counts in the run directory (see ``retired``).
+SNAPSHOT_INTERVAL_S = 1.0
 #: The calls a control socket answers.
 METRICS = b"metrics"
 STATS = b"stats"
@@ -69,15 +75,21 @@ class ControlServer:
         metrics: Callable[[], Iterable[Metric]],
         stats: StatsSource,
         *,
+        snapshots: Path | None = None,
+        interval_s: float = SNAPSHOT_INTERVAL_S,
         context: zmq.asyncio.Context | None = None,
     ) -> None:
         self.process = process
         self.endpoint = endpoint
         self._metrics = metrics
         self._stats = stats
+        #: Where this process leaves its latest snapshot every ``interval_s`` (None: nowhere).
+        self.snapshot_path = snapshots / f"{process}-{os.getpid()}.json" if snapshots is not None else None
+        self._interval_s = interval_s
         self._context = context or zmq.asyncio.Context.instance()
         self._socket: zmq.asyncio.Socket | None = None
         self._task: asyncio.Task[None] | None = None
+        self._snapshot_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Bind the control socket and answer calls in a task of this event loop."""
@@ -90,15 +102,18 @@ class ControlServer:
         socket.bind(self.endpoint)
         self._socket = socket
         self._task = asyncio.create_task(self._serve(socket), name=f"control {self.process}")
+        if self.snapshot_path is not None:
+            self._snapshot_task = asyncio.create_task(self._leave_snapshots(self.snapshot_path), name="snapshots")
         log.debug("control socket of %s: %s", self.process, self.endpoint)
 
     async def close(self) -> None:
         """Stop answering and close the socket (its file goes with it)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._snapshot_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._snapshot_task = None
         socket, self._socket = self._socket, None
         if socket is not None:
             socket.close(linger=0)
@@ -125,6 +140,22 @@ class ControlServer:
         body["pid"] = os.getpid()
         return orjson.dumps(body)
 
+    def snapshot(self) -> bytes:
+        """Metrics and statistics together, as a snapshot file holds them."""
+        body = {"metrics": family_rows(self._metrics()), "stats": stats_rows(self._stats)}
+        return orjson.dumps({**body, "process": self.process, "pid": os.getpid()})
+
+    async def _leave_snapshots(self, path: Path) -> None:
+        """Every ``interval_s``: this process's counts, for the scrapes after it died (see ``retired``)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                data = self.snapshot()  # on the loop: it reads the loop's counters
+                await asyncio.to_thread(_replace, path, data)
+            except Exception:  # a full disk must not end the task: the next round tries again
+                log.exception("%s: writing its metrics snapshot failed", self.process)
+
     async def _serve(self, socket: zmq.asyncio.Socket) -> None:
         while True:
             frames = await socket.recv_multipart()
@@ -132,6 +163,39 @@ class ControlServer:
                 continue  # not a DEALER's message: nothing to answer
             identity, call = frames[0], frames[-1]
             await socket.send_multipart([identity, self.answer(call)])
+
+
+def snapshot_dir(run_dir: Path) -> Path:
+    """Where a host's processes leave their snapshots."""
+    return run_dir / "snapshots"
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a reader sees the old file or the new one)."""
+    partial = path.with_suffix(".tmp")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def retired(snapshots: Path, live: set[int]) -> list[dict[str, Any]]:
+    """The last snapshots of the host's processes that are not in ``live`` (pids): dead, or not answering.
+
+    A killed worker or engine takes its counters with it; the host's sums would then fall, and
+    Prometheus would read the fall as a counter reset (a spike in every ``rate``). Its last
+    snapshot (at most ``SNAPSHOT_INTERVAL_S`` old) keeps its counts in the sums instead.
+    """
+    found = []
+    for path in sorted(snapshots.glob("*.json")):
+        try:
+            pid = int(path.stem.rpartition("-")[2])
+            if pid in live:
+                continue
+            snapshot = orjson.loads(path.read_bytes())
+        except (ValueError, OSError, orjson.JSONDecodeError):
+            continue  # not a snapshot, or removed while listed
+        if isinstance(snapshot, dict) and "metrics" in snapshot and "stats" in snapshot:
+            found.append(snapshot)
+    return found
 
 
 async def ask(context: zmq.asyncio.Context, endpoint: str, call: bytes, timeout_s: float) -> dict[str, Any] | None:

@@ -13,9 +13,11 @@ per family (``policy``, documented in docs/operations.md):
   shadow agreement over that worker's share, ``process_*``): one series per process, with a
   ``process`` label.
 
-A peer that does not answer in time (dead, restarting, stalled) is skipped: its series are
+A peer that does not answer in time (dead, restarting, stalled) is skipped: its gauges are
 missing from this answer, ``tensorgate_host_process_up{process}`` is 0 for it, and a warning
-is logged when it goes missing. The scrape never waits longer than ``timeout_s``.
+is logged when it goes missing. The scrape never waits longer than ``timeout_s``. The counts
+of a process that is gone (killed and replaced, or stalled) come from the last snapshot it left
+(gateway/host/control.py ``retired``, at most a second old), so the host's counters never fall.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,18 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway.core import CoreSlot
-from gateway.host.control import METRICS, STATS, ControlServer, FamilyRow, StatsSource, ask, family_rows, stats_rows
+from gateway.host.control import (
+    METRICS,
+    STATS,
+    ControlServer,
+    FamilyRow,
+    StatsSource,
+    ask,
+    family_rows,
+    retired,
+    snapshot_dir,
+    stats_rows,
+)
 from gateway.host.roles import HostRole, control_endpoint
 from gateway.stats import VersionStats
 
@@ -199,7 +213,10 @@ class HostView:
         self.timeout_s = timeout_s
         self._context = context or zmq.asyncio.Context.instance()
         endpoint = control_endpoint(role.run_dir, role.process)
-        self.control = ControlServer(role.process, endpoint, metrics, stats, context=self._context)
+        self.snapshots = snapshot_dir(role.run_dir)
+        self.control = ControlServer(
+            role.process, endpoint, metrics, stats, snapshots=self.snapshots, context=self._context
+        )
         #: Peers missing from the last call (a warning is logged when one goes missing).
         self._missing: set[str] = set()
 
@@ -224,6 +241,11 @@ class HostView:
             return None  # not started yet, or stopped: no need to wait for it
         return await ask(self._context, endpoint, call, self.timeout_s)
 
+    async def _retired(self, got: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """The last snapshots of processes that did not answer now (dead or stalled): their counts stay in."""
+        live = {int(answer["pid"]) for answer in got.values()} | {os.getpid()}
+        return await asyncio.to_thread(retired, self.snapshots, live)
+
     async def _gather(self, call: bytes) -> tuple[dict[str, dict[str, Any]], list[str]]:
         """Every peer's answer to ``call`` by process, and the peers that gave none."""
         peers = self.peers()
@@ -242,6 +264,9 @@ class HostView:
         local = family_rows(self._metrics())
         got, missing = await self._gather(METRICS)
         snapshots = [(self.role.process, local)] + [(peer, answer["metrics"]) for peer, answer in got.items()]
+        for old in await self._retired(got):  # only their counters: gauges are a live process's
+            counts = [row for row in old["metrics"] if policy(row[0], row[1]) is Policy.SUM]
+            snapshots.append((f"{old['process']}-{old['pid']}", counts))
         families = merge_families(snapshots)
         up = GaugeMetricFamily(
             "tensorgate_host_process_up",
@@ -263,7 +288,7 @@ class HostView:
         for model, version, entry in stats_rows(self._stats):
             entries[(model, version)] = entry
         got, _ = await self._gather(STATS)
-        for answer in got.values():
+        for answer in [*got.values(), *await self._retired(got)]:
             for model, version, entry in answer["stats"]:
                 mine = entries.get((model, version))
                 if mine is None:

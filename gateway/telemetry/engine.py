@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.host.control import ControlServer
+from gateway.host.control import ControlServer, snapshot_dir
 from gateway.host.roles import HostRole, control_endpoint
 from gateway.stats import VersionStats
 
@@ -69,4 +69,5 @@ def engine_control(role: HostRole, versions: Versions, queued: Depths | None = N
         for (model, version), each in versions().items():
             yield model, str(version), each
 
-    return ControlServer(role.process, control_endpoint(role.run_dir, role.process), registry.collect, stats)
+    endpoint = control_endpoint(role.run_dir, role.process)
+    return ControlServer(role.process, endpoint, registry.collect, stats, snapshots=snapshot_dir(role.run_dir))
