@@ -286,3 +286,152 @@ def test_a_store_that_does_not_answer_is_a_timeout_not_a_hang(run_dir: Path) -> 
             await client.close()
 
     run(scenario)
+
+
+# -- end to end: real multi-worker hosts -----------------------------------------------------------
+
+ADD_SUB_BODY = json.dumps(
+    {
+        "inputs": [
+            {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": list(range(16))},
+            {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [0] * 16},
+        ]
+    }
+).encode()
+#: Version v adds 100 * v to INPUT0 + INPUT1: an answer says which version computed it.
+OFFSET = 100
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    """Model ``m`` with versions 1 and 2 that answer differently."""
+    from tests.onnx_models import add_sub, write_model
+
+    root = tmp_path / "models"
+    for version in (1, 2):
+        write_model(root, "m", version, add_sub(OFFSET * version))
+    return root
+
+
+def host_admin(port: int, method: str, path: str, doc: Any = None) -> tuple[int, Any]:
+    """One admin call on a fresh connection (it reaches whichever worker accepts it)."""
+    from tests.rawhttp import request
+    from tests.server import AUTH
+
+    reply = request(port, method, path, b"" if doc is None else json.dumps(doc).encode(), AUTH, timeout_s=60)
+    return reply.status, reply.json()
+
+
+def served_version(port: int) -> int:
+    """Send one inference on a fresh connection: the version that computed the answer (checked by value)."""
+    from tests.rawhttp import request
+
+    reply = request(port, "POST", "/v2/models/m/infer", ADD_SUB_BODY, {"Content-Type": "application/json"})
+    assert reply.status == 200, reply.body
+    doc = reply.json()
+    output = next(o for o in doc["outputs"] if o["name"] == "OUTPUT0")
+    version = int(doc["model_version"])
+    assert output["data"][0] == OFFSET * version  # the version named is the one that computed it
+    return version
+
+
+def worker_history(port: int) -> tuple[str, list[Any]]:
+    """On one connection (so one worker): which worker it is, and the model's history it shows."""
+    import http.client
+
+    from tests.server import AUTH
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", "/admin/models", headers=AUTH)
+        worker = json.loads(connection.getresponse().read())["state_store"]["replica"]
+        connection.request("GET", "/admin/models/m/history", headers=AUTH)
+        return str(worker), json.loads(connection.getresponse().read())["history"]
+    finally:
+        connection.close()
+
+
+def pids_serving(records: list[dict[str, Any]], path: str) -> dict[int, int]:
+    """Requests to ``path`` answered so far, by the answering worker's pid (access log)."""
+    counts: dict[int, int] = {}
+    for record in records:
+        if record.get("logger") == "tensorgate.access" and path in str(record.get("path")):
+            counts[record["pid"]] = counts.get(record["pid"], 0) + 1
+    return counts
+
+
+def test_a_change_through_any_worker_is_served_by_every_worker_once_it_answers(repository: Path) -> None:
+    """Read-your-writes: after a 200 from swap, route or rollback, 50 requests to any worker all use it."""
+    from tests.host import serve_host
+
+    with serve_host(repository, workers=2, access_log=True) as host:
+        status, doc = host_admin(host.port, "GET", "/admin/models")
+        assert status == 200 and doc["state_store"]["url"].startswith("host:ipc://")
+        host.wait_until(lambda: len(host_admin(host.port, "GET", "/admin/models")[1]["models"][0]["replicas"]) == 2,
+                        "both workers reported")  # fmt: skip
+        changes: list[tuple[str, str, Any, int]] = [
+            ("POST", "/admin/models/m/swap", {"version": "1"}, 1),  # every worker loads 1 before the answer
+            ("PUT", "/admin/models/m/route", {"weights": {"2": 100}}, 2),
+            ("POST", "/admin/models/m/rollback", {}, 1),
+            ("POST", "/admin/models/m/swap", {"version": "2", "actor": "ci"}, 2),
+        ]
+        assert served_version(host.port) == 2  # the highest version serves first
+        for method, path, body, expected in changes:
+            status, doc = host_admin(host.port, method, path, body)
+            assert status == 200, doc
+            versions = [served_version(host.port) for _ in range(50)]
+            assert versions == [expected] * 50, f"{method} {path}: {versions}"
+        # The requests reached every worker (the kernel spreads connections; keep going until it did).
+        workers = set(host.pids("worker").values())
+        for _ in range(300):
+            if set(pids_serving(host.records(), "/infer")) >= workers:
+                break
+            assert served_version(host.port) == 2
+        assert set(pids_serving(host.records(), "/infer")) >= workers
+        # One history for the host, whichever worker answers, naming the worker that took each change.
+        histories: dict[str, list[Any]] = {}
+        for _ in range(300):
+            worker, history = worker_history(host.port)
+            assert histories.setdefault(worker, history) == history
+            if len(histories) == 2:
+                break
+        assert sorted(histories) == ["worker-0", "worker-1"]
+        assert histories["worker-0"] == histories["worker-1"]
+        history = histories["worker-0"]
+        assert [e["action"] for e in history][-4:] == ["swap", "route", "rollback", "swap"]
+        assert {e["replica"] for e in history[-4:]} <= {"worker-0", "worker-1"}
+        assert history[-1]["actor"] == "ci"
+        seqs = [e["seq"] for e in history]
+        assert seqs == sorted(set(seqs))  # never a lost or repeated change
+
+
+def test_a_restart_of_the_host_keeps_routes_and_a_single_process_reads_the_same_file(
+    repository: Path, tmp_path: Path
+) -> None:
+    """The host store writes routes.json in today's format: the next host and a single process start from it."""
+    from tests.host import serve_host
+    from tests.server import admin, serve
+
+    state = tmp_path / "state"
+    with serve_host(repository, workers=2, state_dir=state) as host:
+        assert host_admin(host.port, "POST", "/admin/models/m/swap", {"version": "1"})[0] == 200
+        history = host_admin(host.port, "GET", "/admin/models/m/history")[1]["history"]
+        assert host.stop() == 0
+    saved = StateStore(state).load()["m"]
+    assert saved.route.weights == {1: 100} and [e.to_json() for e in saved.history] == history
+
+    with serve_host(repository, workers=2, state_dir=state) as host:
+        assert {served_version(host.port) for _ in range(20)} == {1}
+        for _ in range(10):
+            assert host_admin(host.port, "GET", "/admin/models/m/history")[1]["history"] == history
+        assert host_admin(host.port, "POST", "/admin/models/m/versions/2/load")[0] == 200  # on every worker
+        canary = {"weights": {"2": 90, "1": 10}}
+        status, route = host_admin(host.port, "PUT", "/admin/models/m/route", canary)
+        assert status == 200 and route["seq"] == history[-1]["seq"] + 2
+        history = host_admin(host.port, "GET", "/admin/models/m/history")[1]["history"]
+        assert host.stop() == 0
+
+    with serve(repository, state_dir=state) as single:
+        route = admin(single, "GET", "/admin/models/m/route").json()
+        assert route["weights"] == {"2": 90, "1": 10} and route["seq"] == history[-1]["seq"]
+        assert admin(single, "GET", "/admin/models/m/history").json()["history"] == history
