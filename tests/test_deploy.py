@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 import re
 import shlex
@@ -191,6 +192,10 @@ def pod_settings(tmp_path: Path) -> Settings:
             env[item["name"]] = item["value"]
         elif "secretKeyRef" in item["valueFrom"]:
             env[item["name"]] = "a-token-from-the-secret-0123456789"
+        elif "resourceFieldRef" in item["valueFrom"]:  # as the kubelet resolves it: the limit, rounded up
+            ref = item["valueFrom"]["resourceFieldRef"]
+            limit = container["resources"]["limits"][ref["resource"].removeprefix("limits.")]
+            env[item["name"]] = str(math.ceil(float(limit) / float(ref.get("divisor", "1"))))
         elif item["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name":
             env[item["name"]] = "tensorgate-0"
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -274,6 +279,9 @@ def test_the_pods_probes_ports_volumes_and_drain_fit_the_server(tmp_path: Path) 
     sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
     assert sleep + settings.graceful_timeout_s + PREDLOG_CLOSE_S <= spec["terminationGracePeriodSeconds"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # One worker per CPU of the limit; the CPU request is the limit (a Guaranteed pod).
+    limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+    assert settings.workers == int(limits["cpu"]) >= 2 and requests["cpu"] == limits["cpu"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     claims = {c["metadata"]["name"] for c in yaml.safe_load_all((KUBERNETES / "storage.yaml").read_text())}
     assert {v["persistentVolumeClaim"]["claimName"] for v in volumes.values() if "persistentVolumeClaim" in v} <= claims
