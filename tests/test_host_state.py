@@ -328,7 +328,7 @@ def served_version(port: int) -> int:
 
     reply = request(port, "POST", "/v2/models/m/infer", ADD_SUB_BODY, {"Content-Type": "application/json"})
     assert reply.status == 200, reply.body
-    doc = reply.json()
+    doc: Any = reply.json()
     output = next(o for o in doc["outputs"] if o["name"] == "OUTPUT0")
     version = int(doc["model_version"])
     assert output["data"][0] == OFFSET * version  # the version named is the one that computed it
@@ -432,6 +432,74 @@ def test_a_restart_of_the_host_keeps_routes_and_a_single_process_reads_the_same_
         assert host.stop() == 0
 
     with serve(repository, state_dir=state) as single:
-        route = admin(single, "GET", "/admin/models/m/route").json()
-        assert route["weights"] == {"2": 90, "1": 10} and route["seq"] == history[-1]["seq"]
-        assert admin(single, "GET", "/admin/models/m/history").json()["history"] == history
+        kept: Any = admin(single, "GET", "/admin/models/m/route").json()
+        assert kept["weights"] == {"2": 90, "1": 10} and kept["seq"] == history[-1]["seq"]
+        saved_history: Any = admin(single, "GET", "/admin/models/m/history").json()
+        assert saved_history["history"] == history
+
+
+def test_a_rollout_on_a_host_is_led_by_one_worker_and_kept_in_rollouts_json(tmp_path: Path) -> None:
+    """One rollout for the host: the same from every worker, one leader (a lease in the host store), promoted once."""
+    import threading
+
+    from tests.host import serve_host
+    from tests.onnx_models import write_model
+    from tests.rawhttp import request
+    from tests.test_rollout_e2e import CONFIG, identity
+
+    root = tmp_path / "models"
+    write_model(root, "m", 1, identity(), config=CONFIG)
+    write_model(root, "m", 2, identity())
+    body = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def traffic(port: int) -> None:
+        while not stop.is_set():
+            reply = request(port, "POST", "/v2/models/m/infer", body.encode(), {"Content-Type": "application/json"})
+            statuses.append(reply.status)
+
+    with serve_host(root, workers=2, state_dir=tmp_path / "state") as host:
+        assert host_admin(host.port, "POST", "/admin/models/m/swap", {"version": "1"})[0] == 200
+        spec = {
+            "to": "2",
+            "steps": [{"weight": 50, "pause_s": 2}],
+            "analysis": {"interval_s": 1.0, "min_requests": 3, "max_error_rate": 0.05},
+            "actor": "ci",
+        }
+        sender = threading.Thread(target=traffic, args=(host.port,), daemon=True)
+        sender.start()
+        try:
+            status, started = host_admin(host.port, "POST", "/admin/models/m/rollouts", spec)
+            assert status == 201, started
+            assert host_admin(host.port, "POST", "/admin/models/m/rollouts", spec)[0] == 409  # one per model
+            leaders = set()
+            for _ in range(10):
+                status, doc = host_admin(host.port, "GET", "/admin/models/m/rollouts/current")
+                assert status == 200 and doc["id"] == started["id"]
+                leaders.add(doc["fleet"]["leader"])
+            assert len(leaders) == 1 and leaders <= {"worker-0", "worker-1"}
+            host.wait_until(
+                lambda: host_admin(host.port, "GET", "/admin/models/m/rollouts/current")[1]["phase"] == "promoted",
+                "the rollout promoted",
+                timeout_s=120,
+            )
+        finally:
+            stop.set()
+            sender.join(timeout=60)
+        assert statuses and set(statuses) == {200}
+        assert {served_version_identity(host.port, body) for _ in range(20)} == {2}
+        history = host_admin(host.port, "GET", "/admin/models/m/history")[1]["history"]
+        promotes = [e for e in history if e.get("rollout_action") == "rollout-promote"]
+        assert len(promotes) == 1 and promotes[0]["replica"] in leaders  # carried out once, by the leader
+    saved = json.loads((tmp_path / "state" / "rollouts.json").read_text())
+    assert saved["rollouts"]["m"]["id"] == started["id"] and saved["rollouts"]["m"]["phase"] == "promoted"
+
+
+def served_version_identity(port: int, body: str) -> int:
+    """The version that answered one request to the rollout test's model."""
+    from tests.rawhttp import request
+
+    reply = request(port, "POST", "/v2/models/m/infer", body.encode(), {"Content-Type": "application/json"})
+    doc: Any = reply.json()
+    return int(doc["model_version"])
