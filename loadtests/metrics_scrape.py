@@ -8,6 +8,7 @@ For P processes (2 and 8 by default), each holding the same request series (``--
 - multiprocess mode: P child processes write the same series through prometheus-client's
   ``Counter``/``Histogram`` into ``PROMETHEUS_MULTIPROC_DIR``; the scrape reads every file
   (``MultiProcessCollector``) and encodes. Time per scrape.
+- the snapshot each process leaves every second (a killed process's counts stay in the sums);
 - the request path: one request's counting, tensorgate's accumulators (``RequestMetrics.record``)
   against a multiprocess-mode counter and histogram (``labels().inc()`` + ``labels().observe()``).
 
@@ -187,6 +188,20 @@ async def fan_out(processes: int, models: int, scrapes: int) -> tuple[float, flo
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def snapshot_cost(models: int, rounds: int = 50) -> float:
+    """Seconds one process spends building the snapshot it leaves every second (gateway/host/control.py)."""
+    from gateway.host.control import ControlServer
+
+    built: dict[str, Any] = {}
+    exec(_BUILD, built)
+    registry = built["build"](models)
+    server = ControlServer("worker-0", "ipc:///nonexistent", registry.collect, lambda: iter(()))
+    started = time.perf_counter()
+    for _ in range(rounds):
+        server.snapshot()
+    return (time.perf_counter() - started) / rounds
+
+
 def multiprocess(processes: int, models: int, scrapes: int) -> tuple[float, float, int]:
     """The same with prometheus-client's multiprocess mode: P writers' files, one scrape reading them."""
     directory = tempfile.mkdtemp(prefix="tg-mp-")
@@ -230,6 +245,8 @@ def main() -> None:
     signal.alarm(int(args.timeout_s))  # bounded, whatever happens
     ours, theirs = hot_path()
     print(f"request path: accumulators {ours * 1e6:.2f} us/request, multiprocess mode {theirs * 1e6:.2f} us/request")
+    cost = snapshot_cost(args.models)
+    print(f"snapshot left every second: {cost * 1e3:.2f} ms per process ({cost * 100:.2f}% of a core)")
     for processes in args.processes:
         p50, p99, size = asyncio.run(fan_out(processes, args.models, args.scrapes))
         print(f"P={processes} fan-out:      scrape p50 {p50 * 1e3:.2f} ms  p99 {p99 * 1e3:.2f} ms  ({size} bytes)")

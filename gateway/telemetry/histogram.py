@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
+from functools import cache
 
 from prometheus_client.utils import floatToGoString
 
@@ -49,7 +50,13 @@ class Histogram:
             total_sum += value * count
         buckets: list[tuple[str, float]] = []
         running = 0
-        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+        for le, count in zip(_les(self.bounds), counts, strict=True):
             running += count
-            buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
+            buckets.append((le, running))
         return buckets, total_sum
+
+
+@cache
+def _les(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The ``le`` label of each bucket, +Inf last (formatted once per set of bounds: every scrape reads them)."""
+    return tuple(floatToGoString(bound) for bound in (*bounds, float("inf")))  # type: ignore[no-untyped-call]
