@@ -19,15 +19,15 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import numpy as np
 import zmq
-import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from gateway.batching.queue import ClientWatch
 from gateway.engine import wire
+from gateway.engine.channel import Channel
 from gateway.engine.errors import raise_error
 from gateway.errors import ClientDisconnected, Unavailable
 from runtimes.base import RuntimeLoadError
@@ -87,8 +87,9 @@ class EngineClient:
         self._watched: dict[int, ClientWatch] = {}
         self._up_event = asyncio.Event()
         self._heard = 0.0
-        self._context: zmq.asyncio.Context | None = None
-        self._socket: zmq.asyncio.Socket | None = None
+        self._context: zmq.Context[Any] | None = None
+        self._channel: Channel | None = None
+        self._monitor: Channel | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -98,7 +99,7 @@ class EngineClient:
 
     async def start(self) -> None:
         """Connect and start the reader, the monitor and the heartbeat (the engine may start later)."""
-        self._context = zmq.asyncio.Context()
+        self._context = zmq.Context()
         socket = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.IDENTITY, self.identity.encode())
         socket.setsockopt(zmq.IMMEDIATE, 1)
@@ -107,12 +108,9 @@ class EngineClient:
         socket.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
         socket.connect(self.endpoint)
-        self._socket = socket
-        self._tasks = [
-            asyncio.create_task(self._read(socket), name=f"engine-{self.device}-read"),
-            asyncio.create_task(self._monitor(monitor), name=f"engine-{self.device}-monitor"),
-            asyncio.create_task(self._tick(), name=f"engine-{self.device}-tick"),
-        ]
+        self._channel = Channel(socket, self._read)
+        self._monitor = Channel(monitor, self._event)
+        self._tasks = [asyncio.create_task(self._tick(), name=f"engine-{self.device}-tick")]
 
     async def close(self) -> None:
         """Let go of the engine's versions, fail what is in flight, and close the socket."""
@@ -122,9 +120,11 @@ class EngineClient:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_pending(Unavailable("the server is shutting down"))
-        if self._socket is not None:
-            self._socket.disable_monitor()
-            self._socket.close(linger=100)
+        if self._channel is not None:
+            self._channel.socket.disable_monitor()
+            if self._monitor is not None:
+                self._monitor.close()
+            self._channel.close(linger_ms=100)
         if self._context is not None:
             self._context.term()
 
@@ -191,8 +191,8 @@ class EngineClient:
         watcher: asyncio.Future[None] | None = None,
         descriptors: list[wire.Descriptor] | None = None,
     ) -> Reply:
-        socket = self._socket
-        if not self.up or socket is None:
+        channel = self._channel
+        if not self.up or channel is None:
             if descriptors:
                 self.files.discard(descriptors)
             if watcher is not None:
@@ -206,7 +206,14 @@ class EngineClient:
             self._watched[request_id] = client
         if watcher is not None:
             watcher.add_done_callback(partial(self._client_left, request_id))
-        socket.send_multipart([wire.dumps(header), *frames], copy=False)
+        if not channel.send([wire.dumps(header), *frames]):
+            self._pending.pop(request_id, None)
+            self._watched.pop(request_id, None)
+            if descriptors:
+                self.files.discard(descriptors)
+            if watcher is not None:
+                watcher.cancel()
+            raise Unavailable(f"{self.name} cannot take requests now (not connected, or its queue is full)")
         try:
             return await future
         except asyncio.CancelledError:
@@ -234,32 +241,26 @@ class EngineClient:
 
     def _post(self, header: dict[str, Any]) -> None:
         """Send without waiting for an answer (nothing is queued for an engine that is down)."""
-        socket = self._socket
-        if socket is None:
-            return
-        sent = socket.send_multipart([wire.dumps(header)], flags=zmq.DONTWAIT)
-        # A zmq.asyncio send answers a future: one refused (zmq.Again, not connected) is dropped.
-        cast("asyncio.Future[Any]", sent).add_done_callback(_retrieve)
+        if self._channel is not None:
+            self._channel.send([wire.dumps(header)])
 
     # -- the engine's state -------------------------------------------------------------------
 
-    async def _read(self, socket: zmq.asyncio.Socket) -> None:
-        while True:
-            frames = await socket.recv_multipart(copy=False)
-            try:
-                header = wire.loads(frames[0])
-            except ValueError:
-                log.warning("%s sent a malformed message", self.name)
-                continue
-            self._heard = self._clock()
-            if header.get("op") == "pong":
-                self._pong(str(header.get("incarnation")))
-                continue
-            future = self._pending.pop(int(header.get("id", 0)), None)
-            if future is None or future.done():
-                self.files.discard(header.get("t") or ())  # an answer nobody waits for any more
-                continue
-            future.set_result((header, frames[1:]))
+    def _read(self, frames: list[zmq.Frame]) -> None:
+        try:
+            header = wire.loads(frames[0])
+        except ValueError:
+            log.warning("%s sent a malformed message", self.name)
+            return
+        self._heard = self._clock()
+        if header.get("op") == "pong":
+            self._pong(str(header.get("incarnation")))
+            return
+        future = self._pending.pop(int(header.get("id", 0)), None)
+        if future is None or future.done():
+            self.files.discard(header.get("t") or ())  # an answer nobody waits for any more
+            return
+        future.set_result((header, frames[1:]))
 
     def _pong(self, incarnation: str) -> None:
         if self.up and incarnation == self.incarnation:
@@ -291,16 +292,12 @@ class EngineClient:
             if not future.done():
                 future.set_exception(error)
 
-    async def _monitor(self, monitor: zmq.asyncio.Socket) -> None:
-        try:
-            while True:
-                event = parse_monitor_message(await monitor.recv_multipart())
-                if event["event"] == zmq.EVENT_DISCONNECTED:
-                    self._down("its process exited")
-                elif event["event"] == zmq.EVENT_CONNECTED:
-                    self._post({"op": "hello"})  # at once, not at the next tick
-        finally:
-            monitor.close(linger=0)
+    def _event(self, frames: list[zmq.Frame]) -> None:
+        event = parse_monitor_message([frame.bytes for frame in frames])
+        if event["event"] == zmq.EVENT_DISCONNECTED:
+            self._down("its process exited")
+        elif event["event"] == zmq.EVENT_CONNECTED:
+            self._post({"op": "hello"})  # at once, not at the next tick
 
     async def _tick(self) -> None:
         next_ping = 0.0
@@ -318,8 +315,3 @@ class EngineClient:
                     continue
                 self._post({"op": "ping"})
                 next_ping = now + self._heartbeat_s
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()

@@ -19,8 +19,8 @@ import uvloop
 
 from gateway.api.app import build_registry
 from gateway.engine.catalogue import EngineModels
-from gateway.engine.server import EngineServer
 from gateway.engine.placement import shared_files
+from gateway.engine.server import EngineServer
 from gateway.host.roles import HostRole, engine_endpoint
 from gateway.loader import load_runtime
 from gateway.models import ModelManager

@@ -12,7 +12,7 @@ import os
 import secrets
 
 from gateway.engine.client import EngineClient
-from gateway.engine.wire import SharedFiles
+from gateway.engine.wire import ENV_SHM_BYTES, SharedFiles
 from gateway.host.roles import HostRole, engine_endpoint
 from gateway.registry.config import ModelConfig
 from runtimes.devices import Devices
@@ -21,7 +21,9 @@ from runtimes.kinds import runtime_kind
 
 def shared_files(role: HostRole) -> SharedFiles:
     """The shared-memory files of this host's engine hops (named after the run directory)."""
-    return SharedFiles(f"{role.run_dir.name}-tensor")
+    threshold = os.environ.get(ENV_SHM_BYTES, "")
+    tag = f"{role.run_dir.name}-tensor"
+    return SharedFiles(tag, threshold=int(threshold)) if threshold.isdigit() else SharedFiles(tag)
 
 
 def engine_device(config: ModelConfig, devices: Devices) -> str:

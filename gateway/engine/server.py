@@ -14,15 +14,17 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
+import numpy as np
 import zmq
-import zmq.asyncio
 
 from gateway.engine import wire
 from gateway.engine.catalogue import EngineModels
+from gateway.engine.channel import Channel
 from gateway.engine.errors import error_reply
 from gateway.errors import Unavailable
+from runtimes.executor import Executor
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,9 @@ class EngineServer:
         #: Changes at every start: a worker that sees a new one loads its versions again.
         self.incarnation = uuid.uuid4().hex
         self._clock = clock
-        self._context = zmq.asyncio.Context()
-        self._socket = self._context.socket(zmq.ROUTER)
-        self._socket.setsockopt(zmq.LINGER, 1000)
+        self._context = zmq.Context()
+        self._socket: zmq.Socket[Any] = self._context.socket(zmq.ROUTER)
+        self._channel: Channel | None = None
         #: (worker, request id) -> the task computing it.
         self._tasks: dict[tuple[bytes, int], asyncio.Task[None]] = {}
         self._seen: dict[bytes, float] = {}
@@ -75,47 +77,33 @@ class EngineServer:
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then finish what is in flight and return."""
         self._sweeper = asyncio.create_task(self._sweep_workers(), name="engine-sweep-workers")
-        receiving = asyncio.ensure_future(self._receive_loop())
-        stopped = asyncio.ensure_future(stop.wait())
+        self._channel = Channel(self._socket, self._handle)
         try:
-            await asyncio.wait({receiving, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if receiving.done():
-                receiving.result()  # a bug in the loop: raise it
+            await stop.wait()
             self._stopping = True
             # In-flight requests finish and are answered; new ones are refused meanwhile.
             while self._tasks:
                 await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
         finally:
-            stopped.cancel()
-            receiving.cancel()
             self._sweeper.cancel()
-            await asyncio.gather(receiving, self._sweeper, stopped, return_exceptions=True)
+            await asyncio.gather(self._sweeper, return_exceptions=True)
 
     def close(self) -> None:
-        """Close the socket and the ZeroMQ context."""
-        self._socket.close()
+        """Close the socket (answers still queued get a second to leave) and the ZeroMQ context."""
+        if self._channel is not None:
+            self._channel.close(linger_ms=1000)
+        else:
+            self._socket.close(linger=0)
         self._context.term()
-
-    async def _receive_loop(self) -> None:
-        socket = self._socket
-        while True:
-            frames = await socket.recv_multipart(copy=False)
-            try:
-                self._handle(frames)
-            except Exception:  # a malformed message must not stop the engine
-                log.exception("engine: a message could not be handled")
 
     def _send(self, worker: bytes, header: dict[str, Any], frames: list[wire.Frame] | None = None) -> None:
         parts: list[Any] = [worker, wire.dumps(header)]
         if frames:
             parts.extend(frames)
         # A ROUTER never blocks a send: to a worker gone or over its queue, the answer is dropped.
-        # pyzmq copies the frames under its copy threshold anyway; larger ones go zero-copy.
-        sent = cast("asyncio.Future[Any]", self._socket.send_multipart(parts, copy=False))
-        if sent.done():
-            _sent(sent)
-        else:
-            sent.add_done_callback(_sent)
+        assert self._channel is not None
+        if not self._channel.send(parts):
+            log.warning("engine: an answer to %s was dropped", worker.decode(errors="replace"))
 
     def _handle(self, frames: list[Any]) -> None:
         worker = frames[0].bytes
@@ -127,8 +115,15 @@ class EngineServer:
             if self._stopping:
                 self._send(worker, error_reply(request_id, Unavailable("the engine is stopping")))
                 return
+            try:
+                inputs = wire.unpack(header["t"], frames[2:], self.files)
+            except Exception as exc:
+                self._send(worker, error_reply(request_id, exc))
+                return
+            if self._infer_inline(worker, header, inputs):
+                return
             key = (worker, request_id)
-            task = asyncio.create_task(self._infer(worker, header, frames[2:]))
+            task = asyncio.create_task(self._infer(worker, header, inputs))
             self._tasks[key] = task
             task.add_done_callback(lambda _: self._tasks.pop(key, None))
         elif op == "cancel":
@@ -171,10 +166,28 @@ class EngineServer:
             log.exception("engine: unloading %s version %s failed", header.get("model"), header.get("version"))
         self._send(worker, {"id": int(header["id"]), "ok": True})
 
-    async def _infer(self, worker: bytes, header: dict[str, Any], frames: list[Any]) -> None:
+    def _infer_inline(self, worker: bytes, header: dict[str, Any], inputs: dict[str, np.ndarray]) -> bool:
+        """A call of an unbatched version that its executor runs on the loop: at once, no task."""
+        mv = self.models.servable(header["m"], header["v"])
+        executor = mv.executor if mv is not None and (mv.batcher is None or not header.get("b", True)) else None
+        if not isinstance(executor, Executor):
+            return False
+        request_id = int(header["id"])
+        names: list[str] = header["o"]
+        if not executor.runs_inline(sum(a.size for a in inputs.values())):
+            return False
+        try:
+            results = executor.runtime.run(inputs, names)
+        except Exception as exc:
+            self._send(worker, error_reply(request_id, exc))
+            return True
+        descriptors, out = wire.pack(zip(names, results, strict=True), self.files)
+        self._send(worker, {"id": request_id, "ok": True, "t": descriptors}, out)
+        return True
+
+    async def _infer(self, worker: bytes, header: dict[str, Any], inputs: dict[str, np.ndarray]) -> None:
         request_id = int(header["id"])
         try:
-            inputs = wire.unpack(header["t"], frames, self.files)
             mv = self.models.servable(header["m"], header["v"])
             if mv is None:
                 raise Unavailable(f"version {header['v']} of model {header['m']!r} is not loaded in the engine")
@@ -206,10 +219,7 @@ class EngineServer:
             for worker, seen in list(self._seen.items()):
                 if now - seen > WORKER_TIMEOUT_S:
                     del self._seen[worker]
-                    log.info("engine: worker %s stopped answering; releasing its versions", worker.decode(errors="replace"))
+                    log.info(
+                        "engine: worker %s stopped answering; releasing its versions", worker.decode(errors="replace")
+                    )
                     await self.models.release_worker(worker)
-
-
-def _sent(future: Any) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("engine: an answer could not be sent: %s", future.exception())

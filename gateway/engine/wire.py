@@ -15,6 +15,7 @@ A tensor's descriptor in the header is ``[name, dtype, shape]`` with a frame, or
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import mmap
 import os
@@ -26,9 +27,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-#: Tensors above this size go through shared memory (measured: loadtests/engine_shm.py,
-#: docs/benchmarks.md; below it a ZeroMQ frame over IPC is as fast and needs no file).
-SHM_THRESHOLD_BYTES = 256 * 1024
+#: Tensors above this size go through a shared-memory file. Measured on the 2-core CI machine
+#: (loadtests/engine_shm.py, docs/benchmarks.md): a file per tensor costs 2.7x the frames' round
+#: trip from 16 KiB to 16 MiB (tmpfs pages are allocated, zeroed and freed for every message,
+#: while ZeroMQ over IPC copies twice), so only tensors too big to hold twice in ZeroMQ's
+#: queues take it; ``TENSORGATE_ENGINE_SHM_BYTES`` overrides it.
+SHM_THRESHOLD_BYTES = 64 << 20
+#: The environment variable that overrides the threshold (bytes).
+ENV_SHM_BYTES = "TENSORGATE_ENGINE_SHM_BYTES"
 #: Where the shared-memory files live (a tmpfs); the run directory when there is none.
 SHM_DIR = Path("/dev/shm")
 
@@ -112,10 +118,8 @@ class SharedFiles:
         """Unlink the files of tensors that will never be read (an answer nobody waits for)."""
         for desc in descriptors:
             if len(desc) > 3:
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(self.directory / desc[3])
-                except OSError:
-                    pass
 
     def clean(self) -> int:
         """Remove every file of this tag (a previous incarnation's leftovers); how many."""

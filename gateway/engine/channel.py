@@ -1,0 +1,84 @@
+"""A ZeroMQ socket served straight from the event loop: a callback per message, sends that never wait.
+
+pyzmq's ``zmq.asyncio`` makes a future for every send and receive and adds and removes its
+reader as it goes; on the engine hop that doubled the round trip (loadtests/engine_hop.py,
+docs/benchmarks.md). Here the socket's notification descriptor is watched once; when it fires
+(and after every send, since ZeroMQ's descriptor is edge-like: an operation on the socket may
+consume the signal of a message already waiting), every waiting message is read without
+blocking and handed to ``on_message``, in order, on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import zmq
+
+log = logging.getLogger(__name__)
+
+#: Messages handled per wake-up before the loop gets a turn (a flood must not starve it).
+BURST = 256
+
+
+class Channel:
+    """Reads ``socket`` on the running loop into ``on_message``; ``send`` never blocks."""
+
+    def __init__(self, socket: zmq.Socket[Any], on_message: Callable[[list[zmq.Frame]], None]) -> None:
+        self.socket = socket
+        self._on_message = on_message
+        self._loop = asyncio.get_running_loop()
+        self._fd = int(socket.getsockopt(zmq.FD))
+        self._scheduled = False
+        self._closed = False
+        self._loop.add_reader(self._fd, self._drain)
+        self._schedule()  # messages may already wait: the descriptor signals only changes
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self._closed:
+            self._scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        socket = self.socket
+        for _ in range(BURST):
+            if self._closed or not _readable(socket):
+                return
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                self._on_message(frames)
+            except Exception:  # one bad message must not stop the channel
+                log.exception("a message on %s could not be handled", self._fd)
+        self._schedule()  # more may wait: after the loop's other work
+
+    def send(self, parts: Sequence[Any]) -> bool:
+        """Send one message without waiting; False when it cannot go now (no peer, or its queue is full)."""
+        if self._closed:
+            return False
+        try:
+            self.socket.send_multipart(parts, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        finally:
+            if _readable(self.socket):
+                self._schedule()
+        return True
+
+    def close(self, linger_ms: int = 0) -> None:
+        """Stop reading and close the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._fd)
+        self.socket.close(linger=linger_ms)
+
+
+def _readable(socket: zmq.Socket[Any]) -> bool:
+    """Whether a message waits (the descriptor alone cannot tell)."""
+    return bool(int(socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN)

@@ -1,0 +1,133 @@
+"""The engine hop: one worker with an engine process vs. today's single process, side by side.
+
+Two servers of the same repository run at once: ``tensorgate serve`` (one process, models in
+it) and ``tensorgate serve --workers 1 --engine`` (a supervisor, one HTTP worker and the CPU
+engine; every model runs in the engine, reached over ZeroMQ IPC). Both are pinned to
+``--server-cpu`` (the same CPU budget; ``--server-cpu -1`` leaves them unpinned) and wrk to
+``--client-cpu``; they are measured in alternating rounds and medians are reported.
+
+Models: the batched MLP (loadtests/mlp.py, ``max_batch_size = 64``, "auto" delay; one row per
+request, binary tensors), and a tiny Identity model without batching (the hop's cost alone).
+The hop is the difference of the p50 latencies at concurrency 1; the throughput ratio at
+concurrency 64 is the engine's over the single process's.
+
+    python loadtests/engine_hop.py --duration 5 --rounds 3
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from common import (
+    ROOT,
+    Sample,
+    free_port,
+    median,
+    run_wrk,
+    save_samples,
+    start_group,
+    stop_group,
+    wait_ready,
+    wrk_parser,
+)
+from mlp import LAYERS, mlp
+
+sys.path.insert(0, str(ROOT))
+from tests.onnx_models import identity
+
+MODELS = {
+    "mlp": 'max_batch_size = 64\n[batching]\nmax_queue_delay_ms = "auto"\n[onnx]\nintra_op_threads = 1\n',
+    "tiny": "max_batch_size = 0\n[onnx]\nintra_op_threads = 1\n",
+}
+
+
+def _body(path: Path, name: str, row: np.ndarray) -> int:
+    """A binary V2 request of one row; the length of its JSON header."""
+    tensor = {
+        "name": name,
+        "datatype": "FP32",
+        "shape": list(row.shape),
+        "parameters": {"binary_data_size": row.nbytes},
+    }
+    header = json.dumps({"inputs": [tensor]}).encode()
+    path.write_bytes(header + row.tobytes())
+    return len(header)
+
+
+def main() -> None:
+    """Run both servers, measure, print the table and the hop."""
+    parser = wrk_parser(__doc__, [1, 64])
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="tensorgate-hop-"))
+    repo = workdir / "models"
+    for name, config in MODELS.items():
+        target = repo / name / "1" / "model.onnx"
+        target.parent.mkdir(parents=True)
+        onnx.save(mlp() if name == "mlp" else identity("FP32", ["batch", 16]), target)
+        (repo / name / "config.toml").write_text(config)
+    rng = np.random.default_rng(1)
+    bodies = {
+        "mlp": (workdir / "mlp.bin", _body(workdir / "mlp.bin", "x", rng.random((1, LAYERS[0]), dtype=np.float32))),
+        "tiny": (workdir / "tiny.bin", _body(workdir / "tiny.bin", "INPUT0", rng.random((1, 16), dtype=np.float32))),
+    }
+    servers = {}
+    ports = {}
+    for label, extra in (("single", []), ("engine", ["--workers", "1", "--engine"])):
+        port = free_port()
+        scratch = workdir / label
+        command = [sys.executable, "-m", "gateway", "serve", "--repository", str(repo), "--port", str(port),
+                   "--grpc-port", "0", "--log-level", "warning", "--no-predlog",
+                   "--state-dir", str(scratch / "state"), "--log-dir", str(scratch / "log"), *extra]  # fmt: skip
+        servers[label] = start_group(command, args.server_cpu, ROOT)
+        ports[label] = port
+    samples: dict[str, dict[int, list[Sample]]] = {}
+    try:
+        for label, port in ports.items():
+            wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process=servers[label])
+        for model, (body, header_length) in bodies.items():
+            for port in ports.values():  # warm every path once
+                url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
+                run_wrk(url, 8, 1, args.client_cpu, body, header_length=header_length)
+        for connections in args.concurrency:
+            for _ in range(args.rounds):
+                for model, (body, header_length) in bodies.items():
+                    for label, port in ports.items():
+                        url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
+                        sample = run_wrk(
+                            url, connections, args.duration, args.client_cpu, body, header_length=header_length
+                        )
+                        samples.setdefault(f"{model} {label}", {}).setdefault(connections, []).append(sample)
+    finally:
+        for process in servers.values():
+            stop_group(process)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print("| model | server | concurrency | req/s | vs single | p50 us | p99 us | non-200 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model in MODELS:
+        for connections in args.concurrency:
+            base = samples[f"{model} single"][connections]
+            for label in ports:
+                runs = samples[f"{model} {label}"][connections]
+                rps = median(runs, "rps")
+                print(
+                    f"| {model} | {label} | {connections} | {rps:,.0f} | {rps / median(base, 'rps'):.2f} | "
+                    f"{median(runs, 'p50_ms') * 1e3:.0f} | {median(runs, 'p99_ms') * 1e3:.0f} | "
+                    f"{sum(s.non2xx for s in runs)} |"
+                )
+    if 1 in args.concurrency:
+        for model in MODELS:
+            hop = median(samples[f"{model} engine"][1], "p50_ms") - median(samples[f"{model} single"][1], "p50_ms")
+            print(f"hop ({model}, p50 at concurrency 1): {hop * 1e3:.0f} us")
+    if args.save:
+        save_samples(args.save, samples)
+
+
+if __name__ == "__main__":
+    main()
