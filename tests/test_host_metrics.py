@@ -23,7 +23,7 @@ import pytest
 import zmq
 import zmq.asyncio
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -111,7 +111,9 @@ def test_policies_per_family() -> None:
     assert policy("tensorgate_state_store_up", "gauge") is Policy.MIN
     assert policy("tensorgate_draining", "gauge") is Policy.MAX
     assert policy("tensorgate_route_weight", "gauge") is Policy.LOCAL
-    assert policy("tensorgate_model_state", "gauge") is Policy.PROCESS
+    assert policy("tensorgate_model_state", "gauge") is Policy.STATE
+    assert policy("tensorgate_drift_psi", "gauge") is Policy.MAX
+    assert policy("tensorgate_shadow_agreement_ratio", "gauge") is Policy.MIN
     assert policy("process_cpu_seconds", "counter") is Policy.PROCESS
     assert policy("tensorgate_some_future_gauge", "gauge") is Policy.PROCESS
 
@@ -140,6 +142,23 @@ def test_merge_of_real_collector_output(run_dir: Path) -> None:
     assert samples(merged, "tensorgate_state_store_up") == {(): 1}
     rss = samples(merged, "process_resident_memory_bytes")
     assert {dict(key)["process"] for key in rss} == {"worker-0", "worker-1"}
+
+
+def state_rows(current: str) -> list[Any]:
+    """One worker's ``tensorgate_model_state`` for version 1 of ``m``, in state ``current``."""
+    family = GaugeMetricFamily("tensorgate_model_state", "", labels=["model", "version", "state"])
+    for state in ("LOADING", "READY", "UNLOADING", "FAILED"):
+        family.add_metric(["m", "1", state], 1 if state == current else 0)
+    return family_rows([family])
+
+
+def test_model_state_is_ready_when_every_worker_is() -> None:
+    """READY only when every worker has the version READY; else each state some worker is in."""
+    both = merge_families([("worker-0", state_rows("READY")), ("worker-1", state_rows("READY"))])
+    assert samples(both, "tensorgate_model_state")[(("model", "m"), ("state", "READY"), ("version", "1"))] == 1
+    one = merge_families([("worker-0", state_rows("READY")), ("worker-1", state_rows("LOADING"))])
+    states = {dict(k)["state"]: v for k, v in samples(one, "tensorgate_model_state").items()}
+    assert states == {"LOADING": 1, "READY": 0, "UNLOADING": 0, "FAILED": 0}
 
 
 def test_merge_of_statistics_entries() -> None:
@@ -371,7 +390,9 @@ def test_a_host_answers_for_all_its_processes(repository: Path) -> None:
             # Batches formed in the engine: its batch-level histogram counts every request's rows once.
             assert found["tensorgate_batch_size_sum"][key] == k_engine
             assert found["tensorgate_inflight_requests"][()] >= 0
-            assert {dict(labels)["process"] for labels in found["tensorgate_model_state"]} == set(workers)
+            state = found["tensorgate_model_state"]  # the labels of one process: no process label
+            assert state[(("model", "simple"), ("state", "READY"), ("version", "1"))] == 1
+            assert state[(("model", "simple"), ("state", "LOADING"), ("version", "1"))] == 0
 
         # The statistics extension: the workers' inference counts and the engine's executions, summed.
         for _ in range(6):

@@ -6,12 +6,16 @@ per family (``policy``, documented in docs/operations.md):
 
 - counters and histograms: summed over processes (sample by sample, buckets included);
 - gauges of an amount (in flight, queue depth and bytes): summed;
-- gauges of a condition: ``max`` where any process is enough (draining, a circuit open),
-  ``min`` where every process must agree (state store up, remote ready, drift reference);
+- gauges of a condition: ``max`` where any process is enough (draining, a circuit open, the
+  drift PSI a worker measured on its share of the traffic), ``min`` where every process must
+  agree (state store up, remote ready, drift reference loaded, shadow agreement);
+- ``tensorgate_model_state``: READY only when every worker has the version READY, else 1 for
+  each state some worker is in;
 - the route weights: the scraped worker's own (the host has one route table);
-- gauges that are one process's own reading (a version's state in that worker, drift PSI and
-  shadow agreement over that worker's share, ``process_*``): one series per process, with a
-  ``process`` label.
+- ``process_*`` (CPU, memory, file descriptors of each process), and any gauge not named here:
+  one series per process, with a ``process`` label.
+
+The ``tensorgate_*`` families thus keep the labels of a single process (PRODUCT.md section 5).
 
 A peer that does not answer in time (dead, restarting, stalled) is skipped: its gauges are
 missing from this answer, ``tensorgate_host_process_up{process}`` is 0 for it, and a warning
@@ -66,6 +70,8 @@ class Policy(enum.Enum):
     MIN = "min"
     LOCAL = "local"
     PROCESS = "process"
+    #: ``min`` for the READY sample, ``max`` for the other states.
+    STATE = "state"
 
 
 #: Gauges whose merge is not the default (a gauge's default: one series per process).
@@ -81,6 +87,9 @@ GAUGES: dict[str, Policy] = {
     "tensorgate_state_store_up": Policy.MIN,
     "tensorgate_remote_ready": Policy.MIN,
     "tensorgate_drift_reference_loaded": Policy.MIN,
+    "tensorgate_shadow_agreement_ratio": Policy.MIN,
+    "tensorgate_drift_psi": Policy.MAX,
+    "tensorgate_model_state": Policy.STATE,
     "tensorgate_route_weight": Policy.LOCAL,
     "python": Policy.LOCAL,  # python_info: the same interpreter in every process
 }
@@ -133,7 +142,7 @@ def _merge_one(parts: list[tuple[str, FamilyRow]]) -> Metric:
                 merged[key] = [sample_name, labels, value]
             elif how is Policy.SUM and not sample_name.endswith("_created"):
                 seen[2] += value
-            elif how is Policy.MAX:
+            elif how is Policy.MAX or (how is Policy.STATE and labels.get("state") != "READY"):
                 seen[2] = max(seen[2], value)
             else:  # MIN, and a counter's creation time: the earliest
                 seen[2] = min(seen[2], value)
