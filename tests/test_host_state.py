@@ -503,3 +503,43 @@ def served_version_identity(port: int, body: str) -> int:
     reply = request(port, "POST", "/v2/models/m/infer", body.encode(), {"Content-Type": "application/json"})
     doc: Any = reply.json()
     return int(doc["model_version"])
+
+
+def test_a_worker_killed_and_replaced_starts_from_the_host_store(repository: Path) -> None:
+    """SIGKILL a worker after a change: its replacement (same name) serves the host's route, and changes go on."""
+    import os
+    import signal
+
+    from tests.host import serve_host
+
+    with serve_host(repository, workers=2) as host:
+        assert host_admin(host.port, "POST", "/admin/models/m/swap", {"version": "1"})[0] == 200
+        before = host.pids("worker")
+        os.kill(before["worker-0"], signal.SIGKILL)
+        host.wait_until(lambda: host.pids("worker").get("worker-0") not in (None, before["worker-0"]), "replaced")
+        host.wait_workers_loaded()
+        # The replacement started from the host store: every answer, from either worker, is version 1.
+        assert {served_version(host.port) for _ in range(40)} == {1}
+        status, doc = host_admin(host.port, "POST", "/admin/models/m/swap", {"version": "2"})
+        assert status == 200, doc
+        assert {served_version(host.port) for _ in range(40)} == {2}
+        replicas = host_admin(host.port, "GET", "/admin/models")[1]["models"][0]["replicas"]
+        assert sorted(r["replica"] for r in replicas) == ["worker-0", "worker-1"]
+        assert all(r["seq"] == replicas[0]["seq"] for r in replicas)
+
+
+def test_with_a_redis_store_each_worker_is_a_replica_of_the_redis_fleet(repository: Path, redis_server: Any) -> None:
+    """``state_store = redis://``: no host store; the workers report to Redis as ``host:port/worker-i``."""
+    import socket
+
+    from tests.host import serve_host
+
+    with serve_host(repository, workers=2, state_store=redis_server.url) as host:
+        status, doc = host_admin(host.port, "POST", "/admin/models/m/swap?wait=all", {"version": "1"})
+        assert status == 200, doc
+        assert {served_version(host.port) for _ in range(20)} == {1}
+        listing = host_admin(host.port, "GET", "/admin/models")[1]
+        assert listing["state_store"]["url"] == redis_server.url
+        names = sorted(r["replica"] for r in listing["models"][0]["replicas"])
+        assert names == [f"{socket.gethostname()}:{host.port}/worker-{i}" for i in range(2)]
+        assert not any(str(r.get("message", "")).startswith("host state store") for r in host.records())
