@@ -517,3 +517,20 @@ def test_a_killed_worker_counts_stay_in_the_sums(repository: Path) -> None:
         assert answers == {"worker-0": sent, "worker-1": sent}
         (local,) = get_json(host.port, "/v2/models/local/stats")["model_stats"]
         assert local["inference_count"] == sent
+
+
+async def test_a_peer_that_goes_missing_is_logged_once(run_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A warning when a peer that answered stops answering; none for a peer not started yet, none repeated."""
+    a, b = Process("worker-0", run_dir, 2), Process("worker-1", run_dir, 2)
+    await a.view.start()
+    try:
+        await a.view.metrics()  # worker-1 not started yet: no warning
+        await b.view.start()
+        await a.view.metrics()
+        await b.view.close()
+        await a.view.metrics()
+        await a.view.metrics()
+    finally:
+        await a.view.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "control call" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("worker-1 did not answer")

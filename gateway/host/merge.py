@@ -226,8 +226,9 @@ class HostView:
         self.control = ControlServer(
             role.process, endpoint, metrics, stats, snapshots=self.snapshots, context=self._context
         )
-        #: Peers missing from the last call (a warning is logged when one goes missing).
-        self._missing: set[str] = set()
+        #: Peers that answered the last call: a warning is logged when one of them goes missing
+        #: (not for a peer still starting, which has never answered).
+        self._answered: set[str] = set()
 
     async def start(self) -> None:
         """Answer the peers' control calls."""
@@ -263,9 +264,9 @@ class HostView:
         got = {peer: answer for peer, answer in zip(peers, answers, strict=True) if answer is not None}
         missing = [peer for peer in peers if peer not in got]
         for peer in missing:
-            if peer not in self._missing:
+            if peer in self._answered:
                 log.warning("%s did not answer a control call within %.1f s: left out", peer, self.timeout_s)
-        self._missing = set(missing)
+        self._answered = set(got)
         return got, missing
 
     async def metrics(self) -> list[Metric]:
