@@ -224,6 +224,37 @@ def test_a_second_signal_kills_every_process_at_once(repository: Path) -> None:
         assert not any(_alive(pid) for pid in children.values())
 
 
+def test_one_worker_with_the_engine_and_an_admin_port(repository: Path) -> None:
+    with serve_host(repository, workers=1, engine=True, admin_listener=True) as host:
+        assert sorted(host.children()) == ["engine-cpu", "worker-0"]
+        assert infer(host.port)[0] == 200
+        # Both inherited sockets serve what they serve in one process: the admin API on its own port.
+        assert request(host.admin_port, "GET", "/v2/repository/index").status == 401  # asks for the token
+        assert request(host.port, "POST", "/v2/repository/index").status == 404
+        assert host.stop() == 0
+
+
+def test_a_worker_that_cannot_start_stops_the_host_with_its_status(repository: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:  # a gRPC port taken (without SO_REUSEPORT): a chosen grpc_port cannot bind
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with serve_host(repository, workers=2, ready=False, grpc_port=busy.getsockname()[1]) as host:
+            status = host.process.wait(timeout=120)
+            assert status == 3, host.tail()
+            fatal = [r for r in host.records() if r.get("event") == "worker_exit" and r.get("level") == "error"]
+            assert fatal and fatal[0]["status"] == 3
+
+
+def test_the_restart_delay_doubles_for_a_child_that_keeps_dying_at_start() -> None:
+    from gateway.host.supervisor import MAX_RESTART_DELAY_S, restart_delay
+
+    assert restart_delay(0) == 0.0  # a child that ran for a while: replaced at once
+    assert [restart_delay(n) for n in (1, 2, 3)] == [0.1, 0.2, 0.4]
+    assert restart_delay(50) == MAX_RESTART_DELAY_S
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
