@@ -116,6 +116,7 @@ def test_policies_per_family() -> None:
     assert policy("tensorgate_shadow_agreement_ratio", "gauge") is Policy.MIN
     assert policy("process_cpu_seconds", "counter") is Policy.PROCESS
     assert policy("tensorgate_some_future_gauge", "gauge") is Policy.PROCESS
+    assert policy("python_info", "gauge") is Policy.LOCAL
 
 
 def test_merge_of_real_collector_output(run_dir: Path) -> None:

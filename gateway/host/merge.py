@@ -91,7 +91,7 @@ GAUGES: dict[str, Policy] = {
     "tensorgate_drift_psi": Policy.MAX,
     "tensorgate_model_state": Policy.STATE,
     "tensorgate_route_weight": Policy.LOCAL,
-    "python": Policy.LOCAL,  # python_info: the same interpreter in every process
+    "python_info": Policy.LOCAL,  # the same interpreter in every process
 }
 
 
