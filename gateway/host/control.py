@@ -147,14 +147,20 @@ class ControlServer:
 
     async def _leave_snapshots(self, path: Path) -> None:
         """Every ``interval_s``: this process's counts, for the scrapes after it died (see ``retired``)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        failing = False
         while True:
             await asyncio.sleep(self._interval_s)
             try:
                 data = self.snapshot()  # on the loop: it reads the loop's counters
                 await asyncio.to_thread(_replace, path, data)
             except Exception:  # a full disk must not end the task: the next round tries again
-                log.exception("%s: writing its metrics snapshot failed", self.process)
+                if not failing:  # logged once per failure spell, not every second
+                    log.exception("%s: writing its metrics snapshot failed (retried every second)", self.process)
+                failing = True
+            else:
+                if failing:
+                    log.info("%s: metrics snapshots written again", self.process)
+                failing = False
 
     async def _serve(self, socket: zmq.asyncio.Socket) -> None:
         while True:
@@ -172,6 +178,7 @@ def snapshot_dir(run_dir: Path) -> Path:
 
 def _replace(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (a reader sees the old file or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".tmp")
     partial.write_bytes(data)
     os.replace(partial, path)
