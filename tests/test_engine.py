@@ -16,7 +16,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,7 +62,8 @@ def batch_counter() -> onnx.ModelProto:
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     """An engine and two workers over models that batch, don't batch, and carry big tensors."""
     root = tmp_path_factory.mktemp("engine-repo")
-    write_model(root, "simple", 1, add_sub())
+    write_model(root, "simple", 1, add_sub(), 'placement = "engine"\n')
+    write_model(root, "local", 1, add_sub())  # no batching, no placement: in each worker
     counter = f"max_batch_size = 8\n[batching]\nmax_queue_delay_ms = {BATCH_DELAY_MS}\npriority_levels = 2\n"
     write_model(root, "counter", 1, batch_counter(), counter)
     write_model(
@@ -81,6 +81,14 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
             del os.environ["TENSORGATE_ENGINE_SHM_BYTES"]
         else:
             os.environ["TENSORGATE_ENGINE_SHM_BYTES"] = previous
+
+
+SIMPLE = {
+    "inputs": [
+        {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": list(range(16))},
+        {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16},
+    ]
+}
 
 
 def post(url: str, body: dict[str, Any], timeout: float = 30) -> tuple[int, dict[str, Any]]:
@@ -108,6 +116,12 @@ def test_each_version_loads_once_in_the_engine_for_both_workers(host: Host) -> N
         for index in range(2):
             assert f"model {model!r} version 1 READY" in host.log(f"worker-{index}")
             assert "in the cpu engine" in host.log(f"worker-{index}")
+    # Without batching or a placement, a version stays in each worker (no hop).
+    assert "model 'local' version 1" not in engine
+    for index in range(2):
+        assert "model 'local' version 1 READY on CPUExecutionProvider" in host.log(f"worker-{index}")
+        status, body = post(host.url(index) + "/v2/models/local/infer", SIMPLE)
+        assert status == 200 and body["outputs"][0]["data"][:2] == [1, 2]
 
 
 def test_inference_through_the_engine_json_and_binary(host: Host) -> None:
@@ -206,11 +220,13 @@ def test_bad_input_is_still_a_400(host: Host) -> None:
     assert status == 200 and body["outputs"][0]["data"] == [0.0, 0.5, 1.0, 1.5]
 
 
-def test_placement_is_parsed_and_checked(tmp_path: Path) -> None:
+def test_placement_is_parsed_and_checked() -> None:
     from gateway.config_error import ConfigError
-    from gateway.registry.config import DEFAULT_PLACEMENT, parse_model_config
+    from gateway.registry.config import parse_model_config
 
-    assert parse_model_config({}, "m/config.toml").placement == DEFAULT_PLACEMENT
-    assert parse_model_config({"placement": "worker"}, "m/config.toml").placement == "worker"
+    assert parse_model_config({}, "m/config.toml").where == "worker"  # no batching: the hop costs more
+    assert parse_model_config({"max_batch_size": 8}, "m/config.toml").where == "engine"
+    assert parse_model_config({"placement": "worker", "max_batch_size": 8}, "m/config.toml").where == "worker"
+    assert parse_model_config({"placement": "engine"}, "m/config.toml").where == "engine"
     with pytest.raises(ConfigError, match="placement"):
         parse_model_config({"placement": "gpu"}, "m/config.toml")

@@ -24,6 +24,7 @@ from tests.onnx_models import add_sub, slow_matmul, write_model
 from tests.server import AUTH, wait_for
 
 SLOW = """
+placement = "engine"
 max_batch_size = 0
 instance_count = 1
 [onnx]
@@ -54,7 +55,7 @@ def call(url: str, body: dict[str, Any] | None = None, timeout: float = 60) -> t
 def test_engine_killed_fails_in_flight_at_once_then_reloads(tmp_path: Path) -> None:
     root = tmp_path / "models"
     write_model(root, "slow", 1, slow_matmul(size=1024), config=SLOW)
-    write_model(root, "simple", 1, add_sub())
+    write_model(root, "simple", 1, add_sub(), config='placement = "engine"\n')
     with engine_host(root, workers=1) as host, ThreadPoolExecutor(8) as pool:
         url = host.url(0)
         status, _, _ = call(url + "/v2/models/slow/infer", SLOW_BODY)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from gateway.models import ModelManager, ModelVersion, VersionState
@@ -109,3 +110,8 @@ class EngineModels:
     def stats(self) -> dict[tuple[str, str], VersionStats]:
         """(model, version) -> the engine's statistics of that version (batch-level: executions, queue)."""
         return {(m.name, mv.label): mv.stats for m in self.manager.models() for mv in m.versions.values()}
+
+    def stats_source(self) -> Iterator[tuple[str, str, VersionStats]]:
+        """``(model, version, statistics)`` of every version (gateway.host.control's StatsSource)."""
+        for (model, version), stats in self.stats().items():
+            yield model, version, stats

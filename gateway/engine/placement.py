@@ -69,6 +69,6 @@ class Engines:
         if runtime_kind(config.runtime).remote:
             return None
         device = engine_device(config, self.devices)
-        if device == "cpu" and config.placement == "worker":
+        if device == "cpu" and config.where == "worker":
             return None
         return self.clients.get(device)

@@ -15,9 +15,6 @@ from runtimes.kinds import DEFAULT_RUNTIME, RUNTIME_KINDS
 from runtimes.options import OnnxOptions, TritonOptions
 
 CONFIG_FILE = "config.toml"
-#: Where a CPU version runs on a multi-process host when its config does not say (measured:
-#: loadtests/engine_hop.py, docs/benchmarks.md).
-DEFAULT_PLACEMENT: Literal["engine", "worker"] = "engine"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +87,8 @@ class ModelConfig:
     instance_count: int = 1
     inline_threshold_us: float = 50.0
     #: On a multi-process host: run the version in its device's engine (one copy, batches from
-    #: every worker) or in each worker; GPU versions always run in the engine (docs/configuration.md).
-    placement: Literal["engine", "worker"] = DEFAULT_PLACEMENT
+    #: every worker) or in each worker; None: see ``where``. GPU versions always run in the engine.
+    placement: Literal["engine", "worker"] | None = None
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     #: Every runtime kind's options (its table, named after the kind), by kind name.
     runtime_options: dict[str, Any] = field(
@@ -100,6 +97,15 @@ class ModelConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    @property
+    def where(self) -> Literal["engine", "worker"]:
+        """``placement``, else by measurement (docs/benchmarks.md, "The engine hop"): a version that
+        batches runs in the engine (batches form from every worker's requests), one that does
+        not in each worker (the hop costs more than a small model's call)."""
+        if self.placement is not None:
+            return self.placement
+        return "engine" if self.max_batch_size > 0 else "worker"
 
     @property
     def options(self) -> Any:
@@ -270,6 +276,13 @@ def _version_policy(t: _Table) -> Literal["latest", "all"] | tuple[int, ...]:
     raise t.fail("version_policy", 'must be "latest", "all" or a non-empty list of version numbers')
 
 
+def _placement(t: _Table) -> Literal["engine", "worker"] | None:
+    if "placement" not in t.data:
+        t.used.add("placement")
+        return None
+    return "worker" if t.choice("placement", "engine", {"engine", "worker"}) == "worker" else "engine"
+
+
 def parse_model_config(data: dict[str, Any], source: str) -> ModelConfig:
     """Build a ModelConfig from parsed TOML; ``source`` names the file in error messages."""
     top = _Table(source, "", data)
@@ -280,7 +293,7 @@ def parse_model_config(data: dict[str, Any], source: str) -> ModelConfig:
         max_batch_size=top.integer("max_batch_size", 0, 0, 2**20),
         instance_count=top.integer("instance_count", 1, 1, 64),
         inline_threshold_us=top.number("inline_threshold_us", 50.0),
-        placement="worker" if top.choice("placement", DEFAULT_PLACEMENT, {"engine", "worker"}) == "worker" else "engine",
+        placement=_placement(top),
         batching=_batching(top.table("batching")),
         # Every kind's table is checked, not only the selected one's: a typo fails wherever it is.
         runtime_options={name: kind.parse_options(top.table(name)) for name, kind in RUNTIME_KINDS.items()},
@@ -299,9 +312,7 @@ def parse_model_config(data: dict[str, Any], source: str) -> ModelConfig:
 #: policy, logging, drift) are the model's, whatever version serves.
 VERSION_KEYS = frozenset(
     {"runtime", "max_batch_size", "instance_count", "inline_threshold_us", "placement", "batching"}
-) | set(
-    RUNTIME_KINDS
-)
+) | set(RUNTIME_KINDS)
 
 
 def read_config_data(path: Path, source: str) -> dict[str, Any] | None:
