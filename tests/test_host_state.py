@@ -231,6 +231,8 @@ def test_rollouts_are_kept_in_rollouts_json_and_read_at_start(run_dir: Path, tmp
         async with hosted(run_dir, state):
             client = HostStateClient(run_dir)
             try:
+                with pytest.raises(ConnectionError, match="bad request"):  # refused, never kept
+                    await client.put("rollout:x", b"{not json")
                 assert await client.put("rollout:m", json.dumps(doc).encode())
                 await client.add_member("rollouts", "m")
             finally:

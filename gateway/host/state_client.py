@@ -32,10 +32,13 @@ REPLICA = "replica:"
 class HostStateClient:
     """The host store's calls for one worker (a ``StateBackend``); TimeoutError or ConnectionError when away."""
 
-    def __init__(self, run_dir: Path, *, timeout_s: float = 2.0) -> None:
+    def __init__(self, run_dir: Path, *, timeout_s: float = 2.0, commit_timeout_s: float = 10.0) -> None:
         self.run_dir = run_dir
         self.url = "host:" + state_endpoint(run_dir)
         self._timeout_s = timeout_s
+        # A commit writes and fsyncs routes.json before it answers: give a slow disk time, so that a
+        # change saved is rarely answered as "nothing changed" (the reconcile would apply it anyway).
+        self._commit_timeout_s = commit_timeout_s
         self._context = zmq.asyncio.Context()
         self._dealer = self._context.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
@@ -47,7 +50,7 @@ class HostStateClient:
 
     def connect(self) -> HostStateClient:
         """Another connection to the same store (the fleet's rollouts; the caller closes it)."""
-        return HostStateClient(self.run_dir, timeout_s=self._timeout_s)
+        return HostStateClient(self.run_dir, timeout_s=self._timeout_s, commit_timeout_s=self._commit_timeout_s)
 
     async def close(self) -> None:
         """Stop the reader, fail what still waits, close the sockets."""
@@ -74,11 +77,12 @@ class HostStateClient:
         request_id = str(next(self._ids)).encode()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
+        timeout_s = self._commit_timeout_s if op == "commit" else self._timeout_s
         try:
             await self._dealer.send_multipart([request_id, orjson.dumps({"op": op, **fields})])
-            reply = await asyncio.wait_for(future, self._timeout_s)
+            reply = await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
-            raise TimeoutError(f"the host state store did not answer {op} within {self._timeout_s:g} s") from None
+            raise TimeoutError(f"the host state store did not answer {op} within {timeout_s:g} s") from None
         except zmq.ZMQError as exc:
             raise ConnectionError(f"the host state store: {exc}") from None
         finally:

@@ -234,6 +234,8 @@ class HostStateServer:
 
     async def _put(self, doc: dict[str, Any]) -> bool:
         key, value = str(doc["key"]), str(doc["value"])
+        if key.startswith(ROLLOUT_KEY):
+            orjson.loads(value)  # ValueError (a bad request) before it is kept: rollouts.json stays writable
         if doc.get("only_new") and self._get(key) is not None:
             return False
         ttl_ms = doc.get("ttl_ms")

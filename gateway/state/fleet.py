@@ -94,6 +94,11 @@ class Fleet:
                 if stored is not None:
                     records[name] = stored.record
                     self._intents[name] = stored.loaded
+            # Live from now on, at the seqs it starts from: a change committed before its first full
+            # report is waited for (``?wait=all``), never missed.
+            models: dict[str, Any] = {n: {"seq": r.seq, "lagging": None, "versions": {}} for n, r in records.items()}
+            doc = {"replica": self.replica, "time": self._wall_clock(), "serving_cached_state": False, "models": models}
+            await self._backend.report(self.replica, doc, self._ttl_s)
             self.up = True
         except STORE_ERRORS as exc:
             self.cached = True
