@@ -40,6 +40,7 @@ from gateway.telemetry.requests import RequestMetrics
 from tests.host import Host, serve_host
 from tests.onnx_models import add_sub, write_model
 from tests.rawhttp import request
+from tests.server import AUTH
 
 pytestmark = pytest.mark.anyio
 
@@ -307,9 +308,9 @@ def scrape(port: int) -> tuple[str, dict[str, dict[tuple[tuple[str, str], ...], 
     return dict(answered)["process"], found
 
 
-def get_json(port: int, path: str) -> Any:
+def get_json(port: int, path: str, headers: dict[str, str] | None = None) -> Any:
     """A GET's JSON body (200 expected)."""
-    reply = request(port, "GET", path, timeout_s=30)
+    reply = request(port, "GET", path, headers=headers, timeout_s=30)
     assert reply.status == 200, reply.body
     return reply.json()
 
@@ -395,6 +396,12 @@ def test_a_host_answers_for_all_its_processes(repository: Path) -> None:
             assert state[(("model", "simple"), ("state", "READY"), ("version", "1"))] == 1
             assert state[(("model", "simple"), ("state", "LOADING"), ("version", "1"))] == 0
 
+        # The console's figures (GET /admin/stats) are the host's too.
+        for _ in range(4):
+            console = get_json(host.port, "/admin/stats", AUTH)
+            versions = {(v["model"], v["version"]): v for v in console["versions"]}
+            assert sum(versions[("local", "1")]["requests"]["primary"].values()) == k_local
+            assert versions[("simple", "1")]["batch"]["sum"] == k_engine
         # The statistics extension: the workers' inference counts and the engine's executions, summed.
         for _ in range(6):
             (simple,) = get_json(host.port, "/v2/models/simple/stats")["model_stats"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.body import BodyHeaders, read_body
 from gateway.api.responses import json_response, send_error
+from gateway.console.stats import StatsReader
 from gateway.core import CoreSlot
 from gateway.errors import BadRequest, NotFound, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from gateway.registry.names import check_model_name, parse_version
@@ -62,7 +62,7 @@ class RequireToken:
 class AdminEndpoints:
     """Handlers of the admin API; they serve from the core in ``slot`` (set by the app's lifespan)."""
 
-    def __init__(self, slot: CoreSlot, stats: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, slot: CoreSlot, stats: StatsReader | None = None) -> None:
         self._slot = slot
         self._stats = stats  # the console's live figures (gateway.console.stats)
 
@@ -257,7 +257,11 @@ class AdminEndpoints:
         """``GET /admin/stats``: per-version counters for the console (docs/console.md)."""
         if self._stats is None:
             raise Unavailable("the server is starting")
-        return json_response(self._stats(), headers={"Cache-Control": "no-store"})
+        core = self._slot.current
+        host = core.host if core is not None else None
+        # On a multi-process host, the whole host's figures, as its /metrics (gateway/host/merge.py).
+        figures = self._stats() if host is None else self._stats(await host.metrics())
+        return json_response(figures, headers={"Cache-Control": "no-store"})
 
     # -- Triton's model repository extension -------------------------------------------------
 

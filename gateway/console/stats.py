@@ -10,7 +10,7 @@ carries only what the page draws (about a tenth of the text's size).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import Metric
 
@@ -95,6 +95,18 @@ def _number(version: str) -> int:
     return int(version) if version.isdigit() else -1
 
 
-def stats_reader(collect: Callable[[], Iterable[Metric]], clock: Callable[[], float]) -> Callable[[], dict[str, Any]]:
+class StatsReader(Protocol):
+    """Takes a snapshot now, of the collector's families or of ``families`` (a whole host's, merged)."""
+
+    def __call__(self, families: Iterable[Metric] | None = None) -> dict[str, Any]:
+        """The console's figures."""
+        ...
+
+
+def stats_reader(collect: Callable[[], Iterable[Metric]], clock: Callable[[], float]) -> StatsReader:
     """A function that takes a snapshot now: ``collect`` is the collector's, ``clock`` wall time."""
-    return lambda: snapshot(collect(), clock())
+
+    def read(families: Iterable[Metric] | None = None) -> dict[str, Any]:
+        return snapshot(collect() if families is None else families, clock())
+
+    return read
