@@ -34,12 +34,11 @@ def _echo(endpoint: str, tag: str, threshold: int) -> None:
     files = wire.SharedFiles(tag, threshold=threshold)
     while True:
         frames = socket.recv_multipart(copy=False)
-        header = wire.loads(frames[1])
+        header, message = wire.decode(frames[1:])
         if header.get("op") == "stop":
             break
-        arrays = wire.unpack(header["t"], frames[2:], files)
-        descriptors, out = wire.pack(arrays.items(), files)
-        socket.send_multipart([frames[0].bytes, wire.dumps({"t": descriptors}), *out], copy=False)
+        arrays = wire.unpack(header, message, files)
+        socket.send_multipart([frames[0].bytes, *wire.encode({}, arrays.items(), files)], copy=False)
     socket.close()
     context.term()
 
@@ -56,10 +55,9 @@ def _measure(endpoint: str, tag: str, threshold: int, seconds: float) -> dict[in
         end = time.perf_counter() + seconds
         while time.perf_counter() < end or len(times) < 5:
             start = time.perf_counter()
-            descriptors, frames = wire.pack([("x", array)], files)
-            socket.send_multipart([wire.dumps({"t": descriptors}), *frames], copy=False)
-            reply = socket.recv_multipart(copy=False)
-            back = wire.unpack(wire.loads(reply[0])["t"], reply[1:], files)["x"]
+            socket.send_multipart(wire.encode({}, [("x", array)], files), copy=False)
+            header, message = wire.decode(socket.recv_multipart(copy=False))
+            back = wire.unpack(header, message, files)["x"]
             float(back[-1])  # touch the result, as an encoder would
             times.append(time.perf_counter() - start)
         medians[size] = statistics.median(times)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -42,7 +43,7 @@ ENGINE_TIMEOUT_S = 5.0
 #: clients that can say at once whether they have gone (uvicorn's flag, gRPC's context).
 TICK_S = 0.05
 
-Reply = tuple[dict[str, Any], list[Any]]
+Reply = tuple[dict[str, Any], wire.Message]
 
 
 class EngineListener(Protocol):
@@ -140,7 +141,7 @@ class EngineClient:
     async def load(self, model: str, version: int, timeout_s: float) -> dict[str, Any]:
         """Ask the engine to load (and hold) a version; its description, else RuntimeLoadError."""
         await self.wait_up(timeout_s)
-        header, _ = await self._call({"op": "load", "model": model, "version": version})
+        header, _ = await self._call({"op": "load", "model": model, "version": version, "id": next(self._ids)})
         if not header.get("ok"):
             raise RuntimeLoadError(str(header.get("error")), str(header.get("reason") or "invalid_model"))
         return header
@@ -163,8 +164,14 @@ class EngineClient:
         client: ClientWatch | None = None,
     ) -> list[np.ndarray]:
         """Compute ``outputs`` in the engine; a client that leaves cancels the request there."""
-        descriptors, frames = wire.pack(inputs.items(), self.files)
-        header = {"op": "infer", "m": model, "v": version, "t": descriptors, "o": list(outputs), "b": batched}
+        header: dict[str, Any] = {
+            "op": "infer",
+            "id": next(self._ids),
+            "m": model,
+            "v": version,
+            "o": list(outputs),
+            "b": batched,
+        }
         if priority:
             header["p"] = priority
         if timeout_s:
@@ -173,40 +180,43 @@ class EngineClient:
         if client is not None:
             gone = client.gone()
             if gone:
-                self.files.discard(descriptors)
                 raise ClientDisconnected()
             if gone is None:
                 watcher = asyncio.ensure_future(client.wait_gone())
-        reply, data = await self._call(header, frames, client if watcher is None else None, watcher, descriptors)
+        if not self.up:
+            if watcher is not None:
+                watcher.cancel()
+            raise Unavailable(f"{self.name} is restarting")
+        frames = wire.encode(header, inputs.items(), self.files)
+        reply, message = await self._call(header, frames, client if watcher is None else None, watcher)
         if not reply.get("ok"):
             raise_error(reply)
-        arrays = wire.unpack(reply["t"], data, self.files)
+        arrays = wire.unpack(reply, message, self.files)
         return [arrays[name] for name in outputs]
 
     async def _call(
         self,
         header: dict[str, Any],
-        frames: Sequence[wire.Frame] = (),
+        frames: Sequence[wire.Frame] | None = None,
         client: ClientWatch | None = None,
         watcher: asyncio.Future[None] | None = None,
-        descriptors: list[wire.Descriptor] | None = None,
     ) -> Reply:
         channel = self._channel
+        descriptors = header.get("t")
         if not self.up or channel is None:
             if descriptors:
                 self.files.discard(descriptors)
             if watcher is not None:
                 watcher.cancel()
             raise Unavailable(f"{self.name} is restarting")
-        request_id = next(self._ids)
-        header["id"] = request_id
+        request_id = int(header["id"])
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         if client is not None:
             self._watched[request_id] = client
         if watcher is not None:
             watcher.add_done_callback(partial(self._client_left, request_id))
-        if not channel.send([wire.dumps(header), *frames]):
+        if not channel.send(frames or [wire.dumps(header)]):
             self._pending.pop(request_id, None)
             self._watched.pop(request_id, None)
             if descriptors:
@@ -248,8 +258,8 @@ class EngineClient:
 
     def _read(self, frames: list[zmq.Frame]) -> None:
         try:
-            header = wire.loads(frames[0])
-        except ValueError:
+            header, message = wire.decode(frames)
+        except (ValueError, struct.error):
             log.warning("%s sent a malformed message", self.name)
             return
         self._heard = self._clock()
@@ -260,7 +270,7 @@ class EngineClient:
         if future is None or future.done():
             self.files.discard(header.get("t") or ())  # an answer nobody waits for any more
             return
-        future.set_result((header, frames[1:]))
+        future.set_result((header, message))
 
     def _pong(self, incarnation: str) -> None:
         if self.up and incarnation == self.incarnation:

@@ -96,29 +96,33 @@ class EngineServer:
             self._socket.close(linger=0)
         self._context.term()
 
-    def _send(self, worker: bytes, header: dict[str, Any], frames: list[wire.Frame] | None = None) -> None:
-        parts: list[Any] = [worker, wire.dumps(header)]
-        if frames:
-            parts.extend(frames)
+    def _send(self, worker: bytes, frames: list[wire.Frame]) -> None:
         # A ROUTER never blocks a send: to a worker gone or over its queue, the answer is dropped.
         assert self._channel is not None
-        if not self._channel.send(parts):
+        if not self._channel.send([worker, *frames]):
             log.warning("engine: an answer to %s was dropped", worker.decode(errors="replace"))
+
+    def _reply(self, worker: bytes, header: dict[str, Any]) -> None:
+        self._send(worker, [wire.dumps(header)])
+
+    def _answer(self, worker: bytes, request_id: int, names: list[str], results: list[np.ndarray]) -> None:
+        header: dict[str, Any] = {"id": request_id, "ok": True}
+        self._send(worker, wire.encode(header, zip(names, results, strict=True), self.files))
 
     def _handle(self, frames: list[Any]) -> None:
         worker = frames[0].bytes
-        header = wire.loads(frames[1])
+        header, message = wire.decode(frames[1:])
         op = header.get("op")
         self._seen[worker] = self._clock()
         if op == "infer":
             request_id = int(header["id"])
             if self._stopping:
-                self._send(worker, error_reply(request_id, Unavailable("the engine is stopping")))
+                self._reply(worker, error_reply(request_id, Unavailable("the engine is stopping")))
                 return
             try:
-                inputs = wire.unpack(header["t"], frames[2:], self.files)
+                inputs = wire.unpack(header, message, self.files)
             except Exception as exc:
-                self._send(worker, error_reply(request_id, exc))
+                self._reply(worker, error_reply(request_id, exc))
                 return
             if self._infer_inline(worker, header, inputs):
                 return
@@ -133,7 +137,7 @@ class EngineServer:
         elif op in ("hello", "ping"):
             reply = {"op": "pong", "id": header.get("id", 0), "ok": True}
             reply.update(incarnation=self.incarnation, device=self.device)
-            self._send(worker, reply)
+            self._reply(worker, reply)
         elif op == "load":
             self._spawn(self._load(worker, header))
         elif op == "unload":
@@ -154,17 +158,16 @@ class EngineServer:
         try:
             info = await self.models.load(worker, str(header["model"]), int(header["version"]))
         except Exception as exc:
-            self._send(worker, error_reply(request_id, exc))
+            self._reply(worker, error_reply(request_id, exc))
             return
-        reply = {"id": request_id, "ok": True, "incarnation": self.incarnation, **info}
-        self._send(worker, reply)
+        self._reply(worker, {"id": request_id, "ok": True, "incarnation": self.incarnation, **info})
 
     async def _unload(self, worker: bytes, header: dict[str, Any]) -> None:
         try:
             await self.models.unload(worker, str(header["model"]), int(header["version"]))
         except Exception:
             log.exception("engine: unloading %s version %s failed", header.get("model"), header.get("version"))
-        self._send(worker, {"id": int(header["id"]), "ok": True})
+        self._reply(worker, {"id": int(header["id"]), "ok": True})
 
     def _infer_inline(self, worker: bytes, header: dict[str, Any], inputs: dict[str, np.ndarray]) -> bool:
         """A call of an unbatched version that its executor runs on the loop: at once, no task."""
@@ -179,10 +182,9 @@ class EngineServer:
         try:
             results = executor.runtime.run(inputs, names)
         except Exception as exc:
-            self._send(worker, error_reply(request_id, exc))
+            self._reply(worker, error_reply(request_id, exc))
             return True
-        descriptors, out = wire.pack(zip(names, results, strict=True), self.files)
-        self._send(worker, {"id": request_id, "ok": True, "t": descriptors}, out)
+        self._answer(worker, request_id, names, results)
         return True
 
     async def _infer(self, worker: bytes, header: dict[str, Any], inputs: dict[str, np.ndarray]) -> None:
@@ -207,10 +209,9 @@ class EngineServer:
         except asyncio.CancelledError:
             return  # the worker's client left: the worker answers nobody, nor do we
         except Exception as exc:
-            self._send(worker, error_reply(request_id, exc))
+            self._reply(worker, error_reply(request_id, exc))
             return
-        descriptors, out = wire.pack(zip(names, results, strict=True), self.files)
-        self._send(worker, {"id": request_id, "ok": True, "t": descriptors}, out)
+        self._answer(worker, request_id, names, results)
 
     async def _sweep_workers(self) -> None:
         while True:

@@ -1,16 +1,18 @@
-"""The engine's wire format: an orjson header frame, then one raw frame per tensor.
+"""The engine's wire format: a length-prefixed orjson header, then the tensors' raw bytes.
 
-A message is ``[header, *buffers]``: the header is a small JSON object (orjson), and every
-tensor travels as its own numpy buffer (sent with ``copy=False``, received as a view of the
-ZeroMQ frame: no pickle, no copy on either side beyond the socket's). A tensor of more than
-``SHM_THRESHOLD_BYTES`` goes through a file in shared memory instead (``/dev/shm``): the
-sender writes it once, the receiver maps it (no copy) and unlinks it at once, so a file
-outlives its message only when a process dies between the two (the engine removes its host's
-leftovers when it starts). The threshold is measured by ``loadtests/engine_shm.py``.
+A message's first frame is ``[u32 length][header JSON]``. Its tensors' bytes follow in the same
+frame when they are small (``INLINE_BYTES`` in all: one frame, since every extra ZeroMQ frame
+costs microseconds on the hop), else one frame per tensor, sent zero-copy (``copy=False``).
+Either way the receiver's arrays are views of the received frames: no pickle, no copy beyond
+the socket's. A tensor of more than ``SHM_THRESHOLD_BYTES`` goes through a file in shared
+memory instead (``/dev/shm``): the sender writes it once, the receiver maps it and unlinks it
+at once, so a file outlives its message only when a process dies between the two (the engine
+removes its host's leftovers when it starts). The threshold is measured by
+``loadtests/engine_shm.py``.
 
-A tensor's descriptor in the header is ``[name, dtype, shape]`` with a frame, or
-``[name, dtype, shape, file]`` through shared memory; ``dtype`` is numpy's ``dtype.str``, or
-``"O"`` for BYTES (object arrays of ``bytes``), sent as the V2 binary form (4-byte lengths).
+A tensor's descriptor in the header (``t``) is ``[name, dtype, shape, bytes]``, plus the file's
+name when it goes through shared memory; ``dtype`` is numpy's ``dtype.str``, or ``"O"`` for
+BYTES (object arrays of ``bytes``), sent as the V2 binary form (4-byte lengths).
 """
 
 from __future__ import annotations
@@ -39,23 +41,19 @@ ENV_SHM_BYTES = "TENSORGATE_ENGINE_SHM_BYTES"
 SHM_DIR = Path("/dev/shm")
 
 _LENGTH = struct.Struct("<I")
+#: Tensor data up to this size rides in the header's frame (pyzmq copies frames this small anyway).
+INLINE_BYTES = 64 << 10
+#: Where inline tensors start (numpy views of aligned data need no copy).
+ALIGN = 8
 
 Frame = bytes | memoryview
 Descriptor = list[Any]
 
 
 def dumps(header: dict[str, Any]) -> bytes:
-    """A header frame."""
-    return orjson.dumps(header)
-
-
-def loads(frame: Any) -> dict[str, Any]:
-    """A header frame back (a zmq.Frame, bytes or memoryview)."""
-    data = frame.bytes if hasattr(frame, "bytes") else frame
-    value = orjson.loads(data)
-    if not isinstance(value, dict):
-        raise ValueError("an engine message's header must be a JSON object")
-    return value
+    """The frame of a message without tensors."""
+    text = orjson.dumps(header)
+    return _LENGTH.pack(len(text)) + text
 
 
 def _bytes_to_buffer(array: np.ndarray) -> bytes:
@@ -117,9 +115,9 @@ class SharedFiles:
     def discard(self, descriptors: Iterable[Descriptor]) -> None:
         """Unlink the files of tensors that will never be read (an answer nobody waits for)."""
         for desc in descriptors:
-            if len(desc) > 3:
+            if len(desc) > 4:
                 with contextlib.suppress(OSError):
-                    os.unlink(self.directory / desc[3])
+                    os.unlink(self.directory / desc[4])
 
     def clean(self) -> int:
         """Remove every file of this tag (a previous incarnation's leftovers); how many."""
@@ -134,7 +132,7 @@ class SharedFiles:
 
 
 def pack(arrays: Iterable[tuple[str, np.ndarray]], files: SharedFiles) -> tuple[list[Descriptor], list[Frame]]:
-    """Descriptors and frames for ``arrays`` (large ones written to shared memory)."""
+    """Descriptors and buffers for ``arrays`` (large ones written to shared memory, no buffer)."""
     descriptors: list[Descriptor] = []
     frames: list[Frame] = []
     for name, array in arrays:
@@ -147,29 +145,82 @@ def pack(arrays: Iterable[tuple[str, np.ndarray]], files: SharedFiles) -> tuple[
             dtype = array.dtype.str
         shape = list(array.shape)
         if len(buffer) > files.threshold:
-            descriptors.append([name, dtype, shape, files.write(memoryview(buffer)), len(buffer)])
+            descriptors.append([name, dtype, shape, len(buffer), files.write(memoryview(buffer))])
         else:
-            descriptors.append([name, dtype, shape])
+            descriptors.append([name, dtype, shape, len(buffer)])
             frames.append(buffer)
     return descriptors, frames
 
 
-def unpack(descriptors: Sequence[Descriptor], frames: Sequence[Any], files: SharedFiles) -> dict[str, np.ndarray]:
-    """The arrays of ``descriptors``: views of the frames (zmq.Frame or bytes) or of mapped files."""
+def _padding(size: int) -> bytes:
+    return b" " * (-size % ALIGN)
+
+
+def encode(header: dict[str, Any], arrays: Iterable[tuple[str, np.ndarray]] | None, files: SharedFiles) -> list[Frame]:
+    """A message: ``header`` (with the arrays' descriptors under ``t``) and the arrays' bytes.
+
+    Up to ``INLINE_BYTES`` of tensor data rides in the header's frame (one frame: every extra
+    ZeroMQ frame costs microseconds on the hop); more goes as one frame per tensor (zero-copy).
+    The header and every inline tensor start at a multiple of ``ALIGN`` bytes.
+    """
+    buffers: list[Frame] = []
+    if arrays is not None:
+        header["t"], buffers = pack(arrays, files)
+        if sum(len(b) for b in buffers) <= INLINE_BYTES:
+            header["x"] = 1
+            text = orjson.dumps(header)
+            parts: list[Frame] = [_LENGTH.pack(len(text)), text, _padding(_LENGTH.size + len(text))]
+            for buffer in buffers:
+                parts += (buffer, _padding(len(buffer)))
+            return [b"".join(parts)]
+    text = orjson.dumps(header)
+    return [_LENGTH.pack(len(text)) + text, *buffers]
+
+
+def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], Message]:
+    """A message's header, and what ``unpack`` needs for its tensors."""
+    first = frames[0]
+    buffer = first.buffer if hasattr(first, "buffer") else memoryview(first)
+    (length,) = _LENGTH.unpack_from(buffer, 0)
+    end = _LENGTH.size + length
+    header = orjson.loads(buffer[_LENGTH.size : end])
+    if not isinstance(header, dict):
+        raise ValueError("an engine message's header must be a JSON object")
+    return header, Message(buffer[end + (-end % ALIGN) :], frames[1:])
+
+
+class Message:
+    """The tensor data of a received message: inline after the header, or one frame per tensor."""
+
+    __slots__ = ("body", "frames")
+
+    def __init__(self, body: memoryview, frames: Sequence[Any]) -> None:
+        self.body = body
+        self.frames = frames
+
+
+def unpack(header: dict[str, Any], message: Message, files: SharedFiles) -> dict[str, np.ndarray]:
+    """The arrays the header describes: views of the message (or of mapped shared files)."""
     arrays: dict[str, np.ndarray] = {}
-    index = 0
-    for desc in descriptors:
-        name, dtype, shape = desc[0], desc[1], desc[2]
-        if len(desc) > 3:
-            buffer = files.read(desc[3], desc[4])
+    inline = bool(header.get("x"))
+    offset = index = 0
+    for desc in header.get("t") or ():
+        name, dtype, shape, size = desc[0], desc[1], desc[2], desc[3]
+        if len(desc) > 4:
+            buffer = files.read(desc[4], size)
+        elif inline:
+            buffer = message.body[offset : offset + size]
+            offset += size + (-size % ALIGN)
         else:
-            frame = frames[index]
+            frame = message.frames[index]
             index += 1
             buffer = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
+        if len(buffer) != size:
+            raise ValueError(f"tensor {name!r}: {len(buffer)} bytes where {size} were announced")
         if dtype == "O":
             arrays[name] = _buffer_to_bytes(buffer, shape)
             continue
-        array = np.frombuffer(buffer, dtype=np.dtype(dtype)) if len(buffer) else np.empty(0, np.dtype(dtype))
+        array = np.frombuffer(buffer, dtype=np.dtype(dtype)) if size else np.empty(0, np.dtype(dtype))
         if not array.flags.aligned:
             array = array.copy()
         arrays[name] = array.reshape(shape)

@@ -1,0 +1,76 @@
+"""The engine's wire format: every way a tensor travels comes back equal, and shared files are cleaned up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway.engine import wire
+
+
+def roundtrip(
+    arrays: dict[str, np.ndarray], files: wire.SharedFiles
+) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+    """Encode, copy the frames as a socket would, decode."""
+    frames = [bytes(f) for f in wire.encode({"id": 7}, arrays.items(), files)]
+    header, message = wire.decode(frames)
+    return header, wire.unpack(header, message, files)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> wire.SharedFiles:
+    """Shared files in a test directory, for tensors over 64 KiB."""
+    return wire.SharedFiles("tg-test-tensor", tmp_path, threshold=64 << 10)
+
+
+def test_small_tensors_ride_in_one_frame_aligned(files: wire.SharedFiles) -> None:
+    arrays = {
+        "a": np.arange(3, dtype=np.int8).reshape(1, 3),  # 3 bytes: the next one must still be aligned
+        "b": np.arange(8, dtype=np.float64).reshape(2, 4),
+        "s": np.array([[b"x", b""], [b"\xff\x00", b"long" * 10]], dtype=object),
+        "e": np.zeros((0, 4), dtype=np.float32),
+    }
+    frames = wire.encode({}, arrays.items(), files)
+    assert len(frames) == 1
+    header, back = roundtrip(arrays, files)
+    assert header["id"] == 7
+    for name, array in arrays.items():
+        assert back[name].dtype == array.dtype and back[name].shape == array.shape
+        np.testing.assert_array_equal(back[name], array)
+    assert back["b"].flags.aligned
+
+
+def test_bigger_tensors_go_as_frames_and_the_biggest_through_shared_memory(
+    files: wire.SharedFiles, tmp_path: Path
+) -> None:
+    medium = np.random.default_rng(0).random((40, 256), dtype=np.float32)  # 40 KiB: a frame of its own
+    medium2 = medium + 1  # together over INLINE_BYTES
+    big = np.random.default_rng(1).random((100, 256), dtype=np.float32)  # 100 KiB: a shared file
+    frames = wire.encode({}, [("m", medium), ("m2", medium2), ("big", big)], files)
+    assert len(frames) == 3  # the header, then the two medium tensors
+    assert len(list(tmp_path.iterdir())) == 1
+    header, message = wire.decode([bytes(f) for f in frames])
+    back = wire.unpack(header, message, files)
+    np.testing.assert_array_equal(back["m"], medium)
+    np.testing.assert_array_equal(back["m2"], medium2)
+    np.testing.assert_array_equal(back["big"], big)
+    assert list(tmp_path.iterdir()) == []  # the reader unlinked it (its mapping lives on)
+
+
+def test_an_answer_nobody_reads_leaves_no_file(files: wire.SharedFiles, tmp_path: Path) -> None:
+    big = np.ones((100, 256), dtype=np.float32)
+    frames = wire.encode({}, [("big", big)], files)
+    header, _ = wire.decode(frames)
+    files.discard(header["t"])
+    assert list(tmp_path.iterdir()) == []
+    wire.encode({}, [("big", big)], files)
+    assert files.clean() == 1
+
+
+def test_a_file_outside_the_hosts_tag_is_refused(files: wire.SharedFiles) -> None:
+    header = {"t": [["x", "<f4", [1], 4, "../etc/passwd"]]}
+    with pytest.raises(ValueError, match="not a shared tensor"):
+        wire.unpack(header, wire.Message(memoryview(b""), []), files)
