@@ -26,7 +26,7 @@ def files(tmp_path: Path) -> wire.SharedFiles:
 
 
 def test_small_tensors_ride_in_one_frame_aligned(files: wire.SharedFiles) -> None:
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "a": np.arange(3, dtype=np.int8).reshape(1, 3),  # 3 bytes: the next one must still be aligned
         "b": np.arange(8, dtype=np.float64).reshape(2, 4),
         "s": np.array([[b"x", b""], [b"\xff\x00", b"long" * 10]], dtype=object),
