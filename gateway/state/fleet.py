@@ -53,10 +53,12 @@ class Fleet:
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         wait_always: bool = False,
+        poll_s: float = 0.05,
     ) -> None:
         self.replica = replica
         #: Every admin change answers once every live replica applied it, as with ``?wait=all`` (a host's workers).
         self.wait_always = wait_always
+        self._poll_s = poll_s  # how often ``wait_all`` reads the replicas' reports
         self.url = backend.url
         self._backend = backend  # owned: closed by ``close``
         self._heartbeat_s = heartbeat_s
@@ -221,7 +223,7 @@ class Fleet:
                                     "lagging": state.get("lagging")})  # fmt: skip
             if not pending or self._monotonic() >= deadline:
                 return pending
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(self._poll_s)
 
     # -- convergence -------------------------------------------------------------------------
 

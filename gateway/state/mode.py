@@ -21,6 +21,8 @@ from gateway.state.redis_store import RedisState, read_secret
 
 #: A host's workers reconcile with the host store this often (a missed message costs at most this).
 HOST_RECONCILE_S = 0.5
+#: How often a change's answer checks whether every worker applied it (a local IPC call: cheap).
+HOST_POLL_S = 0.01
 
 
 async def open_state(
@@ -39,7 +41,7 @@ async def open_state(
         from gateway.host.state_client import HostStateClient  # pyzmq: only on a multi-process host
 
         backend = HostStateClient(role.run_dir)
-        fleet = Fleet(backend, role.process, reconcile_s=HOST_RECONCILE_S, wait_always=True)
+        fleet = Fleet(backend, role.process, reconcile_s=HOST_RECONCILE_S, wait_always=True, poll_s=HOST_POLL_S)
         # The host store read routes.json at its start and is its only writer: the store's records win;
         # the file (read, never written here) serves only if the store does not answer.
         return await fleet.open(await asyncio.to_thread(store.load)), fleet
