@@ -15,6 +15,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 TOKEN_FILE = "admin-token"
+#: The key that ``[logging] hash_inputs`` hashes with, kept (mode 0600) in the state directory.
+PREDLOG_KEY_FILE = "predlog-hash-key"
 #: BLAKE2b takes keys of up to 64 bytes; under 32 (256 bits) is too weak to hide inputs.
 HASH_KEY_MIN_BYTES, HASH_KEY_MAX_BYTES = 32, 64
 #: link(2) errors of file systems without hard links: the writer falls back to rename(2).

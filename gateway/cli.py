@@ -89,8 +89,8 @@ def check_startup(settings: Settings, environ: dict[str, str] | None = None) -> 
     from the server's lifespan. The repository must exist and hold a model, unless
     ``allow_empty``: a server that says ready with nothing to serve hides a wrong path.
     """
-    from gateway.api.app import PREDLOG_KEY_FILE
-    from gateway.auth import SecretError, hash_key, provision_token
+    # Not from gateway.api.app: a supervisor runs these checks and needs none of the server.
+    from gateway.auth import PREDLOG_KEY_FILE, SecretError, hash_key, provision_token
     from gateway.state.redis_store import read_secret
 
     if settings.registry_kind == "local" and not settings.allow_empty:

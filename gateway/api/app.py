@@ -24,7 +24,7 @@ from gateway.api.endpoints import Endpoints
 from gateway.api.ports import AdminPortSplit
 from gateway.api.responses import handle_error
 from gateway.api_grpc.server import GrpcFrontEnd
-from gateway.auth import BearerAuth, hash_key, provision_token
+from gateway.auth import PREDLOG_KEY_FILE, BearerAuth, hash_key, provision_token
 from gateway.console.serve import Console
 from gateway.console.stats import stats_reader
 from gateway.core import Core, CoreSlot
@@ -57,8 +57,6 @@ from runtimes.kinds import import_runtimes
 
 log = logging.getLogger(__name__)
 
-#: The key that ``[logging] hash_inputs`` hashes with, kept (mode 0600) in the state directory.
-PREDLOG_KEY_FILE = "predlog-hash-key"
 #: At shutdown, how long the prediction log may take to write what is queued, at most.
 PREDLOG_CLOSE_S = 10.0
 #: Allocations between young-generation collections once serving (Python's default: 700).
