@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.core import CoreSlot
 from gateway.exchange import Exchange
-from gateway.host.control import METRICS, ControlServer, ask, family_rows, retired, snapshot_dir
-from gateway.host.merge import Families, HostView, Policy, merge_entry, merge_families, policy
+from gateway.host.control import METRICS, ControlServer, ask, family_rows, replace_file, retired, snapshot_dir
+from gateway.host.merge import COMPACT_AT, Families, HostView, Policy, compact, merge_entry, merge_families, policy
 from gateway.host.roles import ENV_DIR, HostRole, control_endpoint
 from gateway.lifecycle import Lifecycle
 from gateway.stats import VersionStats
@@ -542,3 +542,34 @@ async def test_a_peer_that_goes_missing_is_logged_once(run_dir: Path, caplog: py
         await a.view.close()
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "control call" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].startswith("worker-1 did not answer")
+
+
+def test_snapshots_of_dead_processes_are_folded_into_one(run_dir: Path) -> None:
+    """Past COMPACT_AT dead processes, their snapshots become one file with the same sums."""
+    snapshots = snapshot_dir(run_dir)
+    source = Process("worker-1", run_dir, 2)
+    source.serve(1)
+    stats = VersionStats()
+    stats.request_done(True, 1, 0, 10)
+    server = ControlServer("worker-1", "ipc://unused", source.registry.collect, lambda: iter([("m", "1", stats)]))
+    data = server.snapshot()
+    unused_pids = [99_999_990 - index for index in range(COMPACT_AT + 1)]  # above any pid_max: never alive
+    for pid in unused_pids[:-1]:
+        replace_file(snapshots / f"worker-1-{pid}.json", data)
+    replace_file(snapshots / f"worker-1-{os.getpid()}.json", data)  # a live process's: never folded
+
+    def host_sums() -> tuple[float, int]:
+        parts = retired(snapshots, set())
+        merged = merge_families([(str(index), part["metrics"]) for index, part in enumerate(parts)])
+        entry = parts[0]["stats"][0][2]
+        for part in parts[1:]:
+            merge_entry(entry, part["stats"][0][2])
+        return samples(merged, "tensorgate_requests_total")[OK], entry["inference_count"]
+
+    assert host_sums() == (COMPACT_AT + 1, COMPACT_AT + 1)
+    assert compact(snapshots) == COMPACT_AT
+    assert sorted(path.name for path in snapshots.glob("*.json")) == ["retired.json", f"worker-1-{os.getpid()}.json"]
+    assert host_sums() == (COMPACT_AT + 1, COMPACT_AT + 1)
+    replace_file(snapshots / f"worker-1-{unused_pids[-1]}.json", data)
+    assert compact(snapshots) == 0  # one dead process's file: kept as it is until there are COMPACT_AT
+    assert host_sums() == (COMPACT_AT + 2, COMPACT_AT + 2)

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 
 #: How often a process leaves a snapshot of its counts in the run directory (see ``retired``).
 SNAPSHOT_INTERVAL_S = 1.0
+#: The sum of the snapshots of processes long dead (gateway/host/merge.py ``compact``).
+RETIRED_FILE = "retired.json"
+LOCK_FILE = ".lock"
 #: The calls a control socket answers.
 METRICS = b"metrics"
 STATS = b"stats"
@@ -152,7 +157,7 @@ class ControlServer:
             await asyncio.sleep(self._interval_s)
             try:
                 data = self.snapshot()  # on the loop: it reads the loop's counters
-                await asyncio.to_thread(_replace, path, data)
+                await asyncio.to_thread(replace_file, path, data)
             except Exception:  # a full disk must not end the task: the next round tries again
                 if not failing:  # logged once per failure spell, not every second
                     log.exception("%s: writing its metrics snapshot failed (retried every second)", self.process)
@@ -176,7 +181,7 @@ def snapshot_dir(run_dir: Path) -> Path:
     return run_dir / "snapshots"
 
 
-def _replace(path: Path, data: bytes) -> None:
+def replace_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (a reader sees the old file or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".tmp")
@@ -191,18 +196,43 @@ def retired(snapshots: Path, live: set[int]) -> list[dict[str, Any]]:
     Prometheus would read the fall as a counter reset (a spike in every ``rate``). Its last
     snapshot (at most ``SNAPSHOT_INTERVAL_S`` old) keeps its counts in the sums instead.
     """
+    if not snapshots.is_dir():
+        return []
     found = []
-    for path in sorted(snapshots.glob("*.json")):
-        try:
-            pid = int(path.stem.rpartition("-")[2])
-            if pid in live:
+    with locked(snapshots, exclusive=False):  # not while dead processes' files are being folded
+        for path in sorted(snapshots.glob("*.json")):
+            if path.name != RETIRED_FILE and snapshot_pid(path) in live:
                 continue
-            snapshot = orjson.loads(path.read_bytes())
-        except (ValueError, OSError, orjson.JSONDecodeError):
-            continue  # not a snapshot, or removed while listed
-        if isinstance(snapshot, dict) and "metrics" in snapshot and "stats" in snapshot:
-            found.append(snapshot)
+            snapshot = read_snapshot(path)
+            if snapshot is not None:
+                found.append(snapshot)
     return found
+
+
+def snapshot_pid(path: Path) -> int:
+    """The pid a snapshot file's name carries (``worker-0-1234.json``); 0 for another file."""
+    tail = path.stem.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
+def read_snapshot(path: Path) -> dict[str, Any] | None:
+    """A snapshot file's content; None when it is unreadable (removed while listed, not a snapshot)."""
+    try:
+        snapshot = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if isinstance(snapshot, dict) and "metrics" in snapshot and "stats" in snapshot:
+        return snapshot
+    return None
+
+
+@contextmanager
+def locked(snapshots: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold the snapshot directory's lock (``flock``): shared to read, exclusive to fold files together."""
+    snapshots.mkdir(parents=True, exist_ok=True)
+    with open(snapshots / LOCK_FILE, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield  # closing the file releases the lock
 
 
 async def ask(context: zmq.asyncio.Context, endpoint: str, call: bytes, timeout_s: float) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import zmq.asyncio
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -41,14 +42,19 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from gateway.core import CoreSlot
 from gateway.host.control import (
     METRICS,
+    RETIRED_FILE,
     STATS,
     ControlServer,
     FamilyRow,
     StatsSource,
     ask,
     family_rows,
+    locked,
+    read_snapshot,
+    replace_file,
     retired,
     snapshot_dir,
+    snapshot_pid,
     stats_rows,
 )
 from gateway.host.roles import HostRole, control_endpoint
@@ -58,6 +64,8 @@ log = logging.getLogger(__name__)
 
 #: How long a scrape waits for the peers' answers, at most.
 PEER_TIMEOUT_S = 0.5
+#: Snapshots of dead processes kept as files before they are folded into one (``compact``).
+COMPACT_AT = 8
 #: The label that tells processes apart in the families merged per process.
 PROCESS_LABEL = "process"
 
@@ -174,6 +182,60 @@ def merge_entry(into: dict[str, Any], other: dict[str, Any]) -> None:
     into["batch_stats"] = [sizes[size] for size in sorted(sizes)]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process now: not ours, but not provably gone either
+    return True
+
+
+def compact(snapshots: Path, at_least: int = COMPACT_AT) -> int:
+    """Fold the snapshots of dead processes into one file (their counters and statistics summed); how many.
+
+    Each replaced worker or engine leaves one snapshot for good; past ``at_least`` of them, they
+    become one ``retired.json`` (under the directory's exclusive lock: a scrape reads either
+    the files or their sum, never both or neither), so a child that keeps dying fills nothing.
+    """
+    if not snapshots.is_dir():
+        return 0
+    with locked(snapshots, exclusive=True):
+        dead = [
+            path
+            for path in sorted(snapshots.glob("*.json"))
+            if path.name != RETIRED_FILE and not _alive(snapshot_pid(path) or os.getpid())
+        ]
+        if len(dead) < at_least:
+            return 0
+        parts = [read_snapshot(path) for path in [snapshots / RETIRED_FILE, *dead]]
+        found = [part for part in parts if part is not None]
+        counters = [
+            (str(index), [row for row in part["metrics"] if policy(row[0], row[1]) is Policy.SUM])
+            for index, part in enumerate(found)
+        ]
+        entries: dict[tuple[str, str], dict[str, Any]] = {}
+        for part in found:
+            for model, version, entry in part["stats"]:
+                mine = entries.get((model, version))
+                if mine is None:
+                    entries[(model, version)] = entry
+                else:
+                    merge_entry(mine, entry)
+        folded = {
+            "process": "retired",
+            "pid": 0,
+            "metrics": family_rows(merge_families(counters)),
+            "stats": [[model, version, entry] for (model, version), entry in entries.items()],
+        }
+        replace_file(snapshots / RETIRED_FILE, orjson.dumps(folded))
+        for path in dead:
+            path.unlink(missing_ok=True)
+    log.info("folded the metrics snapshots of %d processes gone into %s", len(dead), RETIRED_FILE)
+    return len(dead)
+
+
 class Families(CollectorRegistry):
     """Families already built (the host's merge), as a registry prometheus-client's encoders can write."""
 
@@ -254,7 +316,12 @@ class HostView:
     async def _retired(self, got: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         """The last snapshots of processes that did not answer now (dead or stalled): their counts stay in."""
         live = {int(answer["pid"]) for answer in got.values()} | {os.getpid()}
-        return await asyncio.to_thread(retired, self.snapshots, live)
+
+        def read() -> list[dict[str, Any]]:
+            compact(self.snapshots)
+            return retired(self.snapshots, live)
+
+        return await asyncio.to_thread(read)
 
     async def _gather(self, call: bytes) -> tuple[dict[str, dict[str, Any]], list[str]]:
         """Every peer's answer to ``call`` by process, and the peers that gave none."""
