@@ -43,7 +43,9 @@ from tests.onnx_models import identity
 
 MODELS = {
     "mlp": 'max_batch_size = 64\n[batching]\nmax_queue_delay_ms = "auto"\n[onnx]\nintra_op_threads = 1\n',
-    "tiny": "max_batch_size = 0\n[onnx]\nintra_op_threads = 1\n",
+    # Unbatched: in the engine only because it says so (unset, it would stay in the worker).
+    "tiny": 'placement = "engine"\nmax_batch_size = 0\n[onnx]\nintra_op_threads = 1\n',
+    "tiny-local": "max_batch_size = 0\n[onnx]\nintra_op_threads = 1\n",
 }
 
 
@@ -76,6 +78,7 @@ def main() -> None:
         "mlp": (workdir / "mlp.bin", _body(workdir / "mlp.bin", "x", rng.random((1, LAYERS[0]), dtype=np.float32))),
         "tiny": (workdir / "tiny.bin", _body(workdir / "tiny.bin", "INPUT0", rng.random((1, 16), dtype=np.float32))),
     }
+    bodies["tiny-local"] = bodies["tiny"]
     servers = {}
     ports = {}
     for label, extra in (("single", []), ("engine", ["--workers", "1", "--engine"])):
