@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+import tritonclient.grpc as grpcclient
 import zmq
 import zmq.asyncio
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -40,7 +41,7 @@ from gateway.telemetry.requests import RequestMetrics
 from tests.host import Host, serve_host
 from tests.onnx_models import add_sub, write_model
 from tests.rawhttp import request
-from tests.server import AUTH
+from tests.server import AUTH, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -573,3 +574,24 @@ def test_snapshots_of_dead_processes_are_folded_into_one(run_dir: Path) -> None:
     replace_file(snapshots / f"worker-1-{unused_pids[-1]}.json", data)
     assert compact(snapshots) == 0  # one dead process's file: kept as it is until there are COMPACT_AT
     assert host_sums() == (COMPACT_AT + 2, COMPACT_AT + 2)
+
+
+def test_grpc_statistics_with_one_worker_and_the_engine(repository: Path) -> None:
+    """``--workers 1 --engine``: gRPC ModelStatistics counts the engine's batches with the worker's requests."""
+    grpc_port = free_port()
+    with serve_host(repository, workers=1, engine=True, grpc_port=grpc_port) as host:
+        for _ in range(5):
+            assert request(host.port, "POST", "/v2/models/simple/infer", ADD_SUB, JSON).status == 200
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:
+            (stats,) = client.get_inference_statistics("simple", as_json=True)["model_stats"]
+        finally:
+            client.close()
+        assert int(stats["inference_count"]) == 5
+        # The batches formed in the engine: the worker alone would report no execution at all.
+        assert 0 < int(stats["execution_count"]) <= 5
+        rows = sum(int(b["batch_size"]) * int(b["compute_infer"]["count"]) for b in stats["batch_stats"])
+        assert rows == 5
+        _, found = scrape(host.port)
+        assert found["tensorgate_host_process_up"] == {(("process", "engine-cpu"),): 1, (("process", "worker-0"),): 1}
+        assert found["tensorgate_batch_size_sum"][(("model", "simple"), ("version", "1"))] == 5
