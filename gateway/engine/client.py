@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 0.5
 #: An engine silent for this long is down (a hung process; a dead one is seen at once).
 ENGINE_TIMEOUT_S = 5.0
+#: Loads tried again when the engine goes down during one.
+LOAD_ATTEMPTS = 3
 #: Seconds between hellos to an engine that does not answer yet, and between checks of
 #: clients that can say at once whether they have gone (uvicorn's flag, gRPC's context).
 TICK_S = 0.05
@@ -140,8 +142,15 @@ class EngineClient:
 
     async def load(self, model: str, version: int, timeout_s: float) -> dict[str, Any]:
         """Ask the engine to load (and hold) a version; its description, else RuntimeLoadError."""
-        await self.wait_up(timeout_s)
-        header, _ = await self._call({"op": "load", "model": model, "version": version, "id": next(self._ids)})
+        for attempt in range(LOAD_ATTEMPTS):
+            await self.wait_up(timeout_s)
+            try:
+                header, _ = await self._call({"op": "load", "model": model, "version": version, "id": next(self._ids)})
+                break
+            except Unavailable as exc:  # the engine went down meanwhile: its next incarnation loads it
+                if attempt == LOAD_ATTEMPTS - 1:
+                    message = f"{self.name} kept restarting during the load ({exc.message})"
+                    raise RuntimeLoadError(message, "engine") from None
         if not header.get("ok"):
             raise RuntimeLoadError(str(header.get("error")), str(header.get("reason") or "invalid_model"))
         return header
