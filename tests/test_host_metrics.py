@@ -12,7 +12,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -309,6 +309,20 @@ def scrape(port: int) -> tuple[str, dict[str, dict[tuple[tuple[str, str], ...], 
     return dict(answered)["process"], found
 
 
+def eventually(check: Callable[[], None], timeout_s: float = 30.0) -> None:
+    """Run ``check`` until it passes: a peer too slow for the scrape's 0.5 s on a loaded machine
+    is counted from its last snapshot (up to a second old), and the next call asks it again."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            check()
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
 def get_json(port: int, path: str, headers: dict[str, str] | None = None) -> Any:
     """A GET's JSON body (200 expected)."""
     reply = request(port, "GET", path, headers=headers, timeout_s=30)
@@ -376,17 +390,17 @@ def test_a_host_answers_for_all_its_processes(repository: Path) -> None:
         by_pid = records_by_pid(host.log_dir)
         assert set(by_pid) == set(workers.values()) and all(by_pid.values())
 
+        everyone = {(("process", p),): 1.0 for p in ("engine-cpu", "worker-0", "worker-1")}
         answers: dict[str, dict[str, dict[tuple[tuple[str, str], ...], float]]] = {}
         deadline = time.monotonic() + 60
         while len(answers) < 2 and time.monotonic() < deadline:
             answered, found = scrape(host.port)
-            answers[answered] = found
+            if found["tensorgate_host_process_up"] == everyone:  # a peer too slow on a loaded machine: again
+                answers[answered] = found
         assert set(answers) == {"worker-0", "worker-1"}, "both workers answered /metrics"
         for found in answers.values():
             assert served(found, "simple") == k_engine
             assert served(found, "local") == k_local
-            up = found["tensorgate_host_process_up"]
-            assert up == {(("process", p),): 1.0 for p in ("engine-cpu", "worker-0", "worker-1")}
             records = found["tensorgate_predlog_records_total"]
             assert records[(("model", "simple"),)] == k_engine and records[(("model", "local"),)] == k_local
             key = (("model", "simple"), ("version", "1"))
@@ -398,13 +412,14 @@ def test_a_host_answers_for_all_its_processes(repository: Path) -> None:
             assert state[(("model", "simple"), ("state", "LOADING"), ("version", "1"))] == 0
 
         # The console's figures (GET /admin/stats) are the host's too.
-        for _ in range(4):
-            console = get_json(host.port, "/admin/stats", AUTH)
-            versions = {(v["model"], v["version"]): v for v in console["versions"]}
+        def console() -> None:
+            figures = get_json(host.port, "/admin/stats", AUTH)
+            versions = {(v["model"], v["version"]): v for v in figures["versions"]}
             assert sum(versions[("local", "1")]["requests"]["primary"].values()) == k_local
             assert versions[("simple", "1")]["batch"]["sum"] == k_engine
+
         # The statistics extension: the workers' inference counts and the engine's executions, summed.
-        for _ in range(6):
+        def statistics() -> None:
             (simple,) = get_json(host.port, "/v2/models/simple/stats")["model_stats"]
             assert simple["inference_count"] == k_engine
             assert simple["inference_stats"]["success"]["count"] == k_engine
@@ -415,6 +430,10 @@ def test_a_host_answers_for_all_its_processes(repository: Path) -> None:
             )
             (local,) = get_json(host.port, "/v2/models/local/versions/1/stats")["model_stats"]
             assert local["inference_count"] == local["execution_count"] == k_local
+
+        for _ in range(4):  # on fresh connections: either worker answers
+            eventually(console)
+            eventually(statistics)
 
 
 def test_a_stalled_worker_does_not_hang_the_scrape(repository: Path) -> None:
@@ -451,14 +470,18 @@ def test_prediction_log_accounting_is_exact_across_workers(repository: Path) -> 
             return written == sum(records_by_pid(host.log_dir).values())
 
         host.wait_until(settled, "every queued record written")
-        _, found = scrape(host.port)
-        written = found["tensorgate_predlog_records_total"][(("model", "local"),)]
-        dropped = found["tensorgate_predlog_dropped_total"]
-        assert dropped and set(dict(labels)["reason"] for labels in dropped) == {"queue_full"}
-        assert served(found, "local") == sent
-        assert written + sum(dropped.values()) == sent
-        by_pid = records_by_pid(host.log_dir)
-        assert set(by_pid) == workers and sum(by_pid.values()) == written
+
+        def exact() -> None:
+            _, found = scrape(host.port)
+            written = found["tensorgate_predlog_records_total"][(("model", "local"),)]
+            dropped = found["tensorgate_predlog_dropped_total"]
+            assert dropped and set(dict(labels)["reason"] for labels in dropped) == {"queue_full"}
+            assert served(found, "local") == sent
+            assert written + sum(dropped.values()) == sent
+            by_pid = records_by_pid(host.log_dir)
+            assert set(by_pid) == workers and sum(by_pid.values()) == written
+
+        eventually(exact)
 
 
 async def test_snapshots_keep_a_gone_process_counts(run_dir: Path) -> None:
@@ -524,8 +547,12 @@ def test_a_killed_worker_counts_stay_in_the_sums(repository: Path) -> None:
             answered, found = scrape(host.port)
             answers[answered] = served(found, "local")
         assert answers == {"worker-0": sent, "worker-1": sent}
-        (local,) = get_json(host.port, "/v2/models/local/stats")["model_stats"]
-        assert local["inference_count"] == sent
+
+        def statistics() -> None:
+            (local,) = get_json(host.port, "/v2/models/local/stats")["model_stats"]
+            assert local["inference_count"] == sent
+
+        eventually(statistics)
 
 
 async def test_a_peer_that_goes_missing_is_logged_once(run_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -592,6 +619,11 @@ def test_grpc_statistics_with_one_worker_and_the_engine(repository: Path) -> Non
         assert 0 < int(stats["execution_count"]) <= 5
         rows = sum(int(b["batch_size"]) * int(b["compute_infer"]["count"]) for b in stats["batch_stats"])
         assert rows == 5
-        _, found = scrape(host.port)
-        assert found["tensorgate_host_process_up"] == {(("process", "engine-cpu"),): 1, (("process", "worker-0"),): 1}
-        assert found["tensorgate_batch_size_sum"][(("model", "simple"), ("version", "1"))] == 5
+
+        def merged() -> None:
+            _, found = scrape(host.port)
+            up = found["tensorgate_host_process_up"]
+            assert up == {(("process", "engine-cpu"),): 1, (("process", "worker-0"),): 1}
+            assert found["tensorgate_batch_size_sum"][(("model", "simple"), ("version", "1"))] == 5
+
+        eventually(merged)
