@@ -92,3 +92,20 @@ def test_engine_killed_fails_in_flight_at_once_then_reloads(tmp_path: Path) -> N
         status, _, _ = call(url + "/v2/models/slow/infer", SLOW_BODY)
         assert status == 200
         assert "READY again in the cpu engine" in host.log("worker-0")
+
+
+def test_engine_sigterm_finishes_what_is_in_flight_and_exits_0(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_model(root, "slow", 1, slow_matmul(size=1024), config=SLOW)
+    with engine_host(root, workers=1) as host, ThreadPoolExecutor(3) as pool:
+        url = host.url(0)
+        futures = [pool.submit(call, url + "/v2/models/slow/infer", SLOW_BODY) for _ in range(3)]
+        time.sleep(0.3)
+        engine = host.engine
+        assert engine is not None
+        os.killpg(engine.pid, signal.SIGTERM)
+        answers = [f.result(timeout=60) for f in futures]
+        assert engine.wait(timeout=60) == 0
+        # Sent before the signal: each is computed and answered (none lost).
+        assert [status for status, _, _ in answers] == [200, 200, 200], answers
+        assert "engine cpu stopped" in host.log("engine-cpu")
