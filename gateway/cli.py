@@ -23,6 +23,7 @@ from gateway.settings import Settings, load_settings, setting_help, setting_type
 
 if TYPE_CHECKING:
     from gateway.host.roles import HostRole
+    from gateway.models import ModelManager
 
 #: Exit status of a usage or configuration error (argparse's, and the drift command's).
 EXIT_USAGE = 2
@@ -201,9 +202,20 @@ def _run_server(settings: Settings, *, grpc_chosen: bool = True, role: HostRole 
     lifecycle = Lifecycle(settings.max_concurrent_requests, settings.max_inflight_body_bytes)
     # A busy gRPC port stops the server when grpc_port was chosen; the default one is skipped.
     grpc = GrpcFrontEnd(settings, lifecycle, required=grpc_chosen) if settings.grpc_port else None
-    server = build_server(settings, create_app(settings, lifecycle=lifecycle, grpc=grpc, role=role), lifecycle, grpc)
-    # A worker serves on the sockets its supervisor bound (main port, then admin port).
-    sockets = inherited_sockets(role.fds) if role is not None and role.fds else None
+    sockets, hold, on_ready = None, None, None
+    if role is not None:
+        # A worker serves on the sockets its supervisor bound (main port, then admin port), and
+        # accepts from them only once its models loaded: the other workers serve meanwhile, so
+        # a replacement worker does not answer "loading" to requests a ready one would serve.
+        sockets = inherited_sockets(role.fds) if role.fds else None
+        managers: list[ModelManager] = []
+        on_ready = managers.append
+
+        async def hold() -> None:
+            await managers[0].wait_started()
+
+    app = create_app(settings, lifecycle=lifecycle, grpc=grpc, role=role, on_ready=on_ready)
+    server = build_server(settings, app, lifecycle, grpc, hold)
 
     # uvicorn re-raises the signal it drained on to the handler that was there before it; ours
     # notes it, so that a graceful drain exits 0 as operators expect.

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from types import FrameType
 
 import uvicorn
@@ -42,7 +43,12 @@ class GatewayServer(uvicorn.Server):
     """
 
     def __init__(
-        self, config: uvicorn.Config, lifecycle: Lifecycle, admin_port: int = 0, grpc: GrpcFrontEnd | None = None
+        self,
+        config: uvicorn.Config,
+        lifecycle: Lifecycle,
+        admin_port: int = 0,
+        grpc: GrpcFrontEnd | None = None,
+        hold: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
@@ -50,25 +56,55 @@ class GatewayServer(uvicorn.Server):
         self.admin_port = admin_port
         #: The gRPC listener, served in this event loop; bound before the HTTP ports.
         self.grpc = grpc
+        #: A worker of a multi-process host: after the lifespan's start-up, wait for this (its
+        #: initial model loads) before accepting anything, gRPC included. The port it shares is
+        #: served meanwhile by the other workers; one process alone listens at once, as always.
+        self.hold = hold
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Listen for gRPC (when on), on the main port, and on the admin port when there is one."""
-        if self.grpc is not None:
-            try:
-                await self.grpc.start()
-            except GrpcBindError as exc:
-                if self.grpc.required:
-                    log.error("%s", exc)
-                    sys.exit(3)  # as for a busy HTTP port
-                # The default port, not asked for: a second server on one host (another
-                # --port) keeps working as it did before gRPC existed, without gRPC.
-                log.warning("%s: serving without gRPC (set grpc_port to choose a port, 0 for none)", exc)
-                self.grpc = None
+        if self.hold is not None:
+            self._hold_after_lifespan(self.hold)
+        else:
+            await self._start_grpc()
         try:
             await self._listen(sockets)
         finally:
             if not self.started and self.grpc is not None:  # the lifespan or a bind failed
                 await self.grpc.stop(0)
+
+    async def _start_grpc(self) -> None:
+        if self.grpc is None:
+            return
+        try:
+            await self.grpc.start()
+        except GrpcBindError as exc:
+            if self.grpc.required:
+                log.error("%s", exc)
+                sys.exit(3)  # as for a busy HTTP port
+            # The default port, not asked for: a second server on one host (another
+            # --port) keeps working as it did before gRPC existed, without gRPC.
+            log.warning("%s: serving without gRPC (set grpc_port to choose a port, 0 for none)", exc)
+            self.grpc = None
+
+    def _hold_after_lifespan(self, hold: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hold`` (then bind gRPC) between the lifespan's start-up and the HTTP listeners."""
+        lifespan_startup = self.lifespan.startup
+
+        async def startup_then_hold() -> None:
+            await lifespan_startup()
+            if self.lifespan.should_exit:  # the start-up failed: uvicorn exits
+                return
+            waiting = asyncio.ensure_future(hold())
+            try:
+                while not waiting.done() and not self.should_exit:  # a signal stops the wait
+                    await asyncio.wait({waiting}, timeout=0.1)
+            finally:
+                waiting.cancel()
+            if not self.should_exit:
+                await self._start_grpc()
+
+        self.lifespan.startup = startup_then_hold
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Drain gRPC (GOAWAY, in-flight calls finish) and HTTP together, then run the lifespan's shutdown."""
@@ -137,7 +173,11 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 def build_server(
-    settings: Settings, app: ASGIApp, lifecycle: Lifecycle, grpc: GrpcFrontEnd | None = None
+    settings: Settings,
+    app: ASGIApp,
+    lifecycle: Lifecycle,
+    grpc: GrpcFrontEnd | None = None,
+    hold: Callable[[], Awaitable[None]] | None = None,
 ) -> GatewayServer:
     """A server for ``app`` with every transport setting applied (and ``grpc`` served beside it)."""
     config = uvicorn.Config(
@@ -155,4 +195,4 @@ def build_server(
         proxy_headers=False,
         server_header=False,  # no "server: uvicorn": one header less per response, and less to fingerprint
     )
-    return GatewayServer(config, lifecycle, settings.admin_port, grpc)
+    return GatewayServer(config, lifecycle, settings.admin_port, grpc, hold)

@@ -34,14 +34,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: A child that lived this long before it exited is restarted at once; one that died sooner
-#: is restarted after a delay that doubles (from RESTART_DELAY_S up to MAX_RESTART_DELAY_S),
-#: so a child that cannot start does not spin the machine.
+#: A child that keeps exiting sooner than this after its start is restarted after a delay that
+#: doubles (from RESTART_DELAY_S, at the second such exit in a row, up to MAX_RESTART_DELAY_S),
+#: so a child that cannot start does not spin the machine; any other exit is restarted at once.
 STABLE_S = 10.0
 RESTART_DELAY_S = 0.1
 MAX_RESTART_DELAY_S = 5.0
 #: Exit statuses of a worker that cannot start at all (2: configuration, 3: a port it cannot
-#: bind): the host stops with that status instead of restarting it forever.
+#: bind; a worker exits with them only while starting, however long that took): the host
+#: stops with that status instead of restarting it forever.
 FATAL_STATUSES = (2, 3)
 #: How long an engine, and the state store, may take to stop after SIGTERM before being killed.
 ENGINE_STOP_S = 15.0
@@ -175,9 +176,9 @@ class Supervisor:
             child.quick_exits = child.quick_exits + 1 if lived < STABLE_S else 0
             kind = "engine" if child.role.is_engine else "worker"
             fields = {"event": f"{kind}_exit", "process": child.role.process, "pid": process.pid, "status": status}
-            if not child.role.is_engine and status in FATAL_STATUSES and lived < STABLE_S:
+            if not child.role.is_engine and status in FATAL_STATUSES:
                 log.error(
-                    "supervisor: %s exited with status %d at start: stopping the host",
+                    "supervisor: %s exited with status %d (it cannot start): stopping the host",
                     child.role.process,
                     status,
                     extra={"fields": fields},
@@ -277,8 +278,12 @@ class Supervisor:
 
 
 def restart_delay(quick_exits: int) -> float:
-    """How long to wait before restarting a child that exited ``quick_exits`` times in a row soon after starting."""
-    return 0.0 if quick_exits <= 0 else min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** (quick_exits - 1))
+    """How long to wait before restarting a child that exited ``quick_exits`` times in a row soon after starting.
+
+    The first such exit is restarted at once too (a worker killed a few seconds after the host
+    started is replaced like any other); from the second in a row, the delay doubles.
+    """
+    return 0.0 if quick_exits <= 1 else min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** (quick_exits - 2))
 
 
 def _send(child: Child, sig: int) -> None:
