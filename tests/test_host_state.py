@@ -545,3 +545,77 @@ def test_with_a_redis_store_each_worker_is_a_replica_of_the_redis_fleet(reposito
         names = sorted(r["replica"] for r in listing["models"][0]["replicas"])
         assert names == [f"{socket.gethostname()}:{host.port}/worker-{i}" for i in range(2)]
         assert not any(str(r.get("message", "")).startswith("host state store") for r in host.records())
+
+
+def pinned_connections(port: int, count: int = 2) -> dict[str, Any]:
+    """One keep-alive connection to each of ``count`` workers, by worker name (found by asking each connection)."""
+    import http.client
+
+    from tests.server import AUTH
+
+    found: dict[str, Any] = {}
+    for _ in range(200):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("GET", "/admin/models", headers=AUTH)
+        worker = json.loads(connection.getresponse().read())["state_store"]["replica"]
+        if worker in found:
+            connection.close()
+        else:
+            found[worker] = connection
+        if len(found) == count:
+            return found
+    raise AssertionError(f"200 connections reached only {sorted(found)}")
+
+
+def test_concurrent_changes_through_two_workers_never_lose_an_update(repository: Path) -> None:
+    """Two route changes racing through different workers: 200 + 409 (or both 200, one after the other)."""
+    import threading
+
+    from tests.host import serve_host
+    from tests.server import AUTH
+
+    with serve_host(repository, workers=2) as host:
+        assert host_admin(host.port, "POST", "/admin/models/m/versions/1/load")[0] == 200
+        connections = pinned_connections(host.port)
+        conflicts = 0
+        try:
+            for attempt in range(40):
+                barrier = threading.Barrier(2)
+                replies: dict[str, tuple[int, Any]] = {}
+
+                def change(worker: str, weights: dict[str, int], barrier: threading.Barrier = barrier,
+                           replies: dict[str, tuple[int, Any]] = replies) -> None:  # fmt: skip
+                    body = json.dumps({"weights": weights, "actor": f"pipeline-{worker}"})
+                    barrier.wait()
+                    connection = connections[worker]
+                    connection.request("PUT", "/admin/models/m/route", body, AUTH)
+                    reply = connection.getresponse()
+                    replies[worker] = (reply.status, json.loads(reply.read()))
+
+                threads = [
+                    threading.Thread(target=change, args=("worker-0", {"1": 70, "2": 30})),
+                    threading.Thread(target=change, args=("worker-1", {"1": 40 + attempt % 2, "2": 60 - attempt % 2})),
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(timeout=120)
+                statuses = sorted(status for status, _ in replies.values())
+                assert statuses in ([200, 200], [200, 409]), replies
+                if statuses == [200, 409]:
+                    conflicts += 1
+                    loser = next(doc for status, doc in replies.values() if status == 409)
+                    assert "changed meanwhile through another replica" in loser["error"]
+                history = host_admin(host.port, "GET", "/admin/models/m/history")[1]["history"]
+                seqs = [e["seq"] for e in history]
+                assert seqs == sorted(set(seqs)), "a seq appears twice or out of order"
+                for worker, (status, route) in replies.items():  # every 200 is in the history, as answered
+                    if status == 200:
+                        entry = next(e for e in history if e["seq"] == route["seq"])
+                        assert entry["after"]["weights"] == route["weights"] and entry["replica"] == worker
+                if conflicts >= 3:
+                    break
+        finally:
+            for connection in connections.values():
+                connection.close()
+        assert conflicts, "40 simultaneous pairs and never a 409: the race was never exercised"

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import StoreFailed
+from gateway.errors import NotFound, StoreFailed
 from gateway.release.controller import ReleaseController
 from gateway.release.history import HistoryEntry
 from gateway.rollouts.analysis import Counters, Result, evaluate
@@ -177,12 +177,17 @@ class FleetRolloutManager(RolloutManager):
 
     async def read(self, name: str) -> dict[str, Any]:
         """The fleet's rollout of ``name`` with the replica leading it (404 if it never had one)."""
-        await self._refresh(name)
-        doc = dict(self.current(name))
+        # Read, never adopted: this replica's copy changes only under the guard (a leader saving a
+        # decision must not save a copy a concurrent GET put in its place: it would undo the decision).
         try:
+            rollout = await self._read(name)
             raw = await self._state.get(self._lease_key(name))
         except STORE_ERRORS as exc:
             raise self._away(exc) from None
+        if rollout is None:
+            self._controller.history(name)  # 404 for an unknown model
+            raise NotFound(f"model {name!r} has had no rollout")
+        doc = rollout.to_json()
         holder = raw.decode() if raw is not None else None
         leader = holder.rsplit("/", 1)[0] if holder is not None and doc.get("ended_at") is None else None
         doc["fleet"] = {"leader": leader, "replica": self.replica}
@@ -203,8 +208,9 @@ class FleetRolloutManager(RolloutManager):
 
     async def control(self, name: str, action: str, actor: str, reason: str | None) -> dict[str, Any]:
         """Pause, resume, abort or promote through any replica; the leader sees it at its next tick."""
-        await self._refresh(name)
-        return await super().control(name, action, actor, reason)
+        if name not in self._rollouts:  # never seen here: adopt the fleet's (nothing here can be applying it)
+            await self._refresh(name)
+        return await super().control(name, action, actor, reason)  # its guard reads the fleet's again
 
     def _spawn(self, name: str, *, resume: bool) -> None:
         """No task per rollout: the tick leads the rollouts whose lease this replica holds."""
