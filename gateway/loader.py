@@ -222,7 +222,7 @@ class VersionLoader:
             mv.batcher = self._batcher(mv, executor, executor.cost)
             mv.batcher.start()
         mv.state = VersionState.READY
-        if not executor.cost.measured and engine is None:  # synthetic warm-up failed: counted (by the engine if there)
+        if not executor.cost.measured:  # synthetic warm-up failed (logged): counted, not fatal
             key = (mv.model, mv.label)
             self.warmup_failures[key] = self.warmup_failures.get(key, 0) + 1
         if engine is not None:
