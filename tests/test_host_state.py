@@ -619,3 +619,28 @@ def test_concurrent_changes_through_two_workers_never_lose_an_update(repository:
             for connection in connections.values():
                 connection.close()
         assert conflicts, "40 simultaneous pairs and never a 409: the race was never exercised"
+
+
+def test_a_read_only_state_dir_answers_503_and_no_worker_changes(repository: Path, tiny_disk: Path) -> None:
+    """Saved before applied, on a host too: the host store cannot write routes.json, so every worker keeps its route."""
+    from tests.disks import remount
+    from tests.host import serve_host
+    from tests.rawhttp import request
+    from tests.server import AUTH
+
+    with serve_host(repository, workers=2, state_dir=tiny_disk / "state") as host:
+        assert host_admin(host.port, "POST", "/admin/models/m/swap", {"version": "1"})[0] == 200
+        remount(tiny_disk, "ro")
+        try:
+            reply = request(host.port, "POST", "/admin/models/m/swap", b'{"version": "2"}', AUTH, timeout_s=60)
+            assert reply.status == 503 and reply.headers.get("retry-after") == "5", reply.body
+            assert "cannot be written" in reply.json()["error"]  # type: ignore[index]
+            assert {served_version(host.port) for _ in range(30)} == {1}
+        finally:
+            remount(tiny_disk, "rw")
+        assert host_admin(host.port, "POST", "/admin/models/m/swap", {"version": "2"})[0] == 200
+        assert {served_version(host.port) for _ in range(30)} == {2}
+        assert [e["action"] for e in host_admin(host.port, "GET", "/admin/models/m/history")[1]["history"]] == [
+            "swap",
+            "swap",
+        ]
