@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gateway.engine.wire import SHM_DIR
 from tests.engine_host import Host, engine_host
-from tests.onnx_models import IR_VERSION, OPSET, add_sub, gather_lookup, identity, write_model
+from tests.onnx_models import IR_VERSION, OPSET, add_sub, gather_lookup, identity, simple_string, write_model
 
 #: Long enough that requests sent at once from two workers wait for each other, short enough for CI.
 BATCH_DELAY_MS = 400
@@ -71,6 +71,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     )
     write_model(root, "big", 1, identity("FP32", ["batch", 2048]), "max_batch_size = 4\n")
     write_model(root, "lookup", 1, gather_lookup(), "max_batch_size = 8\n")
+    write_model(root, "strings", 1, simple_string(), 'placement = "engine"\n')
     previous = os.environ.get("TENSORGATE_ENGINE_SHM_BYTES")
     os.environ["TENSORGATE_ENGINE_SHM_BYTES"] = str(SHM_BYTES)
     try:
@@ -203,6 +204,20 @@ def test_large_tensors_travel_through_shared_memory(host: Host) -> None:
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
     client.close()
     assert _shared_files() - before == set()  # every file was unlinked by its reader
+
+
+def test_bytes_tensors_cross_the_hop(host: Host) -> None:
+    strings = {
+        "inputs": [
+            {"name": "INPUT0", "datatype": "BYTES", "shape": [1, 16], "data": [str(i) for i in range(16)]},
+            {"name": "INPUT1", "datatype": "BYTES", "shape": [1, 16], "data": ["1"] * 16},
+        ]
+    }
+    status, body = post(host.url(0) + "/v2/models/strings/infer", strings)
+    assert status == 200, body
+    outputs = {o["name"]: o["data"] for o in body["outputs"]}
+    assert outputs["OUTPUT0"] == [str(i + 1) for i in range(16)]
+    assert outputs["OUTPUT1"] == [str(i - 1) for i in range(16)]
 
 
 def test_bad_input_is_still_a_400(host: Host) -> None:
