@@ -142,7 +142,7 @@ def test_sigterm_drains_every_worker_with_no_lost_request_then_exits_0(repositor
 def test_a_killed_worker_is_replaced_within_a_second_while_the_other_serves(repository: Path) -> None:
     with serve_host(repository, workers=2, access_log=True) as host:
         before = host.pids("worker")
-        errors: list[object] = []
+        errors: list[str] = []
         stop = threading.Event()
 
         def traffic() -> None:
@@ -150,9 +150,11 @@ def test_a_killed_worker_is_replaced_within_a_second_while_the_other_serves(repo
                 try:
                     status, doc = infer(host.port)
                     if status != 200:
-                        errors.append(doc)
+                        errors.append(str(doc))
                 except OSError as exc:  # a request the killed worker had accepted dies with it
-                    errors.append(exc)
+                    # Its text only: the exception's traceback would hold this frame, and the
+                    # socket, in a cycle that outlives the test (a ResourceWarning at exit).
+                    errors.append(repr(exc))
 
         thread = threading.Thread(target=traffic)
         thread.start()
@@ -177,8 +179,8 @@ def test_a_killed_worker_is_replaced_within_a_second_while_the_other_serves(repo
         # At most the one request the killed worker was answering failed; no refused connection.
         assert len(errors) <= 1, errors
         # The replacement accepts only once its models loaded: no "loading" answers meanwhile.
-        assert not any("loading" in str(e) for e in errors), errors
-        assert not any(isinstance(e, ConnectionRefusedError) for e in errors), errors
+        assert not any("loading" in e for e in errors), errors
+        assert not any("ConnectionRefusedError" in e for e in errors), errors
         exits = [r for r in host.records() if r.get("event") == "worker_exit"]
         assert len(exits) == 1 and exits[0]["process"] == "worker-0" and exits[0]["status"] == -signal.SIGKILL
         assert exits[0]["restart_in_s"] == 0
