@@ -96,6 +96,8 @@ def test_two_workers_both_serve_and_each_is_a_process_of_its_own(repository: Pat
         gpus = [r for r in children if r.startswith("engine-cuda")]  # one engine per GPU, where there are any
         assert sorted(children) == sorted(["engine-cpu", "worker-0", "worker-1", *gpus])
         assert len(set(children.values())) == len(children) and host.process.pid not in children.values()
+        # The supervisor serves nothing: it has not loaded ONNX Runtime (nor the server's memory).
+        assert "onnxruntime" not in Path(f"/proc/{host.process.pid}/maps").read_text()
         # Concurrent clients on fresh connections: the shared accept queue hands them to both.
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(lambda _: infer(host.port), range(200)))
