@@ -1,7 +1,9 @@
 """The release state shared by a fleet of replicas (``state_store = "redis://..."``, docs/operations.md).
 
-The release controller talks to the shared state through ``SharedState`` only; without a
-``state_store`` it has none and saves to the local state directory, as one replica always did.
+The release controller talks to the shared state through ``SharedState`` only (``fleet.Fleet``,
+whose store is a ``backend.StateBackend``: Redis, or the supervisor's host store for the workers
+of one host). One process without a ``state_store`` has none and saves to the local state
+directory, as one replica always did; ``mode.open_state`` chooses.
 """
 
 from __future__ import annotations
