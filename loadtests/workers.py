@@ -1,0 +1,173 @@
+"""Scaling over HTTP workers: ``tensorgate serve --workers N`` for several N, side by side in one run.
+
+One server per N runs at once (N = 1 is today's single process; N >= 2 a supervisor, the CPU
+engine, one per GPU, and N workers), all pinned to ``--server-cpus`` (a taskset list), wrk to
+``--client-cpus`` with ``--wrk-threads`` threads; rounds alternate between the servers and
+medians are reported, each N's throughput as a ratio of N = 1's. Models:
+
+- ``mlp``: the batched MLP (loadtests/mlp.py, ``max_batch_size = 64``, "auto" delay), one row per
+  request as binary tensors; its mean batch (rows per runtime call, from /metrics) is printed;
+  ``--device cuda:0`` runs it on the GPU (issue 15's target: 8 workers >= 6x one process, mean
+  GPU batch >= 32, at concurrency 256 on a 16-core machine);
+- ``scorer``: the example fraud scorer (examples/models), one row of JSON.
+
+    python loadtests/workers.py --workers 1 2 4 8 --concurrency 256 --server-cpus 0-11 \\
+        --client-cpus 12-15 --wrk-threads 4 --device cuda:0
+    python loadtests/workers.py --workers 1 2 --concurrency 64 --server-cpus 0-1 --client-cpus 0-1  # 2 cores
+
+Needs ``wrk``. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnx
+from common import LUA, ROOT, Sample, _find, _ms, free_port, median, require_wrk, scorer_body, stop_group, wait_ready
+from mlp import LAYERS, mlp
+
+
+def _config(device: str) -> str:
+    threads = "intra_op_threads = 1\n" if device == "cpu" else ""
+    return f'max_batch_size = 64\n[batching]\nmax_queue_delay_ms = "auto"\n[onnx]\ndevice = "{device}"\n{threads}'
+
+
+def _binary_body(path: Path, name: str, row: np.ndarray) -> int:
+    """A binary V2 request of one row; the length of its JSON header."""
+    tensor = {
+        "name": name,
+        "datatype": "FP32",
+        "shape": list(row.shape),
+        "parameters": {"binary_data_size": row.nbytes},
+    }
+    header = json.dumps({"inputs": [tensor]}).encode()
+    path.write_bytes(header + row.tobytes())
+    return len(header)
+
+
+def wrk(url: str, connections: int, seconds: int, threads: int, cpus: str, body: Path, header: int | None) -> Sample:
+    """wrk with ``threads`` threads pinned to ``cpus``, posting ``body``."""
+    command = ["taskset", "-c", cpus, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    command += ["-s", str(LUA), url]
+    env = dict(os.environ, BODY_FILE=str(body))
+    if header is not None:
+        env["HEADER_LENGTH"] = str(header)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 60, check=True)
+    return Sample(
+        rps=float(_find(r"Requests/sec:\s+([\d.]+)", done.stdout)),
+        p50_ms=_ms(_find(r"^\s*50%\s+(\S+)", done.stdout)),
+        p99_ms=_ms(_find(r"^\s*99%\s+(\S+)", done.stdout)),
+        non2xx=int(_find(r"non2xx=(\d+)", done.stderr)),
+        socket_errors=int(_find(r"socket_errors=(\d+)", done.stderr)),
+    )
+
+
+def batch_totals(port: int, model: str) -> tuple[float, float]:
+    """(rows, runtime calls) of ``model`` so far, from the host's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    rows = calls = 0.0
+    for kind, value in re.findall(
+        rf'^tensorgate_batch_size_(sum|count)\{{[^}}]*model="{model}"[^}}]*\}} (\S+)$', text, re.M
+    ):
+        if kind == "sum":
+            rows += float(value)
+        else:
+            calls += float(value)
+    return rows, calls
+
+
+def main() -> None:
+    """Start one server per N, measure in alternating rounds, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[256])
+    parser.add_argument("--duration", type=int, default=5, help="seconds a wrk run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--server-cpus", default="0-11", help="taskset list for every server")
+    parser.add_argument("--client-cpus", default="12-15", help="taskset list for wrk")
+    parser.add_argument("--wrk-threads", type=int, default=4)
+    parser.add_argument("--device", default="cpu", help="the MLP's device: cpu or cuda:N")
+    parser.add_argument("--models", nargs="+", default=["mlp", "scorer"], choices=["mlp", "scorer"])
+    args = parser.parse_args()
+    require_wrk()
+    workdir = Path(tempfile.mkdtemp(prefix="tensorgate-workers-"))
+    repo = workdir / "models"
+    shutil.copytree(ROOT / "examples" / "models" / "fraud", repo / "scorer")
+    (repo / "mlp" / "1").mkdir(parents=True)
+    onnx.save(mlp(), repo / "mlp" / "1" / "model.onnx")
+    (repo / "mlp" / "config.toml").write_text(_config(args.device))
+    row = np.random.default_rng(1).random((1, LAYERS[0]), dtype=np.float32)
+    bodies = {
+        "mlp": (workdir / "mlp.bin", _binary_body(workdir / "mlp.bin", "x", row)),
+        "scorer": (scorer_body(workdir), None),
+    }
+    servers, ports = {}, {}
+    for n in args.workers:
+        port = free_port()
+        scratch = workdir / f"w{n}"
+        command = ["taskset", "-c", args.server_cpus, sys.executable, "-m", "gateway", "serve"]
+        command += ["--repository", str(repo), "--port", str(port), "--grpc-port", "0", "--log-level", "warning"]
+        command += ["--no-predlog", "--workers", str(n)]
+        command += ["--state-dir", str(scratch / "state"), "--log-dir", str(scratch / "log")]
+        servers[n] = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True)  # fmt: skip
+        ports[n] = port
+    samples: dict[tuple[str, int, int], list[Sample]] = {}
+    batches: dict[tuple[int, int], list[float]] = {}
+    try:
+        for n, port in ports.items():
+            wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", timeout_s=300, process=servers[n])
+        for model in args.models:  # warm every path once
+            body, header = bodies[model]
+            for port in ports.values():
+                wrk(f"http://127.0.0.1:{port}/v2/models/{model}/infer", 8, 1, 1, args.client_cpus, body, header)
+        for connections in args.concurrency:
+            for _ in range(args.rounds):
+                for model in args.models:
+                    body, header = bodies[model]
+                    for n, port in ports.items():
+                        url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
+                        before = batch_totals(port, model)
+                        sample = wrk(url, connections, args.duration, args.wrk_threads, args.client_cpus, body, header)
+                        samples.setdefault((model, n, connections), []).append(sample)
+                        rows, calls = (a - b for a, b in zip(batch_totals(port, model), before, strict=True))
+                        if model == "mlp" and calls:
+                            batches.setdefault((n, connections), []).append(rows / calls)
+    finally:
+        for process in servers.values():
+            stop_group(process)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(
+        f"server CPUs {args.server_cpus}, wrk on {args.client_cpus} ({args.wrk_threads} threads), MLP on {args.device}"
+    )
+    print(f"medians of {args.rounds} rounds of {args.duration} s\n")
+    print("| model | workers | concurrency | req/s | vs 1 worker | p50 ms | p99 ms | mean batch | non-200 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for model in args.models:
+        for connections in args.concurrency:
+            base = median(samples[(model, args.workers[0], connections)], "rps")
+            for n in args.workers:
+                runs = samples[(model, n, connections)]
+                rps = median(runs, "rps")
+                mean_batch = batches.get((n, connections)) if model == "mlp" else None
+                batch = f"{sorted(mean_batch)[len(mean_batch) // 2]:.1f}" if mean_batch else "-"
+                print(
+                    f"| {model} | {n} | {connections} | {rps:,.0f} | {rps / base:.2f} | {median(runs, 'p50_ms'):.2f} | "
+                    f"{median(runs, 'p99_ms'):.2f} | {batch} | {sum(s.non2xx + s.socket_errors for s in runs)} |"
+                )
+
+
+if __name__ == "__main__":
+    main()
