@@ -385,14 +385,14 @@ def test_a_change_through_any_worker_is_served_by_every_worker_once_it_answers(r
             assert versions == [expected] * 50, f"{method} {path}: {versions}"
         # The requests reached every worker (the kernel spreads connections; keep going until it did).
         workers = set(host.pids("worker").values())
-        for _ in range(300):
+        for _ in range(40):
             if set(pids_serving(host.records(), "/infer")) >= workers:
                 break
-            assert served_version(host.port) == 2
+            assert {served_version(host.port) for _ in range(25)} == {2}
         assert set(pids_serving(host.records(), "/infer")) >= workers
         # One history for the host, whichever worker answers, naming the worker that took each change.
         histories: dict[str, list[Any]] = {}
-        for _ in range(300):
+        for _ in range(1000):
             worker, history = worker_history(host.port)
             assert histories.setdefault(worker, history) == history
             if len(histories) == 2:
@@ -554,7 +554,7 @@ def pinned_connections(port: int, count: int = 2) -> dict[str, Any]:
     from tests.server import AUTH
 
     found: dict[str, Any] = {}
-    for _ in range(200):
+    for _ in range(1000):
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         connection.request("GET", "/admin/models", headers=AUTH)
         worker = json.loads(connection.getresponse().read())["state_store"]["replica"]
@@ -564,7 +564,7 @@ def pinned_connections(port: int, count: int = 2) -> dict[str, Any]:
             found[worker] = connection
         if len(found) == count:
             return found
-    raise AssertionError(f"200 connections reached only {sorted(found)}")
+    raise AssertionError(f"1000 connections reached only {sorted(found)}")
 
 
 def test_concurrent_changes_through_two_workers_never_lose_an_update(repository: Path) -> None:
