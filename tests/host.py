@@ -165,7 +165,10 @@ def serve_host(
     given; the admin token is ``tests.server.ADMIN_TOKEN``; gRPC is off unless ``grpc_port`` is
     given; ``log_level`` is info (the helper reads the workers' load records). ``environ`` adds
     variables. With ``ready`` the block starts once every worker loaded and the port is ready.
+    ``workers=1`` needs ``engine=True`` (else ``serve`` is one process: use tests.server).
     """
+    if workers < 2 and not settings.get("engine"):
+        raise ValueError("one worker without the engine is a single process, not a host: pass engine=True")
     scratch = tempfile.TemporaryDirectory(prefix="tensorgate-host-")
     base = Path(scratch.name)
     settings.setdefault("state_dir", base / "state")
