@@ -254,6 +254,21 @@ def test_a_worker_that_cannot_start_stops_the_host_with_its_status(repository: P
             assert fatal and fatal[0]["status"] == 3
 
 
+def test_a_busy_port_stops_the_supervisor_with_status_3_before_any_child(repository: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        command = [sys.executable, "-m", "gateway", "serve", "--repository", str(repository), "--workers", "2"]
+        command += ["--port", str(busy.getsockname()[1]), "--state-dir", str(tmp_path / "state"), "--grpc-port", "0"]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 3, done.stderr
+    (line,) = [orjson.loads(x) for x in done.stderr.splitlines() if "cannot listen" in x]
+    assert line["level"] == "error" and "Address already in use" in line["message"]
+    assert "started" not in done.stderr  # no child was started
+
+
 def test_the_restart_delay_doubles_for_a_child_that_keeps_dying_at_start() -> None:
     from gateway.host.supervisor import MAX_RESTART_DELAY_S, restart_delay
 

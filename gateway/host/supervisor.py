@@ -97,7 +97,9 @@ class Supervisor:
         try:
             self._listeners = self._bind()
         except OSError as exc:
-            log.error("cannot listen on %s: %s", self.settings.host, exc)
+            log.error(
+                "supervisor: cannot listen on %s: %s", self.settings.host, exc, extra={"fields": {"event": "host_fail"}}
+            )
             return 3  # uvicorn's status when it cannot bind
         self._run_dir = Path(tempfile.mkdtemp(prefix="tg-"))
         try:
