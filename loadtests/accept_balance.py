@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -115,6 +116,7 @@ def run_mode(
         for sock in sockets:
             sock.close()
     counts = [int((scratch / f"w{i}").read_text() or 0) for i in range(workers)]
+    shutil.rmtree(scratch, ignore_errors=True)
     total = sum(counts)
     shares = sorted((c / total if total else 0.0) for c in counts)
     return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,6 +213,11 @@ def test_the_children_die_with_a_killed_supervisor(repository: Path) -> None:
         while time.monotonic() < deadline and any(_alive(pid) for pid in children.values()):
             time.sleep(0.05)
         assert not any(_alive(pid) for pid in children.values())
+        # A killed supervisor cannot remove its run directory (it is under $TMPDIR, named in its log).
+        (start,) = [r for r in host.records() if r.get("event") == "host_start"]
+        run_dir = Path(start["run_dir"])
+        assert run_dir.name.startswith("tg-") and run_dir.is_dir()
+        shutil.rmtree(run_dir)
 
 
 def test_a_second_signal_kills_every_process_at_once(repository: Path) -> None:
