@@ -140,15 +140,15 @@ class Supervisor:
         devices = ["cpu", *await gpu_devices()]
         engines = [Child(HostRole(f"engine-{device}", self._run_dir, workers)) for device in devices]
         self._children = engines + [Child(HostRole(f"worker-{i}", self._run_dir, workers, fds)) for i in range(workers)]
-        fields: dict[str, object] = {"workers": workers, "engines": devices, "port": port}
-        fields["run_dir"] = str(self._run_dir)
+        started = {"event": "host_start", "workers": workers, "engines": devices, "port": port}
+        started["run_dir"] = str(self._run_dir)
         log.info(
             "supervisor: serving http://%s:%d with %d workers and engines %s",
             self.settings.host,
             port,
             workers,
             ", ".join(devices),
-            extra={"fields": {"event": "host_start", **fields}},
+            extra={"fields": started},
         )
         for child in self._children:
             child.keeper = asyncio.create_task(self._keep(child), name=child.role.process)
