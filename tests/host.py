@@ -101,7 +101,14 @@ class Host:
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM to the supervisor; its exit status once it (and so the host) stopped."""
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout_s)
+        return self.wait_exit(timeout_s)
+
+    def wait_exit(self, timeout_s: float = 60.0) -> int:
+        """The supervisor's exit status; past ``timeout_s``, a failure that shows the host's log."""
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the host did not exit within {timeout_s} s; log:\n{self.tail(60)}") from None
 
 
 def children_of(parent: int) -> dict[str, int]:

@@ -124,7 +124,7 @@ def test_sigterm_drains_every_worker_with_no_lost_request_then_exits_0(repositor
             host_inflight(host.port, 6)
             host.process.send_signal(signal.SIGTERM)
             results = [f.result() for f in pending]
-        status = host.process.wait(timeout=60)
+        status = host.wait_exit(90)
         assert [s for s, _ in results] == [200] * 6
         for i, (_, doc) in enumerate(results):
             assert doc["outputs"][0]["data"] == [float(i)] * 4  # type: ignore[index]
@@ -231,7 +231,7 @@ def test_a_second_signal_kills_every_process_at_once(repository: Path) -> None:
             host.wait_until(lambda: any(r.get("event") == "host_drain" for r in host.records()), "the drain")
             started = time.monotonic()
             host.process.send_signal(signal.SIGTERM)
-            status = host.process.wait(timeout=30)
+            status = host.wait_exit(30)
             took = time.monotonic() - started
         assert status == 1 and took < 20
         assert not any(_alive(pid) for pid in children.values())
@@ -254,7 +254,7 @@ def test_a_worker_that_cannot_start_stops_the_host_with_its_status(repository: P
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         with serve_host(repository, workers=2, ready=False, grpc_port=busy.getsockname()[1]) as host:
-            status = host.process.wait(timeout=120)
+            status = host.wait_exit(120)
             assert status == 3, host.tail()
             fatal = [r for r in host.records() if r.get("event") == "worker_exit" and r.get("level") == "error"]
             assert fatal and fatal[0]["status"] == 3
