@@ -163,7 +163,7 @@ def serve(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from gateway.host.supervisor import run_supervisor, wants_supervisor
 
     if wants_supervisor(settings):
-        return run_supervisor(settings, argv)
+        return run_supervisor(settings, argv, grpc_chosen=_grpc_chosen(args, settings))
     return _run_server(settings, grpc_chosen=_grpc_chosen(args, settings))
 
 
@@ -201,7 +201,12 @@ def _run_server(settings: Settings, *, grpc_chosen: bool = True, role: HostRole 
     log.info("tensorgate %s serving %s on http://%s:%d", __version__, settings.repository, settings.host, settings.port)
     lifecycle = Lifecycle(settings.max_concurrent_requests, settings.max_inflight_body_bytes)
     # A busy gRPC port stops the server when grpc_port was chosen; the default one is skipped.
-    grpc = GrpcFrontEnd(settings, lifecycle, required=grpc_chosen) if settings.grpc_port else None
+    # A host's workers share the port (SO_REUSEPORT); their supervisor checked nothing else holds it.
+    grpc = (
+        GrpcFrontEnd(settings, lifecycle, required=grpc_chosen, share_port=role is not None)
+        if settings.grpc_port
+        else None
+    )
     sockets, hold, on_ready = None, None, None
     if role is not None:
         # A worker serves on the sockets its supervisor bound (main port, then admin port), and

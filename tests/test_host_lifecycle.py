@@ -247,17 +247,58 @@ def test_one_worker_with_the_engine_and_an_admin_port(repository: Path) -> None:
         assert host.stop() == 0
 
 
-def test_a_worker_that_cannot_start_stops_the_host_with_its_status(repository: Path) -> None:
+def test_a_busy_chosen_grpc_port_stops_the_supervisor_with_status_3_before_any_child(repository: Path) -> None:
     import socket
 
-    with socket.socket() as busy:  # a gRPC port taken (without SO_REUSEPORT): a chosen grpc_port cannot bind
+    with socket.socket() as busy:  # a gRPC port taken by another program (without SO_REUSEPORT)
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         with serve_host(repository, workers=2, ready=False, grpc_port=busy.getsockname()[1]) as host:
             status = host.wait_exit(120)
             assert status == 3, host.tail()
-            fatal = [r for r in host.records() if r.get("event") == "worker_exit" and r.get("level") == "error"]
-            assert fatal and fatal[0]["status"] == 3
+            (line,) = [r for r in host.records() if r.get("event") == "host_fail"]
+            assert "cannot listen for gRPC" in line["message"], line
+            # The workers would have joined the port with SO_REUSEPORT: none was started.
+            assert not [r for r in host.records() if r.get("event") == "host_start"]
+
+
+def _listening_sockets(port: int) -> int:
+    """Sockets listening on ``port`` on this machine (/proc/net/tcp: state 0A is LISTEN)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+def test_the_workers_share_the_grpc_port_and_serve_it(repository: Path) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from tests.server import free_port
+
+    grpc_port = free_port()
+    with serve_host(repository, workers=2, grpc_port=grpc_port) as host:
+        # Each worker listens with a socket of its own on the one port (the kernel spreads
+        # connections over them); neither exited because its sibling held the port.
+        host.wait_until(lambda: _listening_sockets(grpc_port) == 2, "two gRPC listeners")
+        first = dict(host.pids("worker"))
+        values = np.arange(16, dtype=np.int32).reshape(1, 16)
+        for _ in range(20):  # a fresh channel (connection) each time
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            try:
+                inputs = [grpcclient.InferInput(name, [1, 16], "INT32") for name in ("INPUT0", "INPUT1")]
+                inputs[0].set_data_from_numpy(values)
+                inputs[1].set_data_from_numpy(np.ones((1, 16), dtype=np.int32))
+                result = client.infer("simple", inputs)
+                assert result.as_numpy("OUTPUT0").tolist() == [list(range(1, 17))]
+            finally:
+                client.close()
+        assert host.pids("worker") == first  # nobody restarted
+        assert host.stop() == 0
 
 
 def test_a_busy_port_stops_the_supervisor_with_status_3_before_any_child(repository: Path, tmp_path: Path) -> None:

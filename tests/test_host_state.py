@@ -644,3 +644,27 @@ def test_a_read_only_state_dir_answers_503_and_no_worker_changes(repository: Pat
             "swap",
             "swap",
         ]
+
+
+def test_a_grpc_repository_load_answers_once_every_worker_applied_it(repository: Path) -> None:
+    """Triton's RepositoryModelLoad over gRPC waits for the workers too: every worker is at its seq after the answer."""
+    import tritonclient.grpc as grpcclient
+
+    from tests.host import serve_host
+    from tests.server import ADMIN_TOKEN, free_port
+
+    grpc_port = free_port()
+    with serve_host(repository, workers=2, grpc_port=grpc_port) as host:
+        host.wait_until(lambda: len(host_admin(host.port, "GET", "/admin/models")[1]["models"][0]["replicas"]) == 2,
+                        "both workers reported")  # fmt: skip
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:
+            for _ in range(5):
+                client.load_model("m", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+                # Read at once after the answer: no worker may still be behind.
+                model = host_admin(host.port, "GET", "/admin/models")[1]["models"][0]
+                seqs = {r["replica"]: r["seq"] for r in model["replicas"]}
+                history = host_admin(host.port, "GET", "/admin/models/m/history")[1]["history"]
+                assert seqs == {"worker-0": history[-1]["seq"], "worker-1": history[-1]["seq"]}, seqs
+        finally:
+            client.close()

@@ -61,8 +61,13 @@ class GrpcMetrics(Collector):
         yield duration
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """grpc core's channel arguments for the listener: message size, streams, keepalive, no port sharing."""
+def server_options(settings: Settings, share_port: bool = False) -> list[tuple[str, int]]:
+    """grpc core's channel arguments for the listener: message size, streams, keepalive, port sharing.
+
+    ``share_port``: the workers of one host listen on the same port (SO_REUSEPORT; the kernel
+    spreads connections over them). The supervisor checks that nothing else holds the port
+    before it starts them (gateway/host/supervisor.py), so no other server shares it.
+    """
     return [
         # A message larger than an inference body may be is refused by grpc itself (RESOURCE_EXHAUSTED).
         ("grpc.max_receive_message_length", settings.max_body_bytes),
@@ -74,8 +79,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # Streams past this wait on the client's side (HTTP/2 flow control); past
         # max_concurrent_requests in all, ModelInfer answers RESOURCE_EXHAUSTED.
         ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
-        # grpc sets SO_REUSEPORT by default: a second server on the same port would share it silently.
-        ("grpc.so_reuseport", 0),
+        # grpc sets SO_REUSEPORT by default: a second server on the same port would share it
+        # silently. Only a host's own workers share it.
+        ("grpc.so_reuseport", 1 if share_port else 0),
         # Clients that ping too often (an abuse) get GOAWAY, as grpc's defaults intend.
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
@@ -97,12 +103,15 @@ class GrpcFrontEnd:
         *,
         port: int | None = None,
         required: bool = True,
+        share_port: bool = False,
     ) -> None:
         self.settings = settings
         #: Where to listen: ``grpc_port`` unless given (0: any free port, for tests).
         self.listen_port = settings.grpc_port if port is None else port
         #: False for the default port nobody asked for: busy, it is skipped with a warning.
         self.required = required
+        #: A worker of a multi-process host: its siblings listen on the same port.
+        self.share_port = share_port
         self.metrics = RequestMetrics()
         self.collector = GrpcMetrics(self.metrics)
         #: The core the calls serve from: ``create_app`` shares this slot and its lifespan sets it.
@@ -117,7 +126,7 @@ class GrpcFrontEnd:
         """Listen on ``listen_port`` and serve; the bound port."""
         settings = self.settings
         server = grpc.aio.server(
-            options=server_options(settings),
+            options=server_options(settings, self.share_port),
             # grpc.aio makes calls past this wait (not refused): a bound on handler tasks, above
             # max_concurrent_requests so that ModelInfer's own cap answers RESOURCE_EXHAUSTED first.
             maximum_concurrent_rpcs=2 * settings.max_concurrent_requests + 16,

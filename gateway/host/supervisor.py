@@ -77,8 +77,11 @@ class Supervisor:
         *,
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        grpc_chosen: bool = True,
     ) -> None:
         self.settings = settings
+        #: A busy gRPC port stops the host when grpc_port was chosen; the default one is skipped.
+        self._grpc_chosen = grpc_chosen
         self._argv = list(argv)
         self._environ = dict(os.environ if environ is None else environ)
         self._clock = clock
@@ -101,6 +104,10 @@ class Supervisor:
                 "supervisor: cannot listen on %s: %s", self.settings.host, exc, extra={"fields": {"event": "host_fail"}}
             )
             return 3  # uvicorn's status when it cannot bind
+        if not self._check_grpc_port():
+            for sock in self._listeners:
+                sock.close()
+            return 3
         self._run_dir = Path(tempfile.mkdtemp(prefix="tg-"))
         try:
             return uvloop.run(self._main())
@@ -122,6 +129,28 @@ class Supervisor:
                 sock.close()
             raise
         return listeners
+
+    def _check_grpc_port(self) -> bool:
+        """Whether the host may start: the gRPC port is free, or busy but not asked for (then off).
+
+        The workers share the gRPC port (each binds it with SO_REUSEPORT, as grpc's listener
+        cannot take an inherited socket); a probe without SO_REUSEPORT, here, first makes sure
+        nothing else holds it, which the workers' own binds could not tell.
+        """
+        port = self.settings.grpc_port
+        if not port:
+            return True
+        try:
+            bind_listener(self.settings.host, port).close()
+        except OSError as exc:
+            if self._grpc_chosen:
+                fields = {"event": "host_fail"}
+                log.error("supervisor: cannot listen for gRPC on port %d: %s", port, exc, extra={"fields": fields})
+                return False
+            log.warning("supervisor: gRPC port %d is busy (%s): serving without gRPC (set grpc_port to choose a port, "
+                        "0 for none)", port, exc)  # fmt: skip
+            self._environ["TENSORGATE_GRPC_PORT"] = "0"
+        return True
 
     async def _main(self) -> int:
         assert self._run_dir is not None
@@ -320,7 +349,7 @@ async def gpu_devices() -> list[str]:
     return [f"cuda{i}" for i in range(len(lines))]
 
 
-def run_supervisor(settings: Settings, argv: Sequence[str]) -> int:
+def run_supervisor(settings: Settings, argv: Sequence[str], *, grpc_chosen: bool = True) -> int:
     """``tensorgate serve`` as a supervisor: the exit status."""
     sys.stdout.flush()
-    return Supervisor(settings, argv).run()
+    return Supervisor(settings, argv, grpc_chosen=grpc_chosen).run()
