@@ -12,6 +12,10 @@ The hop is the difference of the p50 latencies at concurrency 1; the throughput 
 concurrency 64 is the engine's over the single process's.
 
     python loadtests/engine_hop.py --duration 5 --rounds 3
+
+``--baseline DIR`` adds a third server, ``engine-base``: the same engine setup run from another
+checkout of the code (``git archive <commit> | tar -x -C DIR``), to measure a change of the
+engine side by side with what it replaces, in the same rounds.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ def _body(path: Path, name: str, row: np.ndarray) -> int:
 def main() -> None:
     """Run both servers, measure, print the table and the hop."""
     parser = wrk_parser(__doc__, [1, 64])
+    parser.add_argument("--baseline", type=Path, help="also run the engine setup from this checkout (engine-base)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tensorgate-hop-"))
     repo = workdir / "models"
@@ -81,13 +86,16 @@ def main() -> None:
     bodies["tiny-local"] = bodies["tiny"]
     servers = {}
     ports = {}
-    for label, extra in (("single", []), ("engine", ["--workers", "1", "--engine"])):
+    setups: list[tuple[str, list[str], Path]] = [("single", [], ROOT), ("engine", ["--workers", "1", "--engine"], ROOT)]
+    if args.baseline is not None:  # python -m gateway from there imports that checkout's code
+        setups.append(("engine-base", ["--workers", "1", "--engine"], args.baseline.resolve()))
+    for label, extra, code in setups:
         port = free_port()
         scratch = workdir / label
         command = [sys.executable, "-m", "gateway", "serve", "--repository", str(repo), "--port", str(port),
                    "--grpc-port", "0", "--log-level", "warning", "--no-predlog",
                    "--state-dir", str(scratch / "state"), "--log-dir", str(scratch / "log"), *extra]  # fmt: skip
-        servers[label] = start_group(command, args.server_cpu, ROOT)
+        servers[label] = start_group(command, args.server_cpu, code)
         ports[label] = port
     samples: dict[str, dict[int, list[Sample]]] = {}
     try:
@@ -126,8 +134,11 @@ def main() -> None:
                 )
     if 1 in args.concurrency:
         for model in MODELS:
-            hop = median(samples[f"{model} engine"][1], "p50_ms") - median(samples[f"{model} single"][1], "p50_ms")
-            print(f"hop ({model}, p50 at concurrency 1): {hop * 1e3:.0f} us")
+            for label in ports:
+                if label == "single":
+                    continue
+                hop = median(samples[f"{model} {label}"][1], "p50_ms") - median(samples[f"{model} single"][1], "p50_ms")
+                print(f"hop ({model}, {label}, p50 at concurrency 1): {hop * 1e3:.0f} us")
     if args.save:
         save_samples(args.save, samples)
 

@@ -73,3 +73,29 @@ def test_a_file_outside_the_hosts_tag_is_refused(files: wire.SharedFiles) -> Non
     header = {"t": [["x", "<f4", [1], 4, "../etc/passwd"]]}
     with pytest.raises(ValueError, match="not a shared tensor"):
         wire.unpack(header, wire.Message(memoryview(b""), []), files)
+
+
+def test_a_packet_of_records_decodes_to_each_with_aligned_tensors(files: wire.SharedFiles) -> None:
+    arrays = [np.arange(i + 1, dtype=np.int8) for i in range(3)] + [np.arange(5, dtype=np.float64)]
+    packet = b"".join(
+        bytes(wire.encode({"id": i}, [("a", array)], files)[0]) for i, array in enumerate(arrays)
+    ) + wire.dumps({"op": "pong"})
+    records = wire.decode_all([packet])
+    assert [header.get("id") for header, _ in records] == [0, 1, 2, 3, None]
+    for (header, message), array in zip(records, arrays, strict=False):
+        back = wire.unpack(header, message, files)["a"]
+        np.testing.assert_array_equal(back, array)
+        assert back.flags.aligned
+    assert wire.unpack(*records[4], files) == {}
+
+
+def test_malformed_messages_are_refused(files: wire.SharedFiles) -> None:
+    frame = bytes(wire.encode({"id": 1}, [("x", np.ones((2, 2), np.float32))], files)[0])
+    with pytest.raises(ValueError, match="malformed"):
+        wire.decode_all([frame[:-8]])  # shorter than its record says
+    with pytest.raises(ValueError, match="empty"):
+        wire.decode_all([b""])
+    header, message = wire.decode([frame])
+    header["t"][0][2] = [4, 2]  # a shape that is not the bytes announced
+    with pytest.raises(ValueError, match="is not 16 bytes"):
+        wire.unpack(header, message, files)

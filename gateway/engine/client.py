@@ -225,14 +225,8 @@ class EngineClient:
             self._watched[request_id] = client
         if watcher is not None:
             watcher.add_done_callback(partial(self._client_left, request_id))
-        if not channel.send(frames or [wire.dumps(header)]):
-            self._pending.pop(request_id, None)
-            self._watched.pop(request_id, None)
-            if descriptors:
-                self.files.discard(descriptors)
-            if watcher is not None:
-                watcher.cancel()
-            raise Unavailable(f"{self.name} cannot take requests now (not connected, or its queue is full)")
+        # Leaves at the end of this loop turn, with the other requests of the turn (one send).
+        channel.post(frames or [wire.dumps(header)], on_fail=partial(self._not_sent, future, descriptors))
         try:
             return await future
         except asyncio.CancelledError:
@@ -243,6 +237,13 @@ class EngineClient:
             self._watched.pop(request_id, None)
             if watcher is not None:
                 watcher.cancel()
+
+    def _not_sent(self, future: asyncio.Future[Reply], descriptors: list[wire.Descriptor] | None) -> None:
+        if descriptors:
+            self.files.discard(descriptors)
+        if not future.done():
+            message = f"{self.name} cannot take requests now (not connected, or its queue is full)"
+            future.set_exception(Unavailable(message))
 
     def _client_left(self, request_id: int, watcher: asyncio.Future[None]) -> None:
         if not watcher.cancelled():
@@ -261,25 +262,27 @@ class EngineClient:
     def _post(self, header: dict[str, Any]) -> None:
         """Send without waiting for an answer (nothing is queued for an engine that is down)."""
         if self._channel is not None:
-            self._channel.send([wire.dumps(header)])
+            self._channel.post([wire.dumps(header)])
 
     # -- the engine's state -------------------------------------------------------------------
 
     def _read(self, frames: list[zmq.Frame]) -> None:
         try:
-            header, message = wire.decode(frames)
+            records = wire.decode_all(frames)
         except (ValueError, struct.error):
             log.warning("%s sent a malformed message", self.name)
             return
         self._heard = self._clock()
-        if header.get("op") == "pong":
-            self._pong(str(header.get("incarnation")))
-            return
-        future = self._pending.pop(int(header.get("id", 0)), None)
-        if future is None or future.done():
-            self.files.discard(header.get("t") or ())  # an answer nobody waits for any more
-            return
-        future.set_result((header, message))
+        pending = self._pending
+        for header, message in records:
+            future = pending.pop(header.get("id", 0), None)
+            if future is None or future.done():
+                if header.get("op") == "pong":
+                    self._pong(str(header.get("incarnation")))
+                else:
+                    self.files.discard(header.get("t") or ())  # an answer nobody waits for any more
+                continue
+            future.set_result((header, message))
 
     def _pong(self, incarnation: str) -> None:
         if self.up and incarnation == self.incarnation:

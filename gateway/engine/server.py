@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -98,9 +99,12 @@ class EngineServer:
 
     def _send(self, worker: bytes, frames: list[wire.Frame]) -> None:
         # A ROUTER never blocks a send: to a worker gone or over its queue, the answer is dropped.
+        # The answers to one worker completed in one loop turn leave as one message.
         assert self._channel is not None
-        if not self._channel.send([worker, *frames]):
-            log.warning("engine: an answer to %s was dropped", worker.decode(errors="replace"))
+        self._channel.post(frames, worker, partial(self._dropped, worker))
+
+    def _dropped(self, worker: bytes) -> None:
+        log.warning("engine: an answer to %s was dropped", worker.decode(errors="replace"))
 
     def _reply(self, worker: bytes, header: dict[str, Any]) -> None:
         self._send(worker, [wire.dumps(header)])
@@ -111,9 +115,16 @@ class EngineServer:
 
     def _handle(self, frames: list[Any]) -> None:
         worker = frames[0].bytes
-        header, message = wire.decode(frames[1:])
-        op = header.get("op")
+        records = wire.decode_all(frames[1:])
         self._seen[worker] = self._clock()
+        for header, message in records:
+            try:
+                self._handle_one(worker, header, message)
+            except Exception:  # one bad request must not lose the others of its message
+                log.exception("engine: a message from %s could not be handled", worker.decode(errors="replace"))
+
+    def _handle_one(self, worker: bytes, header: dict[str, Any], message: wire.Message) -> None:
+        op = header.get("op")
         if op == "infer":
             request_id = int(header["id"])
             if self._stopping:

@@ -1,8 +1,12 @@
 """The engine's wire format: a length-prefixed orjson header, then the tensors' raw bytes.
 
-A message's first frame is ``[u32 length][header JSON]``. Its tensors' bytes follow in the same
-frame when they are small (``INLINE_BYTES`` in all: one frame, since every extra ZeroMQ frame
-costs microseconds on the hop), else one frame per tensor, sent zero-copy (``copy=False``).
+A message is a *record*: ``[u32 record size][u32 header size][header JSON]``, padded to
+``ALIGN``, then its tensors' bytes when they are small (``INLINE_BYTES`` in all: one frame, since
+every extra ZeroMQ frame costs microseconds on the hop), each padded to ``ALIGN``; bigger
+tensors go as one frame per tensor after the record's frame, sent zero-copy (``copy=False``).
+A frame may hold several single-frame records one after the other (a *packet*): a channel sends
+everything queued for one peer in one loop turn as one ZeroMQ message
+(gateway/engine/channel.py), since each ZeroMQ send costs more than the records it carries.
 Either way the receiver's arrays are views of the received frames: no pickle, no copy beyond
 the socket's. A tensor of more than ``SHM_THRESHOLD_BYTES`` goes through a file in shared
 memory instead (``/dev/shm``): the sender writes it once, the receiver maps it and unlinks it
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import mmap
 import os
 import struct
@@ -41,6 +46,8 @@ ENV_SHM_BYTES = "TENSORGATE_ENGINE_SHM_BYTES"
 SHM_DIR = Path("/dev/shm")
 
 _LENGTH = struct.Struct("<I")
+#: A record's prefix: its size (padded) and its header's size.
+_PREFIX = struct.Struct("<II")
 #: Tensor data up to this size rides in the header's frame (pyzmq copies frames this small anyway).
 INLINE_BYTES = 64 << 10
 #: Where inline tensors start (numpy views of aligned data need no copy).
@@ -50,10 +57,28 @@ Frame = bytes | memoryview
 Descriptor = list[Any]
 
 
+#: Padding by size (spaces: harmless between a header and its tensors).
+_PADS = tuple(b" " * i for i in range(ALIGN))
+#: numpy dtypes by ``dtype.str`` (``np.dtype(str)`` parses the string at every call).
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
+
+def _record(text: bytes, buffers: Sequence[Frame] = ()) -> bytes:
+    """One record: the prefix, the header ``text`` and ``buffers`` inline, each padded to ``ALIGN``."""
+    head = _PREFIX.size + len(text)
+    parts: list[Frame] = [b"", text, _PADS[-head % ALIGN]]
+    size = head + (-head % ALIGN)
+    for buffer in buffers:
+        length = len(buffer)
+        parts += (buffer, _PADS[-length % ALIGN])
+        size += length + (-length % ALIGN)
+    parts[0] = _PREFIX.pack(size, len(text))
+    return b"".join(parts)
+
+
 def dumps(header: dict[str, Any]) -> bytes:
     """The frame of a message without tensors."""
-    text = orjson.dumps(header)
-    return _LENGTH.pack(len(text)) + text
+    return _record(orjson.dumps(header))
 
 
 def _bytes_to_buffer(array: np.ndarray) -> bytes:
@@ -152,14 +177,10 @@ def pack(arrays: Iterable[tuple[str, np.ndarray]], files: SharedFiles) -> tuple[
     return descriptors, frames
 
 
-def _padding(size: int) -> bytes:
-    return b" " * (-size % ALIGN)
-
-
 def encode(header: dict[str, Any], arrays: Iterable[tuple[str, np.ndarray]] | None, files: SharedFiles) -> list[Frame]:
     """A message: ``header`` (with the arrays' descriptors under ``t``) and the arrays' bytes.
 
-    Up to ``INLINE_BYTES`` of tensor data rides in the header's frame (one frame: every extra
+    Up to ``INLINE_BYTES`` of tensor data rides in the record's frame (one frame: every extra
     ZeroMQ frame costs microseconds on the hop); more goes as one frame per tensor (zero-copy).
     The header and every inline tensor start at a multiple of ``ALIGN`` bytes.
     """
@@ -168,25 +189,38 @@ def encode(header: dict[str, Any], arrays: Iterable[tuple[str, np.ndarray]] | No
         header["t"], buffers = pack(arrays, files)
         if sum(len(b) for b in buffers) <= INLINE_BYTES:
             header["x"] = 1
-            text = orjson.dumps(header)
-            parts: list[Frame] = [_LENGTH.pack(len(text)), text, _padding(_LENGTH.size + len(text))]
-            for buffer in buffers:
-                parts += (buffer, _padding(len(buffer)))
-            return [b"".join(parts)]
-    text = orjson.dumps(header)
-    return [_LENGTH.pack(len(text)) + text, *buffers]
+            return [_record(orjson.dumps(header), buffers)]
+    return [_record(orjson.dumps(header)), *buffers]
+
+
+def decode_all(frames: Sequence[Any]) -> list[tuple[dict[str, Any], Message]]:
+    """Every record of a message (a packet of several, or one with its tensor frames)."""
+    first = frames[0]
+    buffer = first.buffer if hasattr(first, "buffer") else memoryview(first)
+    rest = frames[1:]
+    total = len(buffer)
+    records: list[tuple[dict[str, Any], Message]] = []
+    offset = 0
+    while offset < total:
+        size, length = _PREFIX.unpack_from(buffer, offset)
+        start = offset + _PREFIX.size
+        end = start + length
+        if size % ALIGN or end > offset + size or offset + size > total:
+            raise ValueError("a malformed engine message")
+        # bytes, not the view: orjson parses bytes faster than it copies a memoryview's.
+        header = orjson.loads(bytes(buffer[start:end]))
+        if not isinstance(header, dict):
+            raise ValueError("an engine message's header must be a JSON object")
+        offset += size
+        records.append((header, Message(buffer[end + (-end % ALIGN) : offset], rest)))
+    if not records:
+        raise ValueError("an empty engine message")
+    return records
 
 
 def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], Message]:
-    """A message's header, and what ``unpack`` needs for its tensors."""
-    first = frames[0]
-    buffer = first.buffer if hasattr(first, "buffer") else memoryview(first)
-    (length,) = _LENGTH.unpack_from(buffer, 0)
-    end = _LENGTH.size + length
-    header = orjson.loads(buffer[_LENGTH.size : end])
-    if not isinstance(header, dict):
-        raise ValueError("an engine message's header must be a JSON object")
-    return header, Message(buffer[end + (-end % ALIGN) :], frames[1:])
+    """A message's (first) record: its header, and what ``unpack`` needs for its tensors."""
+    return decode_all(frames)[0]
 
 
 class Message:
@@ -220,8 +254,17 @@ def unpack(header: dict[str, Any], message: Message, files: SharedFiles) -> dict
         if dtype == "O":
             arrays[name] = _buffer_to_bytes(buffer, shape)
             continue
-        array = np.frombuffer(buffer, dtype=np.dtype(dtype)) if size else np.empty(0, np.dtype(dtype))
+        kind = _DTYPES.get(dtype)
+        if kind is None:
+            kind = np.dtype(dtype)
+            if len(_DTYPES) < 64:
+                _DTYPES[dtype] = kind
+        shape = tuple(shape)
+        if math.prod(shape) * kind.itemsize != size:
+            raise ValueError(f"tensor {name!r}: shape {list(shape)} of {dtype} is not {size} bytes")
+        # One constructor call: frombuffer + reshape cost twice as much on this path.
+        array = np.ndarray(shape, kind, buffer) if size else np.empty(shape, kind)
         if not array.flags.aligned:
             array = array.copy()
-        arrays[name] = array.reshape(shape)
+        arrays[name] = array
     return arrays
