@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,3 +52,13 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         yield mountpoint
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """A short private run directory for a host's IPC sockets (their paths are limited to about 100 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="tg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,16 +42,6 @@ from tests.rawhttp import request
 from tests.server import AUTH, free_port
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
-    """A short private directory for IPC sockets (their paths are limited to about 100 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="tg-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class Process:
