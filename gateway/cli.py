@@ -220,7 +220,7 @@ def _run_server(settings: Settings, *, grpc_chosen: bool = True, role: HostRole 
             await managers[0].wait_started()
 
     app = create_app(settings, lifecycle=lifecycle, grpc=grpc, role=role, on_ready=on_ready)
-    server = build_server(settings, app, lifecycle, grpc, hold)
+    server = build_server(settings, app, lifecycle, grpc, hold, supervised=role is not None)
 
     # uvicorn re-raises the signal it drained on to the handler that was there before it; ours
     # notes it, so that a graceful drain exits 0 as operators expect.

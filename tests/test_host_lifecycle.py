@@ -142,6 +142,26 @@ def test_sigterm_drains_every_worker_with_no_lost_request_then_exits_0(repositor
             request(host.port, "GET", "/v2/health/live", timeout_s=5)
 
 
+def test_a_worker_signalled_directly_as_well_still_drains(repository: Path) -> None:
+    """A stop that signals the workers as well as the supervisor (as a process-group kill does):
+    the supervisor's own SIGTERM then reaches workers already draining, which must not cut the
+    drain short (a single process exits at once on a second signal; a worker leaves that to its
+    supervisor)."""
+    with serve_host(repository, workers=2, graceful_timeout_s=60) as host:
+        workers = host.pids("worker")
+        with ThreadPoolExecutor(6) as pool:
+            pending = [pool.submit(infer, host.port, "slow", float(i)) for i in range(6)]
+            host_inflight(host.port, 6)
+            for pid in workers.values():
+                os.kill(pid, signal.SIGTERM)
+            host.process.send_signal(signal.SIGTERM)
+            results = [f.result() for f in pending]
+        status = host.wait_exit(90)
+        assert [s for s, _ in results] == [200] * 6
+        assert status == 0
+        assert not [r for r in host.records() if "exiting at once" in str(r.get("message"))]
+
+
 def test_a_killed_worker_is_replaced_within_a_second_while_the_other_serves(repository: Path) -> None:
     with serve_host(repository, workers=2, access_log=True) as host:
         before = host.pids("worker")

@@ -49,8 +49,15 @@ class GatewayServer(uvicorn.Server):
         admin_port: int = 0,
         grpc: GrpcFrontEnd | None = None,
         hold: Callable[[], Awaitable[None]] | None = None,
+        *,
+        supervised: bool = False,
     ) -> None:
         super().__init__(config)
+        #: A worker of a multi-process host: its supervisor escalates (a second signal to the
+        #: supervisor kills every process), so a signal here during the drain changes nothing.
+        #: systemd's default stop signals every process of the unit, then the supervisor relays
+        #: its own SIGTERM: two signals that must not cut the drain short.
+        self.supervised = supervised
         self.lifecycle = lifecycle
         #: With a port of its own, the admin API listens there as well (gateway/api/ports.py).
         self.admin_port = admin_port
@@ -141,6 +148,9 @@ class GatewayServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """Signal handler: drain on the first signal, exit on the second."""
+        if self.lifecycle.draining and self.supervised:
+            log.info("signal %d during the drain: draining already (the supervisor stops what outlives it)", sig)
+            return
         if self.lifecycle.draining:
             log.warning("signal %d during the drain: exiting at once", sig)
             logging.shutdown()
@@ -178,6 +188,8 @@ def build_server(
     lifecycle: Lifecycle,
     grpc: GrpcFrontEnd | None = None,
     hold: Callable[[], Awaitable[None]] | None = None,
+    *,
+    supervised: bool = False,
 ) -> GatewayServer:
     """A server for ``app`` with every transport setting applied (and ``grpc`` served beside it)."""
     config = uvicorn.Config(
@@ -195,4 +207,4 @@ def build_server(
         proxy_headers=False,
         server_header=False,  # no "server: uvicorn": one header less per response, and less to fingerprint
     )
-    return GatewayServer(config, lifecycle, settings.admin_port, grpc, hold)
+    return GatewayServer(config, lifecycle, settings.admin_port, grpc, hold, supervised=supervised)
