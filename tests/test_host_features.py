@@ -93,7 +93,8 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     write_model(root, "slow", 1, slow_matmul(size=1024), SLOW)
     patient = f"max_batch_size = 8\n[batching]\nmax_queue_delay_ms = {PATIENT_MS}\n"
     write_model(root, "patient", 1, batch_counter(), patient)
-    with serve_host(root, workers=2, predlog_flush_interval_s=0.01) as running:
+    # A generous shadow timeout: a copy counted as timed out on a loaded machine would fail the sums.
+    with serve_host(root, workers=2, predlog_flush_interval_s=0.01, shadow_timeout_s=30) as running:
         yield running
 
 
@@ -146,7 +147,7 @@ def test_shadow_copies_are_computed_by_both_workers_and_counted_host_wide(host: 
         assert outcomes.get("failed", 0) == outcomes.get("timed_out", 0) == outcomes.get("dropped", 0) == 0
 
     eventually(counted, timeout_s=60)
-    # /admin/models (the worker that answers): its own worker's copies, all in agreement counted.
+    # /admin/models (whichever worker answers) counts copies too; the route goes back to no shadow.
     status, doc = host_admin(host.port, "GET", "/admin/models")
     model = next(m for m in doc["models"] if m["name"] == "mirrored")
     assert 0 < model["shadow"]["2"]["mirrored"] <= sent
@@ -166,7 +167,7 @@ def test_a_deadline_expires_in_the_busy_engine_queue_with_504(host: Host) -> Non
         assert "deadline" in doc["error"]
         assert took < 10  # at the deadline, not after the backlog
         assert [f.result(timeout=120)[0] for f in backlog] == [200] * 4
-    # Without the backlog the same deadline is met.
+    # Without the backlog the engine answers (a generous deadline is met).
     status, doc, _ = post(host.port, "slow", {**SLOW_BODY, "parameters": {"timeout": 60_000_000}})
     assert status == 200, doc
 
