@@ -13,9 +13,9 @@ concurrency 64 is the engine's over the single process's.
 
     python loadtests/engine_hop.py --duration 5 --rounds 3
 
-``--baseline DIR`` adds a third server, ``engine-base``: the same engine setup run from another
-checkout of the code (``git archive <commit> | tar -x -C DIR``), to measure a change of the
-engine side by side with what it replaces, in the same rounds.
+``--baseline DIR`` (repeatable) adds a server ``engine@DIR``: the same engine setup run from
+another checkout of the code (``git archive <commit> | tar -x -C DIR``), to measure a change of
+the engine side by side with what it replaces, in the same rounds.
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ def _body(path: Path, name: str, row: np.ndarray) -> int:
 def main() -> None:
     """Run both servers, measure, print the table and the hop."""
     parser = wrk_parser(__doc__, [1, 64])
-    parser.add_argument("--baseline", type=Path, help="also run the engine setup from this checkout (engine-base)")
+    parser.add_argument(
+        "--baseline", type=Path, action="append", default=[], help="also run the engine setup from this checkout"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tensorgate-hop-"))
     repo = workdir / "models"
@@ -87,8 +89,8 @@ def main() -> None:
     servers = {}
     ports = {}
     setups: list[tuple[str, list[str], Path]] = [("single", [], ROOT), ("engine", ["--workers", "1", "--engine"], ROOT)]
-    if args.baseline is not None:  # python -m gateway from there imports that checkout's code
-        setups.append(("engine-base", ["--workers", "1", "--engine"], args.baseline.resolve()))
+    for baseline in args.baseline:  # python -m gateway from there imports that checkout's code
+        setups.append((f"engine@{baseline.name}", ["--workers", "1", "--engine"], baseline.resolve()))
     for label, extra, code in setups:
         port = free_port()
         scratch = workdir / label
