@@ -1,7 +1,8 @@
 """The engine's socket: a ZeroMQ ROUTER that serves the workers' messages.
 
-Every message is ``[worker identity, header, *tensor frames]`` (gateway/engine/wire.py). The
-header's ``op``: ``hello`` and ``ping`` (answered with this incarnation's id), ``load`` and
+Every message is ``[worker identity, records, *tensor frames]`` (gateway/engine/wire.py): one
+record, or several that the worker sent in one loop turn, each handled in order. A record's
+``op``: ``hello`` and ``ping`` (answered with this incarnation's id), ``load`` and
 ``unload`` (refcounted per worker), ``infer`` (through the version's batcher, or its executor
 when it does not batch) and ``cancel`` (the worker's client left: the request leaves the
 queue, or its answer is dropped). Every request is answered by its ``id``.
