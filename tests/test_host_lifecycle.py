@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -70,6 +71,11 @@ def served_by(host: Host) -> dict[int, int]:
     return counts
 
 
+def logged(host: Host, count: int) -> bool:
+    """Whether the workers logged ``count`` inference requests."""
+    return sum(served_by(host).values()) >= count
+
+
 def host_inflight(port: int, count: int, timeout_s: float = 60.0) -> None:
     """Wait until the host has ``count`` inference requests in flight.
 
@@ -106,9 +112,18 @@ def test_two_workers_both_serve_and_each_is_a_process_of_its_own(repository: Pat
         assert results[0][1]["outputs"][0]["data"] == list(range(1, 17))  # type: ignore[index]
         workers = set(host.pids("worker").values())
         host.wait_until(lambda: sum(served_by(host).values()) >= 200, "200 access records")
+        # Both workers served, nobody else did. How evenly is the kernel's and the workers' loops'
+        # business (one shared accept queue: a busy machine can hand a worker nearly everything,
+        # seen 196/4), so up to 1,000 more requests until each worker has answered some.
+        for _ in range(5):
+            if set(served_by(host)) == workers:
+                break
+            expected = sum(served_by(host).values()) + 200
+            with ThreadPoolExecutor(8) as pool:
+                assert all(status == 200 for status, _ in pool.map(lambda _: infer(host.port), range(200)))
+            host.wait_until(partial(logged, host, expected), "access records")
         counts = served_by(host)
-        assert set(counts) == workers, counts  # both workers served, nobody else did
-        assert all(n >= 10 for n in counts.values()), counts
+        assert set(counts) == workers, counts
         status = host.stop()
     assert status == 0
     events = [r.get("event") for r in host.records() if r.get("logger") == "gateway.host.supervisor"]
