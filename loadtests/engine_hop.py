@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 from tests.onnx_models import identity
 
 MODELS = {
-    "mlp": 'max_batch_size = 64\n[batching]\nmax_queue_delay_ms = "auto"\n[onnx]\nintra_op_threads = 1\n',
+    "mlp": 'placement = "engine"\nmax_batch_size = 64\n[batching]\nmax_queue_delay_ms = "auto"\n'
+    "[onnx]\nintra_op_threads = 1\n",
     # Unbatched: in the engine only because it says so (unset, it would stay in the worker).
     "tiny": 'placement = "engine"\nmax_batch_size = 0\n[onnx]\nintra_op_threads = 1\n',
     "tiny-local": "max_batch_size = 0\n[onnx]\nintra_op_threads = 1\n",

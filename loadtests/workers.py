@@ -10,6 +10,8 @@ medians are reported, each N's throughput as a ratio of N = 1's. Models:
   ``--device cuda:0`` runs it on the GPU (issue 15's target: 8 workers >= 6x one process, mean
   GPU batch >= 32, at concurrency 256 on a 16-core machine);
 - ``scorer``: the example fraud scorer (examples/models), one row of JSON.
+- ``mlp-worker``: the same MLP with ``placement = "worker"`` (a copy and a batcher in each worker,
+  no engine hop): what the engine buys on the CPU, measured in the same rounds.
 
     python loadtests/workers.py --workers 1 2 4 8 --concurrency 256 --server-cpus 0-11 \\
         --client-cpus 12-15 --wrk-threads 4 --device cuda:0
@@ -37,9 +39,10 @@ from common import LUA, ROOT, Sample, _find, _ms, free_port, median, require_wrk
 from mlp import LAYERS, mlp
 
 
-def _config(device: str) -> str:
+def _config(device: str, placement: str = "engine") -> str:
     threads = "intra_op_threads = 1\n" if device == "cpu" else ""
-    return f'max_batch_size = 64\n[batching]\nmax_queue_delay_ms = "auto"\n[onnx]\ndevice = "{device}"\n{threads}'
+    head = f'max_batch_size = 64\nplacement = "{placement}"\n'
+    return head + f'[batching]\nmax_queue_delay_ms = "auto"\n[onnx]\ndevice = "{device}"\n{threads}'
 
 
 def _binary_body(path: Path, name: str, row: np.ndarray) -> int:
@@ -98,7 +101,7 @@ def main() -> None:
     parser.add_argument("--client-cpus", default="12-15", help="taskset list for wrk")
     parser.add_argument("--wrk-threads", type=int, default=4)
     parser.add_argument("--device", default="cpu", help="the MLP's device: cpu or cuda:N")
-    parser.add_argument("--models", nargs="+", default=["mlp", "scorer"], choices=["mlp", "scorer"])
+    parser.add_argument("--models", nargs="+", default=["mlp", "scorer"], choices=["mlp", "mlp-worker", "scorer"])
     args = parser.parse_args()
     require_wrk()
     workdir = Path(tempfile.mkdtemp(prefix="tensorgate-workers-"))
@@ -107,9 +110,14 @@ def main() -> None:
     (repo / "mlp" / "1").mkdir(parents=True)
     onnx.save(mlp(), repo / "mlp" / "1" / "model.onnx")
     (repo / "mlp" / "config.toml").write_text(_config(args.device))
+    # The same MLP kept in each worker (placement = "worker"): what the engine's hop and its
+    # batches across workers buy, against a copy and a batcher per worker (CPU only).
+    shutil.copytree(repo / "mlp" / "1", repo / "mlp-worker" / "1")
+    (repo / "mlp-worker" / "config.toml").write_text(_config(args.device, "worker"))
     row = np.random.default_rng(1).random((1, LAYERS[0]), dtype=np.float32)
     bodies = {
         "mlp": (workdir / "mlp.bin", _binary_body(workdir / "mlp.bin", "x", row)),
+        "mlp-worker": (workdir / "mlp.bin", _binary_body(workdir / "mlp.bin", "x", row)),
         "scorer": (scorer_body(workdir), None),
     }
     servers, ports = {}, {}
@@ -142,8 +150,8 @@ def main() -> None:
                         sample = wrk(url, connections, args.duration, args.wrk_threads, args.client_cpus, body, header)
                         samples.setdefault((model, n, connections), []).append(sample)
                         rows, calls = (a - b for a, b in zip(batch_totals(port, model), before, strict=True))
-                        if model == "mlp" and calls:
-                            batches.setdefault((n, connections), []).append(rows / calls)
+                        if model.startswith("mlp") and calls:
+                            batches.setdefault((model, n, connections), []).append(rows / calls)
     finally:
         for process in servers.values():
             stop_group(process)
@@ -161,7 +169,7 @@ def main() -> None:
             for n in args.workers:
                 runs = samples[(model, n, connections)]
                 rps = median(runs, "rps")
-                mean_batch = batches.get((n, connections)) if model == "mlp" else None
+                mean_batch = batches.get((model, n, connections))
                 batch = f"{sorted(mean_batch)[len(mean_batch) // 2]:.1f}" if mean_batch else "-"
                 print(
                     f"| {model} | {n} | {connections} | {rps:,.0f} | {rps / base:.2f} | {median(runs, 'p50_ms'):.2f} | "

@@ -63,14 +63,14 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     """An engine and two workers over models that batch, don't batch, and carry big tensors."""
     root = tmp_path_factory.mktemp("engine-repo")
     write_model(root, "simple", 1, add_sub(), 'placement = "engine"\n')
-    write_model(root, "local", 1, add_sub())  # no batching, no placement: in each worker
-    counter = f"max_batch_size = 8\n[batching]\nmax_queue_delay_ms = {BATCH_DELAY_MS}\npriority_levels = 2\n"
+    write_model(root, "local", 1, add_sub())  # no placement: in each worker
+    engine = 'placement = "engine"\n'  # a CPU version's default is each worker
+    counter = engine + f"max_batch_size = 8\n[batching]\nmax_queue_delay_ms = {BATCH_DELAY_MS}\npriority_levels = 2\n"
     write_model(root, "counter", 1, batch_counter(), counter)
-    write_model(
-        root, "patient", 1, batch_counter(), f"max_batch_size = 8\n[batching]\nmax_queue_delay_ms = {PATIENT_MS}\n"
-    )
-    write_model(root, "big", 1, identity("FP32", ["batch", 2048]), "max_batch_size = 4\n")
-    write_model(root, "lookup", 1, gather_lookup(), "max_batch_size = 8\n")
+    patient = engine + f"max_batch_size = 8\n[batching]\nmax_queue_delay_ms = {PATIENT_MS}\n"
+    write_model(root, "patient", 1, batch_counter(), patient)
+    write_model(root, "big", 1, identity("FP32", ["batch", 2048]), engine + "max_batch_size = 4\n")
+    write_model(root, "lookup", 1, gather_lookup(), engine + "max_batch_size = 8\n")
     write_model(root, "strings", 1, simple_string(), 'placement = "engine"\n')
     previous = os.environ.get("TENSORGATE_ENGINE_SHM_BYTES")
     os.environ["TENSORGATE_ENGINE_SHM_BYTES"] = str(SHM_BYTES)
@@ -239,8 +239,8 @@ def test_placement_is_parsed_and_checked() -> None:
     from gateway.config_error import ConfigError
     from gateway.registry.config import parse_model_config
 
-    assert parse_model_config({}, "m/config.toml").where == "worker"  # no batching: the hop costs more
-    assert parse_model_config({"max_batch_size": 8}, "m/config.toml").where == "engine"
+    assert parse_model_config({}, "m/config.toml").where == "worker"  # measured: the hop costs more
+    assert parse_model_config({"max_batch_size": 8}, "m/config.toml").where == "worker"  # batched too
     assert parse_model_config({"placement": "worker", "max_batch_size": 8}, "m/config.toml").where == "worker"
     assert parse_model_config({"placement": "engine"}, "m/config.toml").where == "engine"
     with pytest.raises(ConfigError, match="placement"):

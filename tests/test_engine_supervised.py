@@ -18,7 +18,7 @@ from tests.onnx_models import identity, slow_matmul, write_model
 from tests.server import wait_for
 from tests.test_engine_restart import SLOW, SLOW_BODY, call
 
-BATCHED = "max_batch_size = 8\n"
+BATCHED = 'max_batch_size = 8\nplacement = "engine"\n'
 IDENTITY_BODY = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]}
 
 

@@ -87,11 +87,11 @@ def predlog_records(log_dir: Path) -> list[tuple[int, dict[str, Any]]]:
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     """Two workers and the CPU engine over a shadowed model, a slow one and a patient batch counter."""
     root = tmp_path_factory.mktemp("features-repo")
-    batched = 'version_policy = "all"\nmax_batch_size = 8\n[batching]\nmax_queue_delay_ms = 1\n'
+    batched = 'version_policy = "all"\nplacement = "engine"\nmax_batch_size = 8\n[batching]\nmax_queue_delay_ms = 1\n'
     for version in (1, 2):
         write_model(root, "mirrored", version, add_sub(OFFSET * version), batched)
     write_model(root, "slow", 1, slow_matmul(size=1024), SLOW)
-    patient = f"max_batch_size = 8\n[batching]\nmax_queue_delay_ms = {PATIENT_MS}\n"
+    patient = f'placement = "engine"\nmax_batch_size = 8\n[batching]\nmax_queue_delay_ms = {PATIENT_MS}\n'
     write_model(root, "patient", 1, batch_counter(), patient)
     # A generous shadow timeout: a copy counted as timed out on a loaded machine would fail the sums.
     with serve_host(root, workers=2, predlog_flush_interval_s=0.01, shadow_timeout_s=30) as running:

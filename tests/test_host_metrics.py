@@ -282,7 +282,7 @@ ADD_SUB = orjson.dumps(
     }
 )
 #: Batched in the engine (its batch-level counts come from there), and one run inside each worker.
-BATCHED = "max_batch_size = 8\n[batching]\nmax_queue_delay_ms = 1\n"
+BATCHED = 'max_batch_size = 8\nplacement = "engine"\n[batching]\nmax_queue_delay_ms = 1\n'
 IN_WORKER = 'placement = "worker"\n'
 
 

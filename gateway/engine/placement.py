@@ -2,8 +2,8 @@
 
 A worker of a multi-process host holds one ``EngineClient`` per engine (one per device). A
 version placed ``"engine"`` runs in its device's engine; a GPU version always does (one copy
-per device, whatever the number of workers); ``"worker"`` keeps a CPU version in each worker
-(a tiny model whose call costs less than the hop). Remote Triton versions need no engine.
+per device, whatever the number of workers); ``"worker"`` (the default) keeps a CPU version in each worker
+(measured: cheaper than the hop, even batched). Remote Triton versions need no engine.
 """
 
 from __future__ import annotations

@@ -100,12 +100,10 @@ class ModelConfig:
 
     @property
     def where(self) -> Literal["engine", "worker"]:
-        """``placement``, else by measurement (docs/benchmarks.md, "The engine hop"): a version that
-        batches runs in the engine (batches form from every worker's requests), one that does
-        not in each worker (the hop costs more than a small model's call)."""
-        if self.placement is not None:
-            return self.placement
-        return "engine" if self.max_batch_size > 0 else "worker"
+        """``placement``, else ``"worker"``: measured on the CPU (docs/benchmarks.md, "Placement"),
+        a copy in each worker serves more than the engine's hop and shared batches buy, even for
+        the batched MLP; a GPU version runs in its device's engine whatever this says."""
+        return self.placement if self.placement is not None else "worker"
 
     @property
     def options(self) -> Any:
