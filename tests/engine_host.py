@@ -8,6 +8,7 @@ its own port. Every process is in its own process group and killed at the end, w
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.host.roles import HostRole
+from gateway.host.roles import HostRole, shared_memory_dir
 from tests.server import ADMIN_TOKEN, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,3 +106,6 @@ def engine_host(repository: Path, *, workers: int = 1, extra: list[str] | None =
             raise
         finally:
             host.stop()
+            shared = shared_memory_dir(Path(run))  # what a supervisor removes at its stop
+            if shared != Path(run):
+                shutil.rmtree(shared, ignore_errors=True)

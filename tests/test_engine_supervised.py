@@ -58,3 +58,28 @@ def test_supervised_engine_loads_once_and_comes_back_after_sigkill(tmp_path: Pat
         for _ in range(4):  # whichever worker answers
             status, body, _ = call(host.url + "/v2/models/ident/infer", IDENTITY_BODY)
             assert status == 200, body
+
+
+def test_big_tensors_cross_in_a_private_shared_memory_folder_removed_at_the_stop(tmp_path: Path) -> None:
+    """Tensors over the threshold go through files in /dev/shm/<run dir name> (0700, made by the
+    supervisor before any child, so no other local user can take the files' names), and the
+    folder is gone once the host stopped, with whatever a killed process might have left."""
+    import stat
+
+    from gateway.host.roles import shared_memory_dir
+
+    root = tmp_path / "models"
+    write_model(root, "wide", 1, identity("FP32", ["batch", 2048]), BATCHED)
+    body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 2048], "data": [0.5] * 2048}]}
+    with serve_host(root, workers=2, environ={"TENSORGATE_ENGINE_SHM_BYTES": "1024"}) as host:
+        (start,) = [r for r in host.records() if r.get("event") == "host_start"]
+        shared = shared_memory_dir(Path(str(start["run_dir"])))
+        info = shared.lstat()
+        assert stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o700
+        for _ in range(6):
+            status, answer, _ = call(host.url + "/v2/models/wide/infer", body)
+            assert status == 200 and answer["outputs"][0]["data"] == [0.5] * 2048, answer
+        assert not list(shared.iterdir())  # every file read was unlinked by its reader
+        (shared / "left-by-a-killed-process").write_bytes(b"x")
+        assert host.stop() == 0
+    assert not shared.exists()

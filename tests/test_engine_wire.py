@@ -99,3 +99,11 @@ def test_malformed_messages_are_refused(files: wire.SharedFiles) -> None:
     header["t"][0][2] = [4, 2]  # a shape that is not the bytes announced
     with pytest.raises(ValueError, match="is not 16 bytes"):
         wire.unpack(header, message, files)
+
+
+def test_a_file_that_does_not_fit_is_not_left_behind(tiny_disk: Path) -> None:
+    """A full /dev/shm (a real 64 KiB tmpfs here): the write fails and no partial file holds memory."""
+    files = wire.SharedFiles("tg-test-tensor", tiny_disk, threshold=1024)
+    with pytest.raises(OSError):
+        files.write(memoryview(np.zeros(64 << 10, dtype=np.float32)))
+    assert not list(tiny_disk.iterdir())

@@ -13,7 +13,7 @@ import secrets
 
 from gateway.engine.client import EngineClient
 from gateway.engine.wire import ENV_SHM_BYTES, SharedFiles
-from gateway.host.roles import HostRole, engine_endpoint
+from gateway.host.roles import HostRole, engine_endpoint, private_dir, shared_memory_dir
 from gateway.registry.config import ModelConfig
 from runtimes.devices import Devices
 from runtimes.kinds import runtime_kind
@@ -23,7 +23,12 @@ def shared_files(role: HostRole) -> SharedFiles:
     """The shared-memory files of this host's engine hops (named after the run directory)."""
     threshold = os.environ.get(ENV_SHM_BYTES, "")
     tag = f"{role.run_dir.name}-tensor"
-    return SharedFiles(tag, threshold=int(threshold)) if threshold.isdigit() else SharedFiles(tag)
+    directory = shared_memory_dir(role.run_dir)
+    if not private_dir(directory):  # not ours (another user made it first): the run dir (0700)
+        directory = role.run_dir
+    if threshold.isdigit():
+        return SharedFiles(tag, directory, threshold=int(threshold))
+    return SharedFiles(tag, directory)
 
 
 def engine_device(config: ModelConfig, devices: Devices) -> str:

@@ -112,7 +112,14 @@ class EngineServer:
 
     def _answer(self, worker: bytes, request_id: int, names: list[str], results: list[np.ndarray]) -> None:
         header: dict[str, Any] = {"id": request_id, "ok": True}
-        self._send(worker, wire.encode(header, zip(names, results, strict=True), self.files))
+        try:
+            frames = wire.encode(header, zip(names, results, strict=True), self.files)
+        except Exception as exc:  # a shared-memory file it cannot write (a full /dev/shm), a bug
+            # Every request gets an answer: one never sent would leave the worker's client waiting.
+            log.warning("engine: cannot send the answer to request %d: %s", request_id, exc)
+            self._reply(worker, error_reply(request_id, exc))
+            return
+        self._send(worker, frames)
 
     def _handle(self, frames: list[Any]) -> None:
         worker = frames[0].bytes

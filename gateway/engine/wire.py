@@ -113,12 +113,16 @@ class SharedFiles:
     def write(self, buffer: memoryview) -> str:
         """Write ``buffer`` to a new file; its name (the receiver unlinks it)."""
         name = f"{self.tag}-{os.getpid()}-{next(self._names)}"
-        fd = os.open(self.directory / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        path = self.directory / name
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         try:
             view = buffer.cast("B")
             written = 0
             while written < len(view):
                 written += os.write(fd, view[written:])
+        except BaseException:
+            path.unlink(missing_ok=True)  # a full /dev/shm: no half-written file left holding memory
+            raise
         finally:
             os.close(fd)
         return name

@@ -9,6 +9,8 @@ the system's temporary directory: IPC paths are limited to about 100 bytes).
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,3 +79,25 @@ def state_events_endpoint(run_dir: Path) -> str:
 def control_endpoint(run_dir: Path, process: str) -> str:
     """Where a process answers control calls (metrics and statistics snapshots)."""
     return f"ipc://{run_dir}/control-{process}.sock"
+
+
+def shared_memory_dir(run_dir: Path) -> Path:
+    """Where the engine hops' shared-memory tensor files live: a private folder in /dev/shm named
+    after the run directory (the run directory itself where there is no /dev/shm).
+
+    A folder of the host's own, mode 0700: in /dev/shm itself, which every local user may write,
+    another user could take the files' predictable names first; the supervisor removes the
+    folder, and whatever a killed process left in it, when the host stops.
+    """
+    shm = Path("/dev/shm")
+    return shm / run_dir.name if shm.is_dir() else run_dir
+
+
+def private_dir(path: Path) -> bool:
+    """Create ``path`` (0700) if missing; whether it is a real directory of this user, 0700."""
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o700

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from gateway.host.children import child_command, child_environ
 from gateway.host.listeners import bind_listener
-from gateway.host.roles import HostRole
+from gateway.host.roles import HostRole, private_dir, shared_memory_dir
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -109,12 +109,16 @@ class Supervisor:
                 sock.close()
             return 3
         self._run_dir = Path(tempfile.mkdtemp(prefix="tg-"))
+        shared = shared_memory_dir(self._run_dir)
+        private_dir(shared)  # made before any child, so nobody else can take its name
         try:
             return uvloop.run(self._main())
         finally:
             for sock in self._listeners:
                 sock.close()
             shutil.rmtree(self._run_dir, ignore_errors=True)
+            if shared != self._run_dir and private_dir(shared):  # ours: tensors a killed process left
+                shutil.rmtree(shared, ignore_errors=True)
 
     def _bind(self) -> list[socket.socket]:
         host, ports = self.settings.host, [self.settings.port]
