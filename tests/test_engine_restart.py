@@ -109,3 +109,30 @@ def test_engine_sigterm_finishes_what_is_in_flight_and_exits_0(tmp_path: Path) -
         # Sent before the signal: each is computed and answered (none lost).
         assert [status for status, _, _ in answers] == [200, 200, 200], answers
         assert "engine cpu stopped" in host.log("engine-cpu")
+
+
+def test_a_worker_silent_past_the_sweep_loads_its_versions_again(tmp_path: Path) -> None:
+    """A worker whose loop stalls past the engine's sweep (WORKER_TIMEOUT_S) loses its holds there;
+    when it answers again the engine tells it a new incarnation, so it loads them again and serves
+    (before: 503 "not loaded in the engine" until the worker was restarted)."""
+    root = tmp_path / "models"
+    write_model(root, "simple", 1, add_sub(), config='placement = "engine"\n')
+    with engine_host(root, workers=1) as host:
+        url = host.url(0)
+        assert call(url + "/v2/models/simple/infer", SIMPLE_BODY)[0] == 200
+        (worker,) = [proc for proc in host.procs if proc is not host.engine]
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 60
+            while "releasing its versions" not in host.log("engine-cpu"):
+                assert time.monotonic() < deadline, host.log("engine-cpu")
+                time.sleep(0.5)
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        status, body, _ = call(url + "/v2/models/simple/infer", SIMPLE_BODY)
+        while status != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status, body, _ = call(url + "/v2/models/simple/infer", SIMPLE_BODY)
+        assert status == 200, body
+        assert body["outputs"][0]["data"] == list(range(1, 17))

@@ -61,6 +61,9 @@ class EngineServer:
         #: (worker, request id) -> the task computing it.
         self._tasks: dict[tuple[bytes, int], asyncio.Task[None]] = {}
         self._seen: dict[bytes, float] = {}
+        #: Workers whose holds the sweep released while they were silent (a stalled loop, not a
+        #: dead process): they are told a new incarnation, so they load their versions again.
+        self._forgotten: dict[bytes, str] = {}
         self._stopping = False
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -155,7 +158,7 @@ class EngineServer:
                 running.cancel()
         elif op in ("hello", "ping"):
             reply = {"op": "pong", "id": header.get("id", 0), "ok": True}
-            reply.update(incarnation=self.incarnation, device=self.device)
+            reply.update(incarnation=self._forgotten.get(worker, self.incarnation), device=self.device)
             self._reply(worker, reply)
         elif op == "load":
             self._spawn(self._load(worker, header))
@@ -242,4 +245,8 @@ class EngineServer:
                     log.info(
                         "engine: worker %s stopped answering; releasing its versions", worker.decode(errors="replace")
                     )
-                    await self.models.release_worker(worker)
+                    self._forgotten[worker] = f"{self.incarnation}.{len(self._forgotten) + 1}"
+                    try:
+                        await self.models.release_worker(worker)
+                    except Exception:  # the sweep goes on for the others
+                        log.exception("engine: releasing the versions of %s failed", worker.decode(errors="replace"))

@@ -76,9 +76,11 @@ class EngineVersions:
 
     def engine_up(self, client: EngineClient) -> None:
         """Load the engine's versions again (a restarted engine holds nothing)."""
+        running = {task.get_name() for task in self._reloads}
         for mv in self._held(client):
-            if mv.state is VersionState.LOADING and mv.error is not None:
-                task = asyncio.create_task(self._reload(mv, client), name=f"reload-{mv.model}-{mv.version}")
+            name = f"reload-{mv.model}-{mv.version}"
+            if mv.state is VersionState.LOADING and mv.error is not None and name not in running:
+                task = asyncio.create_task(self._reload(mv, client), name=name)
                 self._reloads.add(task)
                 task.add_done_callback(self._reloads.discard)
 
@@ -86,7 +88,9 @@ class EngineVersions:
         try:
             await client.load(mv.model, mv.version, ENGINE_START_S)
         except RuntimeLoadError as exc:
-            if client.up:  # refused by the new engine (not just down again): the version fails
+            # Refused by the new engine (not just down again, nor restarting over and over, which
+            # its next incarnation's engine_up retries): the version fails.
+            if client.up and exc.reason != "engine":
                 mv.state, mv.error = VersionState.FAILED, f"reload in {client.name} failed: {exc}"
                 log.error("model %r version %d: %s", mv.model, mv.version, mv.error)
             return
