@@ -41,8 +41,12 @@ class EngineVersions:
     async def load(self, mv: ModelVersion, client: EngineClient) -> tuple[Artifact, RemoteExecutor]:
         """Have ``client``'s engine load ``mv``; the artifact and the executor that calls it there."""
         described = await client.load(mv.model, mv.version, ENGINE_START_S)
+        try:
+            artifact = await asyncio.to_thread(self._registry.fetch, mv.model, mv.version, True)
+        except BaseException:  # failed or cancelled here: let go of what the engine loaded for us
+            await self._let_go(mv, client)
+            raise
         runtime = EngineRuntime(client, mv.model, mv.version, described)
-        artifact = await asyncio.to_thread(self._registry.fetch, mv.model, mv.version, True)
         artifact = Artifact(
             mv.model, mv.version, artifact.directory, None, described.get("sha256"), described.get("provenance")
         )
@@ -100,6 +104,17 @@ class EngineVersions:
         if self._current(mv) and mv.state is VersionState.LOADING:
             mv.state, mv.error = VersionState.READY, None
             log.info("model %r version %d READY again in %s", mv.model, mv.version, client.name)
+        elif not self._current(mv):  # unloaded or replaced while it reloaded: let go of it there
+            await self._let_go(mv, client)
+
+    async def _let_go(self, mv: ModelVersion, client: EngineClient) -> None:
+        """Release the engine's hold on ``mv``, unless another entry of this worker uses it there
+        (the engine counts holds per worker, not per load)."""
+        if not any(
+            other is not mv and other.model == mv.model and other.version == mv.version and self._current(other)
+            for other in self._placed
+        ):
+            await client.unload(mv.model, mv.version)
 
     async def close(self) -> None:
         """Stop the reloads under way."""
