@@ -8,12 +8,21 @@ runs its Triton stub). SIGTERM stops Triton (PyTriton itself only stops on Keybo
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import sysconfig
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+# Triton's Python-backend stub loads libpython3.11.so dynamically: make it find this interpreter's
+# (pyenv's, say) rather than the system's (as tests/triton/pytriton_models.py does).
+os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(
+    p for p in (sysconfig.get_config_var("LIBDIR"), os.environ.get("LD_LIBRARY_PATH", "")) if p
+)
+
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
