@@ -16,7 +16,10 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "loadtests" / "infer.lua"
@@ -107,22 +110,37 @@ def _find(pattern: str, text: str) -> str:
     return match.group(1)
 
 
+def binary_body(path: Path, name: str, row: np.ndarray) -> int:
+    """Write a binary V2 request of one FP32 tensor ``row`` to ``path``; the length of its JSON header."""
+    tensor = {
+        "name": name,
+        "datatype": "FP32",
+        "shape": list(row.shape),
+        "parameters": {"binary_data_size": row.nbytes},
+    }
+    header = json.dumps({"inputs": [tensor]}).encode()
+    path.write_bytes(header + row.tobytes())
+    return len(header)
+
+
 def run_wrk(
     url: str,
     connections: int,
     duration_s: int,
-    cpu: int | None,
+    cpu: int | str | None,
     body_file: Path,
     *,
     header_length: int | None = None,
     delay_ms: int | None = None,
+    threads: int = 1,
 ) -> Sample:
-    """Run wrk (one thread, pinned to ``cpu`` if given) against ``url`` with the body in ``body_file``.
+    """Run wrk (``threads`` threads, pinned to ``cpu`` if given: a core or a taskset list) against
+    ``url`` with the body in ``body_file``.
 
     ``header_length`` marks a binary body: the length of its JSON header. ``delay_ms`` paces
     each connection (a wait between its requests).
     """
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(LUA), url]
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(LUA), url]
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]
     env = dict(os.environ, BODY_FILE=str(body_file))

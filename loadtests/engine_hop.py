@@ -20,7 +20,6 @@ the engine side by side with what it replaces, in the same rounds.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import onnx
 from common import (
     ROOT,
     Sample,
+    binary_body,
     free_port,
     median,
     run_wrk,
@@ -54,19 +54,6 @@ MODELS = {
 }
 
 
-def _body(path: Path, name: str, row: np.ndarray) -> int:
-    """A binary V2 request of one row; the length of its JSON header."""
-    tensor = {
-        "name": name,
-        "datatype": "FP32",
-        "shape": list(row.shape),
-        "parameters": {"binary_data_size": row.nbytes},
-    }
-    header = json.dumps({"inputs": [tensor]}).encode()
-    path.write_bytes(header + row.tobytes())
-    return len(header)
-
-
 def main() -> None:
     """Run both servers, measure, print the table and the hop."""
     parser = wrk_parser(__doc__, [1, 64])
@@ -83,8 +70,8 @@ def main() -> None:
         (repo / name / "config.toml").write_text(config)
     rng = np.random.default_rng(1)
     bodies = {
-        "mlp": (workdir / "mlp.bin", _body(workdir / "mlp.bin", "x", rng.random((1, LAYERS[0]), dtype=np.float32))),
-        "tiny": (workdir / "tiny.bin", _body(workdir / "tiny.bin", "INPUT0", rng.random((1, 16), dtype=np.float32))),
+        "mlp": (workdir / "mlp.bin", binary_body(workdir / "mlp.bin", "x", rng.random((1, LAYERS[0]), np.float32))),
+        "tiny": (workdir / "tiny.bin", binary_body(workdir / "tiny.bin", "INPUT0", rng.random((1, 16), np.float32))),
     }
     bodies["tiny-local"] = bodies["tiny"]
     servers = {}

@@ -23,8 +23,6 @@ Needs ``wrk``. Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -35,7 +33,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from common import LUA, ROOT, Sample, _find, _ms, free_port, median, require_wrk, scorer_body, stop_group, wait_ready
+from common import (
+    ROOT,
+    Sample,
+    binary_body,
+    free_port,
+    median,
+    require_wrk,
+    run_wrk,
+    scorer_body,
+    stop_group,
+    wait_ready,
+)
 from mlp import LAYERS, mlp
 
 
@@ -43,36 +52,6 @@ def _config(device: str, placement: str = "engine") -> str:
     threads = "intra_op_threads = 1\n" if device == "cpu" else ""
     head = f'max_batch_size = 64\nplacement = "{placement}"\n'
     return head + f'[batching]\nmax_queue_delay_ms = "auto"\n[onnx]\ndevice = "{device}"\n{threads}'
-
-
-def _binary_body(path: Path, name: str, row: np.ndarray) -> int:
-    """A binary V2 request of one row; the length of its JSON header."""
-    tensor = {
-        "name": name,
-        "datatype": "FP32",
-        "shape": list(row.shape),
-        "parameters": {"binary_data_size": row.nbytes},
-    }
-    header = json.dumps({"inputs": [tensor]}).encode()
-    path.write_bytes(header + row.tobytes())
-    return len(header)
-
-
-def wrk(url: str, connections: int, seconds: int, threads: int, cpus: str, body: Path, header: int | None) -> Sample:
-    """wrk with ``threads`` threads pinned to ``cpus``, posting ``body``."""
-    command = ["taskset", "-c", cpus, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
-    command += ["-s", str(LUA), url]
-    env = dict(os.environ, BODY_FILE=str(body))
-    if header is not None:
-        env["HEADER_LENGTH"] = str(header)
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 60, check=True)
-    return Sample(
-        rps=float(_find(r"Requests/sec:\s+([\d.]+)", done.stdout)),
-        p50_ms=_ms(_find(r"^\s*50%\s+(\S+)", done.stdout)),
-        p99_ms=_ms(_find(r"^\s*99%\s+(\S+)", done.stdout)),
-        non2xx=int(_find(r"non2xx=(\d+)", done.stderr)),
-        socket_errors=int(_find(r"socket_errors=(\d+)", done.stderr)),
-    )
 
 
 def batch_totals(port: int, model: str) -> tuple[float, float]:
@@ -116,8 +95,8 @@ def main() -> None:
     (repo / "mlp-worker" / "config.toml").write_text(_config(args.device, "worker"))
     row = np.random.default_rng(1).random((1, LAYERS[0]), dtype=np.float32)
     bodies = {
-        "mlp": (workdir / "mlp.bin", _binary_body(workdir / "mlp.bin", "x", row)),
-        "mlp-worker": (workdir / "mlp.bin", _binary_body(workdir / "mlp.bin", "x", row)),
+        "mlp": (workdir / "mlp.bin", binary_body(workdir / "mlp.bin", "x", row)),
+        "mlp-worker": (workdir / "mlp.bin", binary_body(workdir / "mlp.bin", "x", row)),
         "scorer": (scorer_body(workdir), None),
     }
     servers, ports = {}, {}
@@ -132,14 +111,15 @@ def main() -> None:
                                       start_new_session=True)  # fmt: skip
         ports[n] = port
     samples: dict[tuple[str, int, int], list[Sample]] = {}
-    batches: dict[tuple[int, int], list[float]] = {}
+    batches: dict[tuple[str, int, int], list[float]] = {}
     try:
         for n, port in ports.items():
             wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", timeout_s=300, process=servers[n])
         for model in args.models:  # warm every path once
             body, header = bodies[model]
             for port in ports.values():
-                wrk(f"http://127.0.0.1:{port}/v2/models/{model}/infer", 8, 1, 1, args.client_cpus, body, header)
+                url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
+                run_wrk(url, 8, 1, args.client_cpus, body, header_length=header)
         for connections in args.concurrency:
             for _ in range(args.rounds):
                 for model in args.models:
@@ -147,7 +127,8 @@ def main() -> None:
                     for n, port in ports.items():
                         url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
                         before = batch_totals(port, model)
-                        sample = wrk(url, connections, args.duration, args.wrk_threads, args.client_cpus, body, header)
+                        sample = run_wrk(url, connections, args.duration, args.client_cpus, body,
+                                         header_length=header, threads=args.wrk_threads)  # fmt: skip
                         samples.setdefault((model, n, connections), []).append(sample)
                         rows, calls = (a - b for a, b in zip(batch_totals(port, model), before, strict=True))
                         if model.startswith("mlp") and calls:

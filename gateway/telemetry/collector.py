@@ -18,6 +18,7 @@ from gateway.core import CoreSlot
 from gateway.lifecycle import Lifecycle
 from gateway.models import ModelManager, VersionState
 from gateway.release.shadow import ShadowRunner
+from gateway.stats import VersionStats
 from gateway.telemetry.requests import RequestMetrics
 
 
@@ -59,6 +60,35 @@ class DriftScores(Protocol):
     def references(self) -> dict[str, bool]:
         """Per model naming a reference: whether it is loaded and watched."""
         ...
+
+
+class BatchFamilies:
+    """The batch-level families of versions: queue time, compute time, batch size, queue depth.
+
+    A worker's collector and an engine's (gateway/telemetry/engine.py) build them alike, so the
+    host's merge sums families of one name, help and label set.
+    """
+
+    def __init__(self) -> None:
+        labels = ["model", "version"]
+        self.queue = HistogramMetricFamily(
+            "tensorgate_queue_duration_seconds", "Time requests waited in the batch queue", labels=labels
+        )
+        self.compute = HistogramMetricFamily(
+            "tensorgate_compute_duration_seconds", "Time of runtime calls", labels=labels
+        )
+        self.batch = HistogramMetricFamily("tensorgate_batch_size", "Rows per runtime call", labels=labels)
+        self.depth = GaugeMetricFamily("tensorgate_queue_depth", "Requests waiting in the batch queue", labels=labels)
+
+    def add(self, labels: list[str], stats: VersionStats) -> None:
+        """One version's queue, compute and batch-size histograms (calls run at once count as no wait, one row)."""
+        direct = stats.direct_count
+        buckets, total = stats.queue_seconds.cumulative((0.0, direct))
+        self.queue.add_metric(labels, buckets, total)
+        buckets, total = stats.compute_seconds.cumulative()
+        self.compute.add_metric(labels, buckets, total)
+        buckets, total = stats.batch_rows.cumulative((1, direct))
+        self.batch.add_metric(labels, buckets, total)
 
 
 class GatewayCollector(Collector):
@@ -160,16 +190,7 @@ class GatewayCollector(Collector):
 
     def _version_families(self) -> Iterator[Metric]:
         version_labels = ["model", "version"]
-        queue = HistogramMetricFamily(
-            "tensorgate_queue_duration_seconds", "Time requests waited in the batch queue", labels=version_labels
-        )
-        compute = HistogramMetricFamily(
-            "tensorgate_compute_duration_seconds", "Time of runtime calls", labels=version_labels
-        )
-        batch = HistogramMetricFamily("tensorgate_batch_size", "Rows per runtime call", labels=version_labels)
-        depth = GaugeMetricFamily(
-            "tensorgate_queue_depth", "Requests waiting in the batch queue", labels=version_labels
-        )
+        batching = BatchFamilies()
         state = GaugeMetricFamily(
             "tensorgate_model_state", "1 for the state a loaded version is in", labels=["model", "version", "state"]
         )
@@ -205,15 +226,8 @@ class GatewayCollector(Collector):
                     labels = [model.name, str(number)]
                     for each in VersionState:
                         state.add_metric([*labels, each.value], 1 if mv.state is each else 0)
-                    stats = mv.stats
-                    direct = stats.direct_count
-                    buckets, total = stats.queue_seconds.cumulative((0.0, direct))
-                    queue.add_metric(labels, buckets, total)
-                    buckets, total = stats.compute_seconds.cumulative()
-                    compute.add_metric(labels, buckets, total)
-                    buckets, total = stats.batch_rows.cumulative((1, direct))
-                    batch.add_metric(labels, buckets, total)
-                    depth.add_metric(labels, mv.batcher.queued if mv.batcher is not None else 0)
+                    batching.add(labels, mv.stats)
+                    batching.depth.add_metric(labels, mv.batcher.queued if mv.batcher is not None else 0)
                     remote = mv.remote
                     if remote is not None:
                         circuit.add_metric(labels, 1 if remote.circuit == "open" else 0)
@@ -227,7 +241,7 @@ class GatewayCollector(Collector):
                 failures.add_metric([name, reason], count)
             for (name, version), count in sorted(manager.warmup_failures.items()):
                 warmups.add_metric([name, version], count)
-        yield from (queue, compute, batch, depth, state, weight, failures, warmups)
+        yield from (batching.queue, batching.compute, batching.batch, batching.depth, state, weight, failures, warmups)
         yield from (circuit, opens, retries, remote_ready)
 
     def _shadow_families(self) -> Iterator[Metric]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from gateway.host.control import ControlServer, snapshot_dir
 from gateway.host.roles import HostRole, control_endpoint
 from gateway.stats import VersionStats
+from gateway.telemetry.collector import BatchFamilies
 
 #: ``(model, version label)`` -> what the engine holds for it.
 Versions = Callable[[], Mapping[tuple[str, str], VersionStats]]
@@ -32,27 +33,14 @@ class EngineCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Build the families from the engine's statistics."""
-        labels = ["model", "version"]
-        queue = HistogramMetricFamily(
-            "tensorgate_queue_duration_seconds", "Time requests waited in the batch queue", labels=labels
-        )
-        compute = HistogramMetricFamily("tensorgate_compute_duration_seconds", "Time of runtime calls", labels=labels)
-        batch = HistogramMetricFamily("tensorgate_batch_size", "Rows per runtime call", labels=labels)
+        families = BatchFamilies()
         for (model, version), stats in sorted(self._versions().items(), key=lambda item: str(item[0])):
-            key = [model, str(version)]
-            direct = stats.direct_count
-            buckets, total = stats.queue_seconds.cumulative((0.0, direct))
-            queue.add_metric(key, buckets, total)
-            buckets, total = stats.compute_seconds.cumulative()
-            compute.add_metric(key, buckets, total)
-            buckets, total = stats.batch_rows.cumulative((1, direct))
-            batch.add_metric(key, buckets, total)
-        yield from (queue, compute, batch)
+            families.add([model, str(version)], stats)
+        yield from (families.queue, families.compute, families.batch)
         if self._queued is not None:
-            depth = GaugeMetricFamily("tensorgate_queue_depth", "Requests waiting in the batch queue", labels=labels)
             for (model, version), count in sorted(self._queued().items(), key=lambda item: str(item[0])):
-                depth.add_metric([model, str(version)], count)
-            yield depth
+                families.depth.add_metric([model, str(version)], count)
+            yield families.depth
 
 
 def engine_control(role: HostRole, versions: Versions, queued: Depths | None = None) -> ControlServer:
