@@ -228,7 +228,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                 raise ValueError
             return Path(value)
         if kind is int:
-            if isinstance(value, bool):
+            # int(2.5) would be 2: a fractional TOML number is refused, not truncated (2.0 is 2).
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
         if kind is float:

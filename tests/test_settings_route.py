@@ -41,6 +41,8 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
     [
         ("prot = 1\n", {}, "prot: unknown key"),
         ("port = 'x'\n", {}, "port: expected int"),
+        ("workers = 2.5\n", {}, "workers: expected auto or an int, got 2.5"),
+        ("max_connections = 100.5\n", {}, "max_connections: expected int, got 100.5"),
         ("", {"TENSORGATE_PORT": "eighty"}, "TENSORGATE_PORT: port: expected int"),
         ("", {"TENSORGATE_PORT": "70000"}, "port: must be 0-65535"),
         ("", {"TENSORGATE_LOG_LEVEL": "loud"}, "log_level"),
@@ -76,3 +78,10 @@ def test_weighted_draw_follows_weights() -> None:
 def test_invalid_routes(weights: dict[int, int]) -> None:
     with pytest.raises(ValueError):
         Route(weights)
+
+
+def test_a_whole_toml_float_is_an_int(tmp_path: Path) -> None:
+    config = tmp_path / "t.toml"
+    config.write_text("max_connections = 100.0\n")
+    settings = load_settings(config, environ={})
+    assert settings.max_connections == 100 and isinstance(settings.max_connections, int)
