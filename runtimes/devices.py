@@ -3,6 +3,10 @@
 onnxruntime-gpu lists the CUDA and TensorRT providers even on a machine without a GPU, and
 asking for them there fills the log with load errors. We ask the driver directly instead:
 no driver library or no device means the CPU, without a word.
+
+``python -m runtimes.devices`` prints the count of usable CUDA devices: a host's supervisor
+(which loads no ONNX Runtime itself) starts one engine per device this very probe finds, so
+its engines and its workers' placement agree.
 """
 
 from __future__ import annotations
@@ -10,8 +14,6 @@ from __future__ import annotations
 import ctypes
 import logging
 from dataclasses import dataclass
-
-import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ def _library_loads(*names: str) -> bool:
 
 def probe_devices() -> Devices:
     """Find the GPUs that ONNX Runtime can use here; cheap, silent, and never raises."""
+    import onnxruntime as ort  # here: ``python -m runtimes.devices`` on a host without libcuda never loads it
+
     available = set(ort.get_available_providers())
     if CUDA not in available:
         return Devices(0, False)
@@ -94,3 +98,12 @@ def providers_for(device: str, use_tensorrt: bool, devices: Devices) -> list[tup
     chosen.append((CUDA, {"device_id": str(device_id)}))
     chosen.append((CPU, {}))
     return chosen
+
+
+def _main() -> None:
+    # No driver, no device: no need to load ONNX Runtime to say so.
+    print(probe_devices().cuda_devices if _cuda_device_count() else 0)
+
+
+if __name__ == "__main__":
+    _main()

@@ -245,3 +245,46 @@ def test_placement_is_parsed_and_checked() -> None:
     assert parse_model_config({"placement": "engine"}, "m/config.toml").where == "engine"
     with pytest.raises(ConfigError, match="placement"):
         parse_model_config({"placement": "gpu"}, "m/config.toml")
+
+
+def test_workers_place_versions_on_the_engines_the_supervisor_started(tmp_path: Any) -> None:
+    """The supervisor's engine list reaches the workers; a GPU version with no engine fails at once."""
+    from gateway.engine.placement import Engines
+    from gateway.host.roles import HostRole
+    from gateway.registry.config import parse_model_config
+    from runtimes.base import RuntimeLoadError
+    from runtimes.devices import Devices
+
+    role = HostRole.from_env(HostRole("worker-0", tmp_path, 2, engines=("cpu", "cuda0")).environ())
+    assert role is not None and role.engines == ("cpu", "cuda0")
+    gpu = parse_model_config({"onnx": {"device": "cuda:0"}}, "m/config.toml")
+    on_engine = parse_model_config({"placement": "engine", "onnx": {"device": "cpu"}}, "m/config.toml")
+    # This worker's own probe sees a GPU, but the supervisor started no engine for it: the
+    # version must not wait for an engine that never comes, nor load in every worker.
+    cpu_only = Engines(HostRole("worker-0", tmp_path, 2, engines=("cpu",)), Devices(1, False))
+    with pytest.raises(RuntimeLoadError, match=r"no engine for cuda0 \(engines: cpu\)"):
+        cpu_only.placing(gpu)
+    assert cpu_only.placing(on_engine) is cpu_only.clients["cpu"]
+    in_worker = parse_model_config({"onnx": {"device": "cpu"}}, "m/config.toml")
+    assert cpu_only.placing(in_worker) is None  # a CPU version's default: in each worker
+    with_gpu = Engines(role, Devices(1, False))
+    assert with_gpu.placing(gpu) is with_gpu.clients["cuda0"]
+
+
+def test_the_supervisor_counts_gpus_with_the_workers_probe(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import asyncio
+    import subprocess
+    import sys
+
+    from gateway.host import supervisor
+
+    done = subprocess.run([sys.executable, "-m", "runtimes.devices"], capture_output=True, text=True, check=True)
+    assert done.stdout == "0\n"  # this machine: no CUDA device
+    assert asyncio.run(supervisor.gpu_devices()) == []
+    fake = tmp_path / "python"  # an interpreter whose probe finds two devices
+    fake.write_text("#!/bin/sh\necho 2\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(supervisor.sys, "executable", str(fake))
+    assert asyncio.run(supervisor.gpu_devices()) == ["cuda0", "cuda1"]
+    fake.write_text("#!/bin/sh\necho 'ImportError: no onnxruntime' >&2\nexit 1\n")
+    assert asyncio.run(supervisor.gpu_devices()) == []  # a failing probe: the CPU engine only

@@ -15,6 +15,7 @@ from gateway.engine.client import EngineClient
 from gateway.engine.wire import ENV_SHM_BYTES, SharedFiles
 from gateway.host.roles import HostRole, engine_endpoint, private_dir, shared_memory_dir
 from gateway.registry.config import ModelConfig
+from runtimes.base import RuntimeLoadError
 from runtimes.devices import Devices
 from runtimes.kinds import runtime_kind
 
@@ -41,11 +42,6 @@ def engine_device(config: ModelConfig, devices: Devices) -> str:
     return f"cuda{device.partition(':')[2] or 0}"
 
 
-def engine_devices(devices: Devices) -> list[str]:
-    """Every engine of a host with these devices: the CPU's, then one per GPU."""
-    return ["cpu", *(f"cuda{i}" for i in range(devices.cuda_devices))]
-
-
 class Engines:
     """The worker's clients of its host's engines, and the placement rule."""
 
@@ -54,9 +50,11 @@ class Engines:
         files = shared_files(role)
         # Unique per worker process: a replaced worker is a new peer for the engine.
         identity = f"{role.process}-{os.getpid()}-{secrets.token_hex(3)}"
+        # The supervisor's engines, not this worker's own probe: a version is only ever sent to an
+        # engine that was started.
         self.clients = {
             device: EngineClient(engine_endpoint(role.run_dir, device), device=device, identity=identity, files=files)
-            for device in engine_devices(devices)
+            for device in role.engines
         }
 
     async def start(self) -> None:
@@ -70,10 +68,14 @@ class Engines:
             await client.close()
 
     def placing(self, config: ModelConfig) -> EngineClient | None:
-        """The engine that runs a version of this config, or None (in this worker, or remote)."""
+        """The engine of a version of this config; None: in this worker, or remote (RuntimeLoadError: none started)."""
         if runtime_kind(config.runtime).remote:
             return None
         device = engine_device(config, self.devices)
         if device == "cpu" and config.where == "worker":
             return None
-        return self.clients.get(device)
+        client = self.clients.get(device)
+        if client is None:  # a GPU version runs in its device's engine, never in each worker
+            started = ", ".join(self.clients)
+            raise RuntimeLoadError(f"this host runs no engine for {device} (engines: {started})", "engine")
+        return client

@@ -23,6 +23,8 @@ ENV_DIR = "TENSORGATE_HOST_DIR"
 ENV_FDS = "TENSORGATE_HOST_FDS"
 #: How many workers the host runs (a worker needs it to know when every worker applied a change).
 ENV_WORKERS = "TENSORGATE_HOST_WORKERS"
+#: The devices the supervisor started an engine for (``cpu,cuda0``): the workers place versions on these.
+ENV_ENGINES = "TENSORGATE_HOST_ENGINES"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,8 @@ class HostRole:
     run_dir: Path
     workers: int
     fds: tuple[int, ...] = ()
+    #: The host's engines, by device (``cpu``, ``cuda0``...), as the supervisor started them.
+    engines: tuple[str, ...] = ("cpu",)
 
     @property
     def is_engine(self) -> bool:
@@ -46,7 +50,12 @@ class HostRole:
 
     def environ(self) -> dict[str, str]:
         """The variables that make a child this process."""
-        env = {ENV_PROCESS: self.process, ENV_DIR: str(self.run_dir), ENV_WORKERS: str(self.workers)}
+        env = {
+            ENV_PROCESS: self.process,
+            ENV_DIR: str(self.run_dir),
+            ENV_WORKERS: str(self.workers),
+            ENV_ENGINES: ",".join(self.engines),
+        }
         if self.fds:
             env[ENV_FDS] = ",".join(str(fd) for fd in self.fds)
         return env
@@ -58,7 +67,8 @@ class HostRole:
         if not process:
             return None
         fds = tuple(int(fd) for fd in environ.get(ENV_FDS, "").split(",") if fd)
-        return cls(process, Path(environ[ENV_DIR]), int(environ.get(ENV_WORKERS, "1")), fds)
+        engines = tuple(device for device in environ.get(ENV_ENGINES, "cpu").split(",") if device) or ("cpu",)
+        return cls(process, Path(environ[ENV_DIR]), int(environ.get(ENV_WORKERS, "1")), fds, engines)
 
 
 def engine_endpoint(run_dir: Path, device: str) -> str:

@@ -46,7 +46,7 @@ MAX_RESTART_DELAY_S = 5.0
 FATAL_STATUSES = (2, 3)
 #: How long an engine, and the state store, may take to stop after SIGTERM before being killed.
 ENGINE_STOP_S = 15.0
-#: How long ``nvidia-smi -L`` may take to list the GPUs.
+#: How long the GPU probe (``python -m runtimes.devices``) may take.
 GPU_PROBE_S = 10.0
 
 
@@ -170,9 +170,11 @@ class Supervisor:
             fields = {"event": "host_fail"}
             log.error("supervisor: cannot start the host state store: %s", exc, extra={"fields": fields})
             return 1
-        devices = ["cpu", *await gpu_devices()]
-        engines = [Child(HostRole(f"engine-{device}", self._run_dir, workers)) for device in devices]
-        self._children = engines + [Child(HostRole(f"worker-{i}", self._run_dir, workers, fds)) for i in range(workers)]
+        devices = ("cpu", *await gpu_devices())
+        engines = [Child(HostRole(f"engine-{device}", self._run_dir, workers, engines=devices)) for device in devices]
+        self._children = engines + [
+            Child(HostRole(f"worker-{i}", self._run_dir, workers, fds, engines=devices)) for i in range(workers)
+        ]
         started = {"event": "host_start", "workers": workers, "engines": devices, "port": port}
         started["run_dir"] = str(self._run_dir)
         log.info(
@@ -331,26 +333,32 @@ def _send(child: Child, sig: int) -> None:
 
 
 async def gpu_devices() -> list[str]:
-    """``cuda0``, ``cuda1``...: one per GPU ``nvidia-smi -L`` lists; none without it."""
-    nvidia_smi = shutil.which("nvidia-smi")
-    if nvidia_smi is None:
-        return []
+    """``cuda0``, ``cuda1``...: one per CUDA device ONNX Runtime can use here, by the workers' own probe.
+
+    Run in a child interpreter (``python -m runtimes.devices``): the supervisor loads neither
+    ONNX Runtime nor the CUDA driver. ``nvidia-smi`` is not asked: a container may have CUDA
+    without it, and then the workers would place GPU versions on an engine never started.
+    """
     try:
         probe = await asyncio.create_subprocess_exec(
-            nvidia_smi, "-L", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            sys.executable, "-m", "runtimes.devices", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
     except OSError as exc:
-        log.warning("supervisor: cannot run nvidia-smi (%s): no GPU engine", exc)
+        log.warning("supervisor: cannot probe the GPUs (%s): no GPU engine", exc)
         return []
     try:
-        out, _ = await asyncio.wait_for(probe.communicate(), GPU_PROBE_S)
+        out, err = await asyncio.wait_for(probe.communicate(), GPU_PROBE_S)
     except TimeoutError:
         probe.kill()
         await probe.wait()
-        log.warning("supervisor: nvidia-smi -L took over %.0f s: no GPU engine", GPU_PROBE_S)
+        log.warning("supervisor: the GPU probe took over %.0f s: no GPU engine", GPU_PROBE_S)
         return []
-    lines = [line for line in out.decode(errors="replace").splitlines() if line.startswith("GPU ")]
-    return [f"cuda{i}" for i in range(len(lines))]
+    text = out.decode(errors="replace").strip()
+    if probe.returncode != 0 or not text.isdigit():
+        problem = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {probe.returncode}"]
+        log.warning("supervisor: the GPU probe failed (%s): no GPU engine", problem[0])
+        return []
+    return [f"cuda{i}" for i in range(int(text))]
 
 
 def run_supervisor(settings: Settings, argv: Sequence[str], *, grpc_chosen: bool = True) -> int:
