@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -240,19 +239,55 @@ def test_a_killed_engine_is_restarted(repository: Path) -> None:
 
 
 def test_the_children_die_with_a_killed_supervisor(repository: Path) -> None:
+    from gateway.host.roles import shared_memory_dir
+    from gateway.host.rundirs import sweep_run_dirs
+
     with serve_host(repository, workers=2) as host:
         children = host.children()
+        (start,) = [r for r in host.records() if r.get("event") == "host_start"]
+        run_dir = Path(start["run_dir"])
+        assert run_dir not in sweep_run_dirs() and run_dir.is_dir()  # a running host's: locked, kept
         os.kill(host.process.pid, signal.SIGKILL)
         host.process.wait(timeout=10)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and any(_alive(pid) for pid in children.values()):
             time.sleep(0.05)
         assert not any(_alive(pid) for pid in children.values())
-        # A killed supervisor cannot remove its run directory (it is under $TMPDIR, named in its log).
-        (start,) = [r for r in host.records() if r.get("event") == "host_start"]
-        run_dir = Path(start["run_dir"])
-        assert run_dir.name.startswith("tg-") and run_dir.is_dir()
-        shutil.rmtree(run_dir)
+        # A killed supervisor cannot remove its run directory: the next host's supervisor does.
+        assert run_dir.name.startswith("tg-") and run_dir.is_dir() and shared_memory_dir(run_dir).is_dir()
+        assert run_dir in sweep_run_dirs()
+        assert not run_dir.exists() and not shared_memory_dir(run_dir).exists()
+
+
+def test_a_sweep_leaves_what_is_not_a_run_directory(tmp_path: Path) -> None:
+    from gateway.host.rundirs import LOCK, make_run_dir, sweep_run_dirs
+
+    (tmp_path / "tg-other").mkdir()  # no lock file: somebody else's
+    (tmp_path / "tg-file").write_text("x")
+    live = subprocess.Popen(  # a host's run directory, its lock held by a live process
+        [sys.executable, "-c", "import sys, time; from gateway.host.rundirs import make_run_dir; "
+         "print(make_run_dir()[0], flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    try:
+        assert live.stdout is not None
+        held = Path(live.stdout.readline().strip())
+        assert (held / LOCK).is_file() and sweep_run_dirs(tmp_path) == []
+        live.kill()
+        live.wait(10)
+        assert sweep_run_dirs(tmp_path) == [held] and not held.exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["tg-file", "tg-other"]
+    finally:
+        live.kill()
+        live.wait(10)
+        assert live.stdout is not None
+        live.stdout.close()
+    mine, fd = make_run_dir()  # held by this very process (another open file description)
+    try:
+        assert mine not in sweep_run_dirs() and mine.exists()
+    finally:
+        os.close(fd)
+    assert mine in sweep_run_dirs() and not mine.exists()
 
 
 def test_a_second_signal_kills_every_process_at_once(repository: Path) -> None:

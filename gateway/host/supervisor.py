@@ -13,11 +13,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING
 from gateway.host.children import child_command, child_environ
 from gateway.host.listeners import bind_listener
 from gateway.host.roles import HostRole, private_dir, shared_memory_dir
+from gateway.host.rundirs import make_run_dir, remove_run_dir, sweep_run_dirs
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -108,17 +107,16 @@ class Supervisor:
             for sock in self._listeners:
                 sock.close()
             return 3
-        self._run_dir = Path(tempfile.mkdtemp(prefix="tg-"))
-        shared = shared_memory_dir(self._run_dir)
-        private_dir(shared)  # made before any child, so nobody else can take its name
+        sweep_run_dirs()  # what killed hosts of this user left
+        self._run_dir, lock = make_run_dir()
+        private_dir(shared_memory_dir(self._run_dir))  # made before any child, so nobody else can take its name
         try:
             return uvloop.run(self._main())
         finally:
             for sock in self._listeners:
                 sock.close()
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            if shared != self._run_dir and private_dir(shared):  # ours: tensors a killed process left
-                shutil.rmtree(shared, ignore_errors=True)
+            remove_run_dir(self._run_dir)
+            os.close(lock)
 
     def _bind(self) -> list[socket.socket]:
         host, ports = self.settings.host, [self.settings.port]
