@@ -175,9 +175,11 @@ def _grpc_chosen(args: argparse.Namespace, settings: Settings) -> bool:
 def _run_child(settings: Settings, role: HostRole, *, grpc_chosen: bool) -> int:
     """Be the worker or engine the supervisor started this process as."""
     from gateway.host.children import die_with_parent, tag_logs
+    from gateway.host.rundirs import hold_run_dir
 
     tag_logs(role.process)
     die_with_parent(os.environ)
+    hold_run_dir(role.run_dir)
     if role.is_engine:
         from gateway.engine.main import run_engine
 

@@ -273,8 +273,19 @@ def test_a_sweep_leaves_what_is_not_a_run_directory(tmp_path: Path) -> None:
         assert live.stdout is not None
         held = Path(live.stdout.readline().strip())
         assert (held / LOCK).is_file() and sweep_run_dirs(tmp_path) == []
+        child = subprocess.Popen(  # a child of that host, still draining after its supervisor died
+            [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+             "from gateway.host.rundirs import hold_run_dir; hold_run_dir(Path(sys.argv[1])); "
+             "print('held', flush=True); time.sleep(60)", str(held)],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert child.stdout is not None and child.stdout.readline() == "held\n"
         live.kill()
         live.wait(10)
+        assert sweep_run_dirs(tmp_path) == [] and held.is_dir()
+        child.kill()
+        child.wait(10)
+        child.stdout.close()
         assert sweep_run_dirs(tmp_path) == [held] and not held.exists()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["tg-file", "tg-other"]
     finally:

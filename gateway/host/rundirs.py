@@ -2,11 +2,12 @@
 
 A supervisor removes its run directory (IPC sockets, metrics snapshots) and its shared-memory
 folder when it stops; one killed with SIGKILL cannot. Each run directory therefore holds a
-``lock`` file that its supervisor keeps locked (``flock``) for as long as it lives: the kernel
-lets go of the lock when the process dies however it dies, and no pid can be reused to fool
-the check. A starting supervisor removes every ``tg-*`` directory of its user in the
-temporary directory whose lock it can take (and the shared-memory folder of the same name):
-those of running hosts stay locked, and a directory without a ``lock`` file is not ours.
+``lock`` file on which the supervisor and each of its children keep a shared ``flock`` for as
+long as they live: the kernel lets go of it when a process dies however it dies, and no pid can
+be reused to fool the check. A starting supervisor removes every ``tg-*`` directory of its user
+in the temporary directory whose lock it can take exclusively (and the shared-memory folder of
+the same name): those of running hosts, and of a killed supervisor's children still draining,
+stay locked; a directory without a ``lock`` file is not ours.
 """
 
 from __future__ import annotations
@@ -34,9 +35,19 @@ def make_run_dir() -> tuple[Path, int]:
     # Locked under another name, then renamed: a sweep never finds an unlocked ``lock`` of a live host.
     staging = run_dir / f"{LOCK}.new"
     fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     staging.rename(run_dir / LOCK)
     return run_dir, fd
+
+
+def hold_run_dir(run_dir: Path) -> None:
+    """In a child: share the run directory's lock until this process ends (a sweep then keeps it)."""
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:  # the directory is already gone: the child fails on its sockets anyway
+        log.warning("cannot hold the run directory %s: %s", run_dir, exc)
+    # The descriptor stays open (and the lock held) for the life of the process.
 
 
 def remove_run_dir(run_dir: Path) -> None:
@@ -75,7 +86,7 @@ def _abandoned(run_dir: Path) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # held: its host runs
+    except OSError:  # held: its host, or a child of it, runs
         return False
     else:
         with contextlib.suppress(OSError):
