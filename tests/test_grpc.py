@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -368,6 +369,49 @@ def test_bad_parameters_are_invalid(client: grpcclient.InferenceServerClient) ->
     with pytest.raises(InferenceServerException) as raised:
         client.infer("batched", [fp32_input(1.0)], priority=9)
     assert code_of(raised) == "StatusCode.INVALID_ARGUMENT" and "priority" in raised.value.message()
+
+
+def test_a_bad_timeout_is_invalid_even_with_a_deadline(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    """The call's deadline replaces a longer timeout parameter, never a malformed one (REST answers 400)."""
+    for deadline in (None, 30.0):
+        for timeout in ("abc", -5):
+            request = raw_request("identity_fp32", "FP32", [1, 4], b"\0" * 16)
+            if isinstance(timeout, str):
+                request.parameters["timeout"].string_param = timeout
+            else:
+                request.parameters["timeout"].int64_param = timeout
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.ModelInfer(request, timeout=deadline)
+            error = cast(Any, raised.value)
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (timeout, deadline)
+            assert "timeout" in error.details()
+        # A valid one, longer than the deadline, is still served (under the deadline).
+        request = raw_request("identity_fp32", "FP32", [1, 4], b"\0" * 16)
+        request.parameters["timeout"].int64_param = 60_000_000
+        assert stub.ModelInfer(request, timeout=deadline).raw_output_contents
+
+
+def test_bytes_that_are_not_a_request_are_invalid_argument(
+    server: RunningServer, client: grpcclient.InferenceServerClient
+) -> None:
+    with grpc.insecure_channel(server.grpc) as channel:
+        for method in ("ModelInfer", "ModelMetadata", "ServerLive"):
+            call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+            with pytest.raises(grpc.RpcError) as raised:
+                call(b"\xff\xff\xff garbage", timeout=10)
+            error = cast(Any, raised.value)
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+            assert error.details() == f"the request could not be parsed as inference.{method}Request"
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stream(iter([b"\xff\xff\xff garbage"]), timeout=10))
+        error = cast(Any, raised.value)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        # A call the gateway does not serve is still UNIMPLEMENTED.
+        with pytest.raises(grpc.RpcError) as raised:
+            channel.unary_unary("/inference.GRPCInferenceService/CudaSharedMemoryStatus")(b"", timeout=10)
+        assert cast(Any, raised.value).code() == grpc.StatusCode.UNIMPLEMENTED
+    assert client.infer("simple", simple_inputs(1)).as_numpy("OUTPUT0") is not None
 
 
 def test_garbage_on_the_port_leaves_the_server_serving(

@@ -141,7 +141,8 @@ def request_body(request: Any, timeout_us: int | None) -> tuple[bytes, str]:
     parameters["binary_data_output"] = True
     if timeout_us is not None:
         given = parameters.get("timeout")
-        if type(given) is not int or given <= 0 or given > timeout_us:
+        # Absent, 0 (none) or longer than the deadline: the deadline. A malformed one stays, to be refused.
+        if given is None or (type(given) is int and (given == 0 or given > timeout_us)):
             parameters["timeout"] = max(1, timeout_us)
     header["parameters"] = parameters
     if request.outputs:

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import grpc  # type: ignore[import-untyped]
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from tritonclient.grpc import service_pb2_grpc
 
+from gateway.api_grpc.handlers import add_service
 from gateway.api_grpc.service import GrpcInference, status_code
 from gateway.core import CoreSlot
 from gateway.exchange import RequestIds
@@ -131,7 +131,7 @@ class GrpcFrontEnd:
             # max_concurrent_requests so that ModelInfer's own cap answers RESOURCE_EXHAUSTED first.
             maximum_concurrent_rpcs=2 * settings.max_concurrent_requests + 16,
         )
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        add_service(self.servicer, server)
         want = self.listen_port
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         try:
