@@ -130,6 +130,18 @@ def test_apply_dry_run_apply_and_apply_again_changes_nothing(tmp_path: Path) -> 
         (tmp_path / "bad.toml").write_text('[models.m]\nroute = {weights = {"1" = 100}}\nrollout = {to = "2"}\n')
         code, _, err = tensorgate(server, "apply", "-f", str(tmp_path / "bad.toml"))
         assert code == 1 and "either a route or a rollout" in err
+        # A dry run refuses what the gateway would refuse: a bad route, an unknown model.
+        (tmp_path / "half.toml").write_text('[models.other.route]\nweights = {"2" = 50}\n')
+        code, _, err = tensorgate(server, "apply", "-f", str(tmp_path / "half.toml"), "--dry-run")
+        assert code == 1 and "models.other.route: invalid route" in err and "sum to 100" in err, err
+        (tmp_path / "nope.toml").write_text('[models.nope.route]\nweights = {"1" = 100}\n')
+        code, _, err = tensorgate(server, "apply", "-f", str(tmp_path / "nope.toml"), "--dry-run")
+        assert code == 1 and "404" in err and "nope" in err, err
+        # A change the gateway refuses is not reported as made.
+        (tmp_path / "absent.toml").write_text('[models.other.route]\nweights = {"7" = 100}\n')
+        code, _, err = tensorgate(server, "apply", "-f", str(tmp_path / "absent.toml"))
+        assert code == 1 and "! other: route 1=100 -> 7=100: refused" in err and "+ other" not in err, err
+        assert admin(server, "GET", "/admin/models/other/route").json()["weights"] == {"1": 100}  # type: ignore[index]
 
 
 def test_validate_compares_with_the_serving_version_and_runs_samples(tmp_path: Path) -> None:

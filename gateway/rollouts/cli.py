@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.admin_cli import AdminError, Outcome, call
 from gateway.rollouts.spec import SpecError, parse_spec
+from routing.route import Route, RouteError
 
 _ACTIONS = ("pause", "resume", "abort", "promote")
 #: ``rollout wait``'s exit statuses: a pipeline's gate.
@@ -189,6 +190,10 @@ def plan(desired: Any, read: Any) -> list[tuple[str, str, str, dict[str, Any] | 
             raise AdminError(f"models.{name}: give either a route or a rollout table")
         if "route" in entry:
             want = _route_doc(entry["route"], f"models.{name}.route")
+            try:  # what the gateway would refuse, a dry run refuses too
+                Route.from_json(want)
+            except RouteError as exc:
+                raise AdminError(f"models.{name}.route: invalid route: {exc}") from None
             have = read(f"/admin/models/{name}/route") or {}
             if _same_route(want, have):
                 steps.append((name, "unchanged", "route already in force", None))
@@ -216,23 +221,29 @@ def _apply(args: argparse.Namespace) -> Any:
     desired = read_document(args.file)
 
     def read(path: str) -> Any:
+        """GET ``path``; None when there is nothing (no rollout yet, a model with no route yet)."""
         try:
             return call(args, "GET", path)
         except AdminError as exc:
-            if str(exc).startswith(("404:", "409:")):
+            # A route's 404 is an unknown model: an error, in a dry run too.
+            if str(exc).startswith("409:") or (str(exc).startswith("404:") and not path.endswith("/route")):
                 return None
             raise
 
     changes = plan(desired, read)
     done = []
     for name, what, description, body in changes:
-        mark = "=" if what == "unchanged" else ("~" if args.dry_run else "+")
-        print(f"{mark} {name}: {description}", file=sys.stderr)
         if args.dry_run or body is None:
+            print(f"{'=' if what == 'unchanged' else '~'} {name}: {description}", file=sys.stderr)
             done.append({"model": name, "change": what, "description": description, "applied": False})
             continue
         path = f"/admin/models/{name}/route" if what == "route" else f"/admin/models/{name}/rollouts"
-        call(args, "PUT" if what == "route" else "POST", path, body)
+        try:
+            call(args, "PUT" if what == "route" else "POST", path, body)
+        except AdminError:
+            print(f"! {name}: {description}: refused", file=sys.stderr)
+            raise
+        print(f"+ {name}: {description}", file=sys.stderr)  # "+" only once the gateway took it
         done.append({"model": name, "change": what, "description": description, "applied": True})
     return {"dry_run": args.dry_run, "changes": done}
 
