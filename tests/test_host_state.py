@@ -656,3 +656,35 @@ def test_a_grpc_repository_load_answers_once_every_worker_applied_it(repository:
                 assert seqs == {"worker-0": history[-1]["seq"], "worker-1": history[-1]["seq"]}, seqs
         finally:
             client.close()
+
+
+def test_an_unload_through_any_worker_unloads_on_every_worker(repository: Path) -> None:
+    """Admin and Triton's repository unload: after the 200, no worker serves the version any more."""
+    from tests.host import serve_host
+    from tests.rawhttp import request
+
+    def pinned_status() -> int:
+        reply = request(host.port, "POST", "/v2/models/m/versions/1/infer", ADD_SUB_BODY,
+                        {"Content-Type": "application/json"})  # fmt: skip
+        return reply.status
+
+    def on_every_worker(expected: int) -> None:
+        """Pinned requests on fresh connections until both workers answered some: all ``expected``."""
+        start = len([r for r in host.records() if "/versions/1/infer" in str(r.get("path"))])
+        workers = set(host.pids("worker").values())
+        for _ in range(40):
+            assert [pinned_status() for _ in range(10)] == [expected] * 10
+            seen = [r for r in host.records() if "/versions/1/infer" in str(r.get("path"))][start:]
+            if {r["pid"] for r in seen if r.get("logger") == "tensorgate.access"} >= workers:
+                return
+        raise AssertionError("the requests never reached both workers")
+
+    with serve_host(repository, workers=2, access_log=True) as host:
+        for unload in ("/admin/models/m/versions/1/unload", "/v2/repository/models/m/unload"):
+            assert host_admin(host.port, "POST", "/admin/models/m/versions/1/load")[0] == 200  # on every worker
+            on_every_worker(200)
+            status, doc = host_admin(host.port, "POST", unload, {})
+            assert status == 200, doc
+            on_every_worker(404)  # read at once after the answer: no worker may still have it
+            model = host_admin(host.port, "GET", "/admin/models")[1]["models"][0]
+            assert [sorted(r["versions"]) for r in model["replicas"]] == [["2"], ["2"]], model

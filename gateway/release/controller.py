@@ -243,6 +243,7 @@ class ReleaseController:
                 details={"version": str(version)}, seq=seq,
             )  # fmt: skip
             await self._manager.unload(model, version)
+            self._applied(name)  # told again once it is gone: a fleet's report no longer lists it
 
     async def set_route(
         self, name: str, doc: Route | Any, actor: str, reason: str | None, details: dict[str, Any] | None = None

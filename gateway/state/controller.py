@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from gateway.errors import Conflict, GatewayError
-from gateway.models import ModelManager, VersionState
+from gateway.models import Model, ModelManager, VersionState
 from gateway.release.controller import ReleaseController
 from gateway.release.history import HistoryEntry
 from gateway.release.shadow import ShadowRunner
@@ -109,8 +109,22 @@ class FleetController(ReleaseController):
             entry = record.history[-1] if record.history else None
             if entry is not None and entry.changes_route:
                 self._notify(name, entry)  # a rollout here pauses on a change made elsewhere too
+        if current is not None:
+            await self._unload_as_the_fleet_did(model, current.seq, stored)
         self._shared.applied(name)
         return None
+
+    async def _unload_as_the_fleet_did(self, model: Model, since: int, stored: StoredModel) -> None:
+        """Unload here what the fleet's changes after ``since`` unloaded (and nothing loaded again since)."""
+        unloaded = {
+            int(entry.details["version"])
+            for entry in stored.record.history
+            if entry.seq > since and entry.action == "unload" and str(entry.details.get("version", "")).isdigit()
+        }
+        for version in sorted(unloaded - stored.loaded):
+            if version in model.versions and self._role(model, version) is None:
+                await self._manager.unload(model, version)
+                log.info("model %r: unloaded version %d as the fleet's change did", model.name, version)
 
     async def _save_copy(self, records: dict[str, ModelRecord]) -> None:
         """The local copy of the fleet's state, served by a start while the store is away."""
