@@ -142,6 +142,46 @@ def test_one_rollout_for_the_fleet_its_figures_summed_over_replicas(failing_flee
     assert abort["replica"] == replica(a)  # the leader carried it out
 
 
+def test_the_replica_that_starts_a_rollout_holds_its_lease_before_the_fleet_can_see_it(
+    healthy_fleet: list[Gateway], redis_server: RedisServer
+) -> None:
+    """Saved before its lease was taken, a rollout could be taken by another replica's tick in
+    between, which logged a restart that never happened (found by a black-box sweep)."""
+    import redis
+
+    a, b, _ = healthy_fleet
+    client = redis.Redis.from_url(redis_server.url)
+    commands: list[str] = []
+    with client.monitor() as monitor:
+
+        def record() -> None:
+            try:
+                for command in monitor.listen():
+                    text = str(command.get("command", ""))
+                    if "rollout" in text:
+                        commands.append(text)
+                    if len(commands) > 2000:
+                        return
+            except (OSError, ValueError, redis.RedisError):  # the monitor's connection closed below
+                return
+
+        listener = threading.Thread(target=record, daemon=True)
+        listener.start()
+        spec = {"to": "2", "steps": [{"weight": 20, "pause_s": 60}], "actor": "ci"}
+        reply = a.admin("POST", "/admin/models/m/rollouts", spec)
+        assert reply.status == 201, reply.body
+        eventually(lambda: any(c.startswith("SET tensorgate:rollout:m ") for c in commands), timeout_s=30)
+    client.close()
+    lease = next(i for i, c in enumerate(commands) if "rollout-lease:m" in c)
+    saved = next(i for i, c in enumerate(commands) if c.startswith("SET tensorgate:rollout:m "))
+    assert lease < saved, commands[: saved + 1]
+    time.sleep(1.5)  # three ticks of every replica
+    assert current(b)["fleet"]["leader"] == replica(a)
+    entries = orjson.loads(b.admin("GET", "/admin/models/m/history").body)["history"]
+    assert not any(e.get("rollout_action") == "rollout-restart" for e in entries), entries[-3:]
+    assert a.admin("POST", "/admin/models/m/rollouts/current/abort", {"actor": "ci"}).status == 200
+
+
 def test_the_leader_dies_mid_rollout_another_replica_leads_and_promotes(healthy_fleet: list[Gateway]) -> None:
     a, b, c = healthy_fleet
     spec = {

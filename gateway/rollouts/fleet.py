@@ -76,6 +76,7 @@ class FleetRolloutManager(RolloutManager):
         self._lock_s = lock_s
         self._leading: set[str] = set()  # models whose rollout this replica leads
         self._created: set[str] = set()  # rollout ids started here (their first leader needs no restart)
+        self._creating: set[str] = set()  # models whose rollout is being started here right now
         self._sums: Snapshot = {}  # the fleet's counters as read at the latest tick
         self._window: dict[str, Snapshot] = {}  # model -> the fleet's counters at its window's start
         self._window_at: dict[str, float] = {}  # model -> that window's start (a change anywhere moves it)
@@ -194,16 +195,32 @@ class FleetRolloutManager(RolloutManager):
         return doc
 
     async def create(self, name: str, doc: dict[str, Any], actor: str) -> dict[str, Any]:
-        """Start a rollout for the fleet (409 while one runs anywhere in it); this replica offers to lead."""
-        result = await super().create(name, doc, actor)
-        self._created.add(str(result["id"]))
-        try:  # the replica that started it leads it, unless another is quicker
-            lease_ms = int(self._lease_s * 1000)
-            if await self._state.put(self._lease_key(name), self._token.encode(), only_new=True, ttl_ms=lease_ms):
-                self._leading.add(name)
-                self._window.pop(name, None)
+        """Start a rollout for the fleet (409 while one runs anywhere in it); this replica leads it.
+
+        The lease is taken before the rollout is saved: saved first, another replica's tick could
+        find it running with no leader, take it and log a restart that never happened.
+        """
+        key = self._lease_key(name)
+        leading = False
+        try:
+            leading = await self._state.put(key, self._token.encode(), only_new=True, ttl_ms=int(self._lease_s * 1000))
         except STORE_ERRORS as exc:
             log.warning("rollout of %r: cannot take its lease now (%s); a replica takes it at its next tick", name, exc)
+        if leading:
+            self._leading.add(name)
+            self._window.pop(name, None)
+        self._creating.add(name)  # this replica's own tick leaves it alone until its id is known
+        try:
+            result = await super().create(name, doc, actor)
+        except BaseException:
+            if leading:
+                self._leading.discard(name)
+                with contextlib.suppress(*STORE_ERRORS):
+                    await self._state.delete(key, token=self._token)
+            raise
+        finally:
+            self._creating.discard(name)
+        self._created.add(str(result["id"]))
         return result
 
     async def control(self, name: str, action: str, actor: str, reason: str | None) -> dict[str, Any]:
@@ -260,12 +277,14 @@ class FleetRolloutManager(RolloutManager):
                 active[name] = rollout
         await self._publish(active)
         led = [await self._lead(name) for name in active]  # every lease renewed, none skipped
+        for name in sorted((self._creating & self._leading) - set(active)):
+            await self._lead(name)  # a rollout being started here keeps its lease while its candidate loads
         if any(led):
             await self._gather()
         for name in sorted(set(self._leading) - set(active)):  # ended: hand the lease back
             await self._state.delete(self._lease_key(name), token=self._token)
             self._leading.discard(name)
-        for name in sorted(self._leading & set(active)):
+        for name in sorted((self._leading & set(active)) - self._creating):
             await self._step(active[name])
 
     async def _publish(self, active: dict[str, Rollout]) -> None:
