@@ -241,7 +241,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         return value
     except ValueError:
         expected = "auto or an int" if key == "workers" else kind.__name__
-        raise ConfigError(f"{source}: {key}: expected {expected}, got {value!r}") from None
+        given = str(value).lower() if isinstance(value, bool) else repr(value)  # as TOML spells it
+        raise ConfigError(f"{source}: {key}: expected {expected}, got {given}") from None
 
 
 def _validate(settings: Settings) -> Settings:

@@ -42,6 +42,7 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
         ("prot = 1\n", {}, "prot: unknown key"),
         ("port = 'x'\n", {}, "port: expected int"),
         ("workers = 2.5\n", {}, "workers: expected auto or an int, got 2.5"),
+        ("workers = true\n", {}, "workers: expected auto or an int, got true$"),
         ("max_connections = 100.5\n", {}, "max_connections: expected int, got 100.5"),
         ("", {"TENSORGATE_PORT": "eighty"}, "TENSORGATE_PORT: port: expected int"),
         ("", {"TENSORGATE_PORT": "70000"}, "port: must be 0-65535"),
