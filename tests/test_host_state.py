@@ -658,10 +658,20 @@ def test_a_grpc_repository_load_answers_once_every_worker_applied_it(repository:
             client.close()
 
 
-def test_an_unload_through_any_worker_unloads_on_every_worker(repository: Path) -> None:
-    """Admin and Triton's repository unload: after the 200, no worker serves the version any more."""
+def test_an_unload_through_any_worker_unloads_on_every_worker(tmp_path: Path) -> None:
+    """Admin and Triton's repository unload: after the 200, no worker serves the version any more.
+
+    Every version loaded at the start (``version_policy = "all"``), so that the host's very first
+    change is an unload: the other worker has no record of the model yet (a sweep found it kept
+    serving the version then).
+    """
     from tests.host import serve_host
+    from tests.onnx_models import add_sub, write_model
     from tests.rawhttp import request
+
+    repository = tmp_path / "models"
+    for version in (1, 2):
+        write_model(repository, "m", version, add_sub(OFFSET * version), 'version_policy = "all"\n')
 
     def pinned_status() -> int:
         reply = request(host.port, "POST", "/v2/models/m/versions/1/infer", ADD_SUB_BODY,
@@ -680,9 +690,11 @@ def test_an_unload_through_any_worker_unloads_on_every_worker(repository: Path) 
         raise AssertionError("the requests never reached both workers")
 
     with serve_host(repository, workers=2, access_log=True) as host:
+        on_every_worker(200)  # loaded at the start everywhere
         for unload in ("/admin/models/m/versions/1/unload", "/v2/repository/models/m/unload"):
-            assert host_admin(host.port, "POST", "/admin/models/m/versions/1/load")[0] == 200  # on every worker
-            on_every_worker(200)
+            if unload.startswith("/v2"):
+                assert host_admin(host.port, "POST", "/admin/models/m/versions/1/load")[0] == 200  # on every worker
+                on_every_worker(200)
             status, doc = host_admin(host.port, "POST", unload, {})
             assert status == 200, doc
             on_every_worker(404)  # read at once after the answer: no worker may still have it

@@ -109,8 +109,8 @@ class FleetController(ReleaseController):
             entry = record.history[-1] if record.history else None
             if entry is not None and entry.changes_route:
                 self._notify(name, entry)  # a rollout here pauses on a change made elsewhere too
-        if current is not None:
-            await self._unload_as_the_fleet_did(model, current.seq, stored)
+        # A model this replica has no record of yet: every unload in its history is news here.
+        await self._unload_as_the_fleet_did(model, current.seq if current is not None else 0, stored)
         self._shared.applied(name)
         return None
 
