@@ -17,6 +17,8 @@ class GatewayError(Exception):
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        #: The request's own id when it was read before the error (the body's ``id``).
+        self.request_id: str | None = None
 
 
 class BadRequest(GatewayError):

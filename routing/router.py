@@ -28,7 +28,7 @@ class Decision:
 
     version: int
     role: Role
-    #: The route's sequence number (0 without a route): the prediction log names it.
+    #: The route's sequence number (0 for a pinned request): the prediction log names it.
     route_seq: int
     #: Versions owed a copy of this request once it is answered, each drawn with its fraction.
     shadows: tuple[int, ...] = ()
@@ -53,11 +53,11 @@ class Router:
         route has a sticky header and the request carries it, else at random by weight. Only
         routed requests are mirrored to shadows; a pinned request asked for one version.
         """
-        seq = route.seq if route is not None else 0
-        if pinned is not None:
-            return Decision(pinned, Role.PINNED, seq)
+        if pinned is not None:  # no route decided it: the log's route_seq is 0 (docs/prediction-log.md)
+            return Decision(pinned, Role.PINNED, 0)
         if route is None:
             raise ValueError("a routed request needs a route")
+        seq = route.seq
         name = route.sticky_header
         value = header(name) if name is not None and header is not None else None
         version = route.draw(self._uniform) if value is None else route.pick(sticky_bucket(value))

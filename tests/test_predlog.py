@@ -90,9 +90,16 @@ def test_every_request_is_logged_once_with_input_output_version_and_role(reposit
         assert pinned.status == 200
         bad = infer(server, b'{"inputs": []}')
         assert bad.status == 400
+        named = infer(server, body([1.0] * 15, "bad-1"))  # valid JSON, a wrong shape: refused, still named
+        assert named.status == 400 and named.headers.get("x-request-id") == "bad-1"
         time.sleep(0.3)
         wait_written(server)
         written = metric(server, "tensorgate_predlog_records_total", model="simple")
+        # Version 1 serves shadow copies only: its runtime calls are in its compute time and batch sizes.
+        shadow_calls = metric(server, "tensorgate_compute_duration_seconds_count", model="simple", version="1")
+        assert shadow_calls >= 1 and shadow_calls == metric(
+            server, "tensorgate_batch_size_count", model="simple", version="1"
+        )
     records = prediction_log(logs)
     assert written == len(records)
     primary = [r for r in records if r["role"] in ("primary", "canary") and r["status"] == 200]
@@ -117,10 +124,65 @@ def test_every_request_is_logged_once_with_input_output_version_and_role(reposit
         assert record["version"] == "1" and record["status"] == 200
         assert record["outputs"]["OUTPUT0"]["data"] == [int(v) + 1 for v in sent[record["request_id"]]]
     (pin,) = [r for r in records if r["role"] == "pinned"]
-    assert pin["request_id"] == "pinned-1" and pin["version"] == "2"
-    (failed,) = [r for r in records if r["status"] == 400]
-    assert failed["inputs"] is None and failed["outputs"] is None and failed["version"] in ("2", "3")
+    assert pin["request_id"] == "pinned-1" and pin["version"] == "2" and pin["route_seq"] == 0  # no route chose it
+    failed = sorted((r for r in records if r["status"] == 400), key=lambda r: r["request_id"] != "bad-1")
+    assert len(failed) == 2 and failed[0]["request_id"] == "bad-1"
+    for record in failed:
+        assert record["inputs"] is None and record["outputs"] is None and record["version"] in ("2", "3")
     assert {p.parent.name for p in logs.rglob("*.jsonl")} == {"1", "2", "3"}  # <log_dir>/<model>/<version>/
+
+
+def test_a_shadow_copy_its_version_refuses_is_logged_and_counted(tmp_path: Path) -> None:
+    """A copy whose request does not fit the shadow version's inputs: a 400 record, in the accounting."""
+    from tests.onnx_models import identity
+
+    root = tmp_path / "models"
+    write_model(root, "simple", 1, add_sub())
+    write_model(root, "simple", 2, identity("FP32", [-1, 8]))  # other inputs: the copy cannot be decoded
+    logs = tmp_path / "predictions"
+    with serve(root, log_dir=logs) as server:
+        assert admin(server, "POST", "/admin/models/simple/versions/1/load", {}).status == 200
+        route = {"weights": {"1": 100}, "shadow": {"2": 1.0}}
+        assert admin(server, "PUT", "/admin/models/simple/route", route).status == 200
+        for i in range(3):
+            assert infer(server, body([float(i)] * 16, f"s{i}")).status == 200
+        time.sleep(0.3)
+        wait_written(server)
+        written = metric(server, "tensorgate_predlog_records_total", model="simple")
+        dropped = metric(server, "tensorgate_predlog_dropped_total", model="simple")
+    records = prediction_log(logs)
+    assert written == len(records) == 6 and dropped == 0
+    shadows = sorted((r for r in records if r["role"] == "shadow"), key=lambda r: r["request_id"])
+    assert [r["request_id"] for r in shadows] == ["s0", "s1", "s2"]  # each joins its primary
+    for record in shadows:
+        assert record["version"] == "2" and record["status"] == 400
+        assert record["inputs"] is None and record["outputs"] is None
+
+
+def test_a_client_that_leaves_before_its_answer_is_logged_and_counted_as_499(tmp_path: Path) -> None:
+    import socket
+
+    from tests.onnx_models import slow_matmul
+
+    root = tmp_path / "models"
+    write_model(root, "slow", 1, slow_matmul(), '[onnx]\ngraph_optimization = "disable"\n')  # ~0.25 s a call
+    logs = tmp_path / "predictions"
+    with serve(root, log_dir=logs) as server:
+        tensor = {"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
+        payload = orjson.dumps({"id": "gone-1", "inputs": [tensor]})
+        head = "POST /v2/models/slow/infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+            time.sleep(0.05)  # computing now (a call takes about 0.25 s): leave before the answer
+        deadline = time.monotonic() + 60
+        while metric(server, "tensorgate_requests_total", model="slow") < 1:
+            assert time.monotonic() < deadline, "the request was never counted"
+            time.sleep(0.05)
+        assert metric(server, "tensorgate_requests_total", model="slow", code="499") == 1
+        assert metric(server, "tensorgate_requests_total", model="slow", code="200") == 0
+        wait_written(server)
+    (record,) = prediction_log(logs)
+    assert record["request_id"] == "gone-1" and record["status"] == 499
 
 
 def test_redaction_and_sampling_from_config_toml(tmp_path: Path) -> None:

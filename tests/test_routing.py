@@ -57,7 +57,7 @@ def test_roles_primary_canary_and_pinned() -> None:
     route = Route({1: 90, 2: 10}, seq=4)
     roles = {router.choose(route).role for _ in range(500)}
     assert roles == {Role.PRIMARY, Role.CANARY}
-    assert router.choose(route, pinned=2) == Decision(2, Role.PINNED, 4)
+    assert router.choose(route, pinned=2) == Decision(2, Role.PINNED, 0)  # no route decided it
     assert router.choose(None, pinned=3) == Decision(3, Role.PINNED, 0)
     with pytest.raises(ValueError, match="needs a route"):
         router.choose(None)

@@ -30,10 +30,15 @@ class AsgiClient:
 
     def gone(self) -> bool | None:
         """uvicorn's flag, or None when the server offers none."""
-        flag = getattr(getattr(self._receive, "__self__", None), "disconnected", None)
-        return flag if isinstance(flag, bool) else None
+        return disconnected(self._receive)
 
     async def wait_gone(self) -> None:
         """Return once the server reports http.disconnect."""
         while (await self._receive())["type"] != "http.disconnect":
             pass
+
+
+def disconnected(receive: Receive) -> bool | None:
+    """Whether the client left before its answer was complete (uvicorn's flag); None when unknown."""
+    flag = getattr(getattr(receive, "__self__", None), "disconnected", None)
+    return flag if isinstance(flag, bool) else None

@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.body import BodyHeaders
+from gateway.api.client import disconnected
 from gateway.api.responses import ErrorReply, error_reply, reply_for, send_error, send_reply
 from gateway.core import CoreSlot
 from gateway.errors import ClientDisconnected, GatewayError
@@ -124,9 +125,12 @@ class InferenceDispatcher:
                     await predlog.reserve()  # audit-grade: no room in the log, no inference (503 in time)
                     held = True
                 await self.handler(scope, receive, send, headers, exchange)
-                exchange.status = 200
+                # Answered, unless the client left while it was computed: then nobody got the 200.
+                exchange.status = CLIENT_CLOSED if disconnected(receive) else 200
             except GatewayError as exc:
                 exchange.status = exc.status
+                if exc.request_id is not None:  # a refused body still named itself
+                    exchange.request_id = exc.request_id
                 await self._error(send, exchange, reply_for(exc))
             except (ClientDisconnect, ClientDisconnected):
                 exchange.status = CLIENT_CLOSED  # nobody to answer

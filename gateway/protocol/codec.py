@@ -131,6 +131,23 @@ def decode_request(
     request_id = doc.get("id")
     if request_id is not None and (type(request_id) is not str or len(request_id) > MAX_ID_LENGTH):
         raise BadRequest(f"'id' must be a string of at most {MAX_ID_LENGTH} characters")
+    try:
+        return _decode_doc(doc, request_id, json_part, binary, inputs, outputs, model_name, max_batch_size)
+    except BadRequest as exc:
+        exc.request_id = request_id  # the body's id names the refused request too (logs, x-request-id)
+        raise
+
+
+def _decode_doc(  # noqa: PLR0917 - decode_request's own arguments, passed on
+    doc: dict[str, Any],
+    request_id: str | None,
+    json_part: bytes,
+    binary: memoryview,
+    inputs: Mapping[str, TensorSpec],
+    outputs: Collection[str],
+    model_name: str,
+    max_batch_size: int,
+) -> InferRequest:
     named = doc.get("model_name")
     if named is not None and named != model_name:
         raise BadRequest("'model_name' in the body differs from the model in the path")

@@ -172,6 +172,10 @@ class ShadowRunner:
                 except Exception:  # the body does not fit this version's signature
                     stats.failed += 1
                     self._inflight -= 1
+                    if self.predlog is not None:  # logged like any copy: what that version would answer
+                        request_id, seq = origin
+                        record = prediction_record(time.time(), request_id, mv, Role.SHADOW, seq, None, None, 400, 0.0)
+                        self.predlog.offer(record)
                     continue
             # What the copy keeps alive until it is done: counted per copy even where copies of
             # one request share arrays (an over-estimate, never an under-estimate).
@@ -214,7 +218,11 @@ class ShadowRunner:
                     rows = next(iter(feed.values())).shape[0] if feed else 1
                     results = await mv.batcher.submit(feed, wanted, rows)
                 else:
+                    called = time.perf_counter_ns()
                     results = await executor.run(feed, wanted, sum(a.size for a in feed.values()), self._timeout_s)
+                    # A runtime call like any other: in the version's compute time and batch sizes.
+                    rows = next(iter(feed.values())).shape[0] if feed else 1
+                    mv.stats.execution_done(max(1, rows), 0, time.perf_counter_ns() - called, 0, copies)
         except (TimeoutError, RemoteTimeoutError):
             stats.timed_out += copies
             self._log(pending, None, 504, time.perf_counter() - started)
