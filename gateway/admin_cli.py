@@ -43,6 +43,15 @@ What changed, and what was kept, is printed on stderr; the new route as JSON on 
 class AdminError(Exception):
     """The server refused the call, or could not be reached; the message says which."""
 
+    #: The command's exit status: 1, or 2 for a usage error (a malformed argument).
+    status = 1
+
+
+class UsageError(AdminError):
+    """An argument the command cannot use (a bad ``--url``, a weight that is not a number): exit 2."""
+
+    status = 2
+
 
 class Outcome:
     """A command's answer with an exit status of its own (``rollout wait``: 0, 1 or 2)."""
@@ -143,7 +152,12 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
     url = args.url.rstrip("/") + path
     if method != "GET" and getattr(args, "wait", False):
         url += f"?wait=all&timeout={args.wait_timeout:g}"
-    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        if request.type not in ("http", "https") or not request.host:
+            raise ValueError("an http:// or https:// URL is needed")
+    except ValueError as exc:  # "notaurl", "http://[::1", "ftp://..."
+        raise UsageError(f"--url {args.url!r} is not a gateway URL: {exc}") from None
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
             doc = json.loads(response.read() or b"{}")
@@ -173,11 +187,11 @@ def _pairs(items: list[str], cast: type, what: str) -> dict[str, Any]:
     for item in items:
         version, sep, value = item.partition("=")
         if not sep or not version:
-            raise AdminError(f"expected VERSION={what.upper()}, got {item!r}")
+            raise UsageError(f"expected VERSION={what.upper()}, got {item!r}")
         try:
             parsed[version] = cast(value)
         except ValueError:
-            raise AdminError(f"{what} of version {version} is not a number: {value!r}") from None
+            raise UsageError(f"{what} of version {version} is not a number: {value!r}") from None
     return parsed
 
 
@@ -266,12 +280,12 @@ def _history(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one admin command: the answer as JSON on stdout, exit 0; else the error, exit 1."""
+    """Run one admin command: the answer as JSON on stdout, exit 0; else the error, exit 1 (2: usage)."""
     try:
         result = args.run(args)
     except AdminError as exc:
         print(f"tensorgate: {exc}", file=sys.stderr)
-        return 1
+        return exc.status
     if isinstance(result, Outcome):
         if result.doc is not None:
             print(json.dumps(result.doc, indent=2))

@@ -64,8 +64,6 @@ def test_a_release_through_the_cli(server: RunningServer) -> None:
     ("args", "message"),
     [
         (("route", "set", "simple", "3=90", "2=20"), "400: invalid route: weights must sum to 100"),
-        (("route", "set", "simple", "3=ninety"), "weight of version 3 is not a number"),
-        (("route", "set", "simple", "390"), "expected VERSION=WEIGHT"),
         (("unload", "simple", "9"), "404: version 9 of model 'simple' is not loaded"),
         (("swap", "nope", "1"), "404: model 'nope' not found"),
     ],
@@ -74,6 +72,37 @@ def test_failures_exit_1_with_the_servers_message(server: RunningServer, args: t
     code, out, err = tensorgate(server, *args)
     assert code == 1 and out is None
     assert message in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("route", "set", "simple", "3=ninety"), "weight of version 3 is not a number"),
+        (("route", "set", "simple", "390"), "expected VERSION=WEIGHT"),
+        (("route", "set", "simple", "=5"), "expected VERSION=WEIGHT"),
+        (("route", "set", "simple", "3=100", "--shadow", "2=abc"), "fraction of version 2 is not a number"),
+    ],
+)
+def test_usage_errors_exit_2_in_one_line(server: RunningServer, args: tuple[str, ...], message: str) -> None:
+    code, out, err = tensorgate(server, *args)
+    assert code == 2 and out is None, err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("notaurl", "--url 'notaurl' is not a gateway URL"),
+        ("http://[::1", "--url 'http://[::1' is not a gateway URL"),
+        ("ftp://127.0.0.1:1", "an http:// or https:// URL is needed"),
+    ],
+)
+def test_a_bad_url_is_a_usage_error_not_a_traceback(url: str, message: str) -> None:
+    env = {**os.environ, "TENSORGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+    done = subprocess.run([sys.executable, "-m", "gateway", "history", "simple", "--url", url],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 2 and not done.stdout, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_without_a_token_or_with_a_wrong_one(server: RunningServer) -> None:
