@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from gateway.batching.batcher import Batcher
+from gateway.batching.cpu import never_busy
 from gateway.batching.policy import ComputeTimes, DelayPolicy
 from gateway.config_error import ConfigError
 from gateway.predlog.records import RecordMeta
@@ -100,8 +101,11 @@ class VersionLoader:
         current: Callable[[ModelVersion], bool],
         remote_loader: RemoteLoader | None = None,
         engines: Engines | None = None,
+        busy: Callable[[], bool] = never_busy,
     ) -> None:
         self.registry = registry
+        #: Whether this process is CPU-bound: the "auto" batchers' hint (gateway/batching/cpu.py).
+        self._busy = busy
         #: A worker of a multi-process host: versions placed in an engine load there.
         self._engine = None
         if engines is not None:
@@ -306,6 +310,7 @@ class VersionLoader:
             target_p99_s=batching.target_p99_ms / 1e3,
             # executor.cost, not cost: an unmeasured version's line is fitted from its first calls.
             compute=ComputeTimes(lambda rows: executor.cost.predict(rows * elements_per_row)),
+            busy=self._busy,
         )
         return Batcher(
             executor,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from gateway.batching.cpu import never_busy
 from gateway.config_error import ConfigError
 from gateway.errors import NotFound, Unavailable, unknown_model, unknown_version
 from gateway.loader import RemoteLoader, RuntimeLoader, VersionLoader
@@ -43,6 +44,7 @@ class ModelManager:
         saved_routes: Mapping[str, Route] | None = None,
         remote_loader: RemoteLoader | None = None,
         engines: Engines | None = None,
+        busy: Callable[[], bool] = never_busy,
     ) -> None:
         self.registry = registry
         self._saved_routes = dict(saved_routes or {})
@@ -52,7 +54,7 @@ class ModelManager:
         #: A worker's clients of its host's engines (the lifespan starts and closes them); None alone.
         self.engines = engines
         self.loader = VersionLoader(
-            registry, loader, rng=rng, current=self._current, remote_loader=remote_loader, engines=engines
+            registry, loader, rng=rng, current=self._current, remote_loader=remote_loader, engines=engines, busy=busy
         )
         #: (model, reason) -> failed loads, for ``tensorgate_model_load_failures_total``.
         self.load_failures = self.loader.load_failures

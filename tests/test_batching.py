@@ -74,6 +74,7 @@ def fixed_policy(
     preferred: tuple[int, ...] = (),
     target: float = 0.0,
     cost: Callable[[int], float] = lambda rows: rows * 1e-3,
+    busy: Callable[[], bool] = lambda: False,
 ) -> DelayPolicy:
     return DelayPolicy(
         max_batch_size=max_batch,
@@ -81,6 +82,7 @@ def fixed_policy(
         delay_s=delay_s,
         target_p99_s=target,
         compute=ComputeTimes(cost),
+        busy=busy,
     )
 
 
@@ -104,6 +106,48 @@ def test_auto_never_waits_and_caps_rows_by_the_p99_target() -> None:
     assert policy.max_rows(0.0, 0.015) == 4  # 5 ms left
     assert policy.max_rows(0.0, 0.5) == 1  # always at least one row
     assert fixed_policy(None, max_batch=64).max_rows(0.0, 0.0) == 64  # no target: no cap
+
+
+def test_a_cpu_bound_auto_waits_for_rows_while_they_keep_coming() -> None:
+    busy = [True]
+    policy = fixed_policy(None, max_batch=64, busy=lambda: busy[0])  # 1 ms per row: 64 ms for a full batch
+    policy.arrived(9.99)
+    policy.arrived(10.0)  # requests 10 ms apart; the oldest (10.0) waited for the instance, free at 10.005
+    assert policy.wait_s(oldest_enqueued=10.0, now=10.01, rows_ready=2, free_since=10.005) == pytest.approx(0.01)
+    policy.arrived(10.015)  # another came: hold on, up to twice the usual gap (now 11 ms) after it
+    assert policy.wait_s(10.0, 10.02, 3, 10.005) == pytest.approx(0.017)
+    assert policy.wait_s(10.0, 10.04, 3, 10.005) < 0  # none since: go
+    assert policy.wait_s(10.0, 10.02, 64, 10.005) == 0.0  # full: go at once
+    assert policy.wait_s(10.016, 10.017, 1, 10.005) == 0.0  # it came to an idle instance: nobody else is coming
+    assert policy.wait_s(10.0, 10.02, 3) == 0.0  # no instance freed yet
+    busy[0] = False
+    assert policy.wait_s(10.0, 10.02, 3, 10.005) == 0.0  # CPU to spare: natural batching
+    steady = fixed_policy(None, max_batch=64, busy=lambda: True)
+    for i in range(200):  # a request every 0.1 ms, up to 10.0199
+        steady.arrived(10.0 + i * 1e-4)
+    # They keep coming: the bound is a full batch's compute (64 ms) from the free instance (9.955).
+    assert steady.wait_s(9.95, 10.0185, 40, 9.955) == pytest.approx(0.0005)
+    capped = fixed_policy(None, max_batch=64, target=0.080, busy=lambda: True)  # 80 - 64 ms leaves 16
+    for i in range(200):
+        capped.arrived(10.0 + i * 1e-4)
+    assert capped.wait_s(9.99, 10.0, 3, 9.995) == pytest.approx(0.011)
+    assert fixed_policy(0.002, busy=lambda: True).wait_s(10.0, 10.001, 3, 10.0005) == pytest.approx(0.001)  # fixed
+
+
+def test_cpu_busy_compares_the_process_cpu_with_its_share_over_the_last_interval() -> None:
+    from gateway.batching.cpu import CpuBusy
+
+    wall, cpu = [100.0], [5.0]
+    probe = CpuBusy(2.0, threshold=0.75, interval_s=0.1, cpu_clock=lambda: cpu[0], clock=lambda: wall[0])
+    assert not probe()
+    wall[0], cpu[0] = 100.2, 5.32  # 0.32 s of CPU in 0.2 s: 1.6 of 2 CPUs >= 1.5
+    assert probe()
+    wall[0], cpu[0] = 100.25, 5.32  # within the interval: the last answer stands
+    assert probe()
+    wall[0], cpu[0] = 100.4, 5.5  # 0.18 s in 0.2 s: 0.9 of 2
+    assert not probe()
+    wall[0], cpu[0] = 110.4, 6.9  # a long idle stretch since the last call counts in
+    assert not probe()
 
 
 def test_compute_times_learn_per_batch_size() -> None:
@@ -136,6 +180,7 @@ def make_batcher(
     failures: list[BaseException] | None = None,
     stats: VersionStats | None = None,
     clock: FakeClock | None = None,
+    busy: Callable[[], bool] = lambda: False,
 ) -> Batcher:
     # inline_threshold 0: every batch runs in a thread, so a held gate never blocks the loop.
     executor = Executor(
@@ -143,7 +188,7 @@ def make_batcher(
     )
     batcher = Batcher(
         executor,
-        fixed_policy(delay_s, max_batch),
+        fixed_policy(delay_s, max_batch, busy=busy),
         stats or VersionStats(),
         name="test",
         max_queue_size=max_queue,
@@ -448,6 +493,52 @@ async def test_auto_delay_dispatches_at_once_when_an_instance_is_free(runtime: G
     runtime.release()
     await asyncio.gather(first, *rest)
     assert runtime.rows_per_call() == [1, 5]  # the rest piled up while the instance was busy
+    await batcher.close()
+
+
+async def test_a_cpu_bound_auto_batch_waits_for_rows_and_goes_when_full(runtime: GatedRuntime) -> None:
+    clock = FakeClock(1024.0)
+    batcher = make_batcher(runtime, max_batch=4, delay_s=None, clock=clock, busy=lambda: True)
+
+    async def submit(value: float, gap: float = 2**-9) -> asyncio.Future[list[np.ndarray]]:
+        clock.advance(gap)  # requests 2 ms apart unless told
+        before = batcher.queued
+        future = asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(value, 1)}, ["OUTPUT0"], 1))
+        await until(lambda: batcher.queued != before)  # queued at this time (or taken at once)
+        return future
+
+    # A request that finds the instance idle runs at once, CPU-bound or not (one client at a time).
+    (output,) = await batcher.submit({"INPUT0": rows_of(5, 1)}, ["OUTPUT0"], 1)
+    assert output[0, 0] == 5 and runtime.rows_per_call() == [1]
+    # Two wait for a busy instance; when it frees, requests are still coming: wait for them.
+    first = await occupy(batcher, runtime, 0)
+    waiting = [await submit(1), await submit(2)]
+    await until(lambda: batcher.queued == 2)
+    clock.advance(2**-10)  # the running call ends 1 ms after the last arrival
+    runtime.release()
+    await first
+    await until(lambda: clock.pending() == 1)  # held on a timer, not dispatched
+    assert runtime.rows_per_call() == [1, 1]
+    late = [await submit(3, 2**-10), await submit(4, 2**-10)]  # within the hold
+    await asyncio.gather(*waiting, *late)  # the fourth row fills the batch: it goes before the timer
+    assert runtime.rows_per_call() == [1, 1, 4]
+    await batcher.close()
+    # Two waiting, then nobody: they go once twice the usual gap has passed without an arrival
+    # (a new batcher: the one above learned that 4 rows take 0 s on this clock).
+    batcher = make_batcher(runtime, max_batch=4, delay_s=None, clock=clock, busy=lambda: True)
+    first = await occupy(batcher, runtime, 0)
+    waiting = [await submit(6), await submit(7)]
+    await until(lambda: batcher.queued == 2)
+    clock.advance(2**-10)
+    runtime.release()
+    await first
+    await until(lambda: clock.pending() == 1)
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert runtime.rows_per_call() == [1, 1, 4, 1]  # still held
+    clock.advance(2**-8)  # 4 ms: past twice the gap
+    outputs = await asyncio.gather(*waiting)
+    assert [o[0][0, 0] for o in outputs] == [6, 7] and runtime.rows_per_call() == [1, 1, 4, 1, 2]
     await batcher.close()
 
 

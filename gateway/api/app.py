@@ -25,6 +25,7 @@ from gateway.api.ports import AdminPortSplit
 from gateway.api.responses import handle_error
 from gateway.api_grpc.server import GrpcFrontEnd
 from gateway.auth import PREDLOG_KEY_FILE, BearerAuth, hash_key, provision_token
+from gateway.batching.cpu import CpuBusy
 from gateway.console.serve import Console
 from gateway.console.stats import stats_reader
 from gateway.core import Core, CoreSlot
@@ -46,7 +47,7 @@ from gateway.release.shadow import ShadowRunner
 from gateway.release.store import StateStore
 from gateway.rollouts.figures import Figures
 from gateway.rollouts.runner import rollout_manager
-from gateway.settings import Settings, registry_names
+from gateway.settings import Settings, registry_names, usable_cpus
 from gateway.state.controller import FleetController
 from gateway.state.mode import open_state
 from gateway.telemetry.collector import GatewayCollector
@@ -183,6 +184,8 @@ def create_app(
             saved_routes={name: record.route for name, record in records.items()},
             remote_loader=connect_remote,
             engines=engines,
+            # CPU-bound "auto" batches wait to fill; a worker's share is its part of the host's CPUs.
+            busy=CpuBusy(usable_cpus() / (role.workers if role is not None else 1)),
         )
         predlog = await _prediction_log(settings, random_source) if settings.predlog else None
         shadows = ShadowRunner(

@@ -70,6 +70,8 @@ class Batcher:
         self._instances = instance_count
         #: Batches (or direct calls) computing right now.
         self._active = 0
+        #: When an instance last became free (a CPU-bound "auto" batch holds only requests that waited for it).
+        self._freed_at = float("-inf")
         self._slots = asyncio.Semaphore(instance_count)
         self._wakeup = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
@@ -164,6 +166,7 @@ class Batcher:
         if timeout:
             request.timer = self._call_later(timeout, partial(self._expire, request, timeout))
         self._queue.push(request)
+        self._policy.arrived(now)
         self._wakeup.set()
         watcher = None
         if client is not None and client.gone() is None:
@@ -197,6 +200,7 @@ class Batcher:
             computed = self._clock()
         finally:
             self._active -= 1
+            self._freed_at = self._clock()
             self._slots.release()
         self._policy.compute.observe(rows, computed - start)
         self._stats.execution_done(rows, 0, _ns(computed - start), 0)
@@ -262,7 +266,7 @@ class Batcher:
             now = self._clock()
             max_rows = policy.max_rows(head.enqueued, now)
             ready = self._queue.rows_ready(head.key, max_rows)
-            wait = policy.wait_s(head.enqueued, now, ready)
+            wait = policy.wait_s(head.enqueued, now, ready, self._freed_at)
             if wait <= 0 or ready >= max_rows:
                 break
             # Sleep until the delay is up or a request arrives (a timer, not wait_for: no task).
@@ -334,6 +338,7 @@ class Batcher:
                 self._settle(request, InternalError("inference failed"))
         finally:
             self._active -= 1
+            self._freed_at = self._clock()
             self._slots.release()
             # Cancelled mid-batch (shutdown): nobody is left without an answer.
             for request in batch:
