@@ -414,6 +414,24 @@ def test_bytes_that_are_not_a_request_are_invalid_argument(
     assert client.infer("simple", simple_inputs(1)).as_numpy("OUTPUT0") is not None
 
 
+def test_streams_aborted_by_garbage_give_their_rpc_slots_back(repository: Path) -> None:
+    """A stream whose message does not parse ends, and its handler with it: more such streams than
+    grpc.aio admits at once (2 x max_concurrent_requests + 16 = 20 here) leave the server serving."""
+    with serve(repository, grpc=True, loader=Runtimes(), max_concurrent_requests=2) as running:
+        with grpc.insecure_channel(running.grpc) as channel:
+            stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+            for _ in range(25):
+                with pytest.raises(grpc.RpcError) as raised:
+                    list(stream(iter([b"\xff\xff\xff garbage"]), timeout=10))
+                assert cast(Any, raised.value).code() == grpc.StatusCode.INVALID_ARGUMENT
+        client = grpcclient.InferenceServerClient(running.grpc)
+        try:
+            assert client.is_server_live()
+            assert client.infer("simple", simple_inputs(1)).as_numpy("OUTPUT0") is not None
+        finally:
+            client.close()
+
+
 def test_garbage_on_the_port_leaves_the_server_serving(
     server: RunningServer, client: grpcclient.InferenceServerClient
 ) -> None:

@@ -48,6 +48,8 @@ def add_service(servicer: Any, server: Any) -> None:
     """Serve ``servicer`` as ``inference.GRPCInferenceService`` on ``server``, parsing leniently."""
     recorder = _Recorder()
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, recorder)
+    if not recorder.handlers:  # generated code older than grpcio 1.63 registers a generic handler only
+        raise RuntimeError("tritonclient's generated gRPC code registered no method handlers: upgrade tritonclient")
     handlers = {name: _lenient(name, handler) for name, handler in recorder.handlers.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)

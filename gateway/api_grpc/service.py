@@ -113,13 +113,17 @@ class GrpcInference(HealthCalls, RepositoryCalls, service_pb2_grpc.GRPCInference
                 answers.put_nowait(pb.ModelStreamInferResponse(error_message=error.message, infer_response=failed))
 
         async def read() -> None:
-            async for request in request_iterator:
-                task = asyncio.create_task(one(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.wait(set(tasks))
-            answers.put_nowait(None)  # every request answered: end the stream
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(one(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.wait(set(tasks))
+            finally:
+                # Every request answered, or the request stream broke (a message that does not
+                # parse aborts the call): end the stream, so the handler returns its RPC slot.
+                answers.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
