@@ -700,3 +700,43 @@ def test_an_unload_through_any_worker_unloads_on_every_worker(tmp_path: Path) ->
             on_every_worker(404)  # read at once after the answer: no worker may still have it
             model = host_admin(host.port, "GET", "/admin/models")[1]["models"][0]
             assert [sorted(r["versions"]) for r in model["replicas"]] == [["2"], ["2"]], model
+
+
+def test_a_rollout_being_started_keeps_its_lease_across_ticks(run_dir: Path, tmp_path: Path) -> None:
+    """While a rollout's candidate loads (its lease taken, the rollout not saved yet), the replica's
+    own tick neither hands the lease back nor lets it lapse (review finding: it handed it back)."""
+    from typing import cast
+
+    from gateway.release.controller import ReleaseController
+    from gateway.rollouts.figures import Figures
+    from gateway.rollouts.fleet import FleetRolloutManager
+    from gateway.rollouts.runner import RolloutStore
+    from gateway.telemetry.requests import RequestMetrics
+
+    async def scenario() -> None:
+        async with hosted(run_dir, tmp_path / "state"):
+            client = HostStateClient(run_dir)
+
+            class NoController:  # no rollout runs in this scenario: the controller is only told of routes
+                def add_route_listener(self, listener: object) -> None:
+                    pass
+
+            manager = FleetRolloutManager(
+                cast(ReleaseController, NoController()), Figures(RequestMetrics()), RolloutStore(tmp_path / "state"),
+                client, "worker-0", lease_s=0.2,
+            )  # fmt: skip
+            token = manager._token.encode()
+            # What create() holds while the candidate loads: the lease, and the model marked as being started.
+            assert await client.put("rollout-lease:m", token, only_new=True, ttl_ms=200)
+            manager._leading.add("m")
+            manager._creating.add("m")
+            for _ in range(4):  # longer than the lease: renewed at each tick, never handed back
+                await manager._tick()
+                await asyncio.sleep(0.1)
+            assert await client.get("rollout-lease:m") == token and "m" in manager._leading
+            manager._creating.discard("m")  # create() failed: nothing was saved, the lease goes back
+            await manager._tick()
+            assert await client.get("rollout-lease:m") is None and "m" not in manager._leading
+            await manager.close()
+
+    run(scenario)

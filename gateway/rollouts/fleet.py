@@ -281,7 +281,7 @@ class FleetRolloutManager(RolloutManager):
             await self._lead(name)  # a rollout being started here keeps its lease while its candidate loads
         if any(led):
             await self._gather()
-        for name in sorted(set(self._leading) - set(active)):  # ended: hand the lease back
+        for name in sorted(set(self._leading) - set(active) - self._creating):  # ended: hand the lease back
             await self._state.delete(self._lease_key(name), token=self._token)
             self._leading.discard(name)
         for name in sorted((self._leading & set(active)) - self._creating):
