@@ -45,9 +45,12 @@ class ModelManager:
         remote_loader: RemoteLoader | None = None,
         engines: Engines | None = None,
         busy: Callable[[], bool] = never_busy,
+        unloaded: Mapping[str, set[int]] | None = None,
     ) -> None:
         self.registry = registry
         self._saved_routes = dict(saved_routes or {})
+        #: A fleet's replica: versions the fleet unloaded, not loaded at start unless a saved route names them.
+        self._unloaded = dict(unloaded or {})
         self._models: dict[str, Model] = {}
         self._startup: asyncio.Task[None] | None = None
         self.started = False
@@ -91,7 +94,7 @@ class ModelManager:
             model.route = saved or Route.latest(primary)
             # A saved route's versions, plus what the version_policy loads besides: with "all", every
             # version stays pinnable after a restart, as config.toml promises.
-            versions = set(self._initial_versions(model, model.route.primary))
+            versions = set(self._initial_versions(model, model.route.primary)) - self._unloaded.get(name, set())
             if saved is not None:
                 versions |= set(saved.versions)
             for version in sorted(versions, reverse=True):

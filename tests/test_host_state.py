@@ -700,6 +700,16 @@ def test_an_unload_through_any_worker_unloads_on_every_worker(tmp_path: Path) ->
             on_every_worker(404)  # read at once after the answer: no worker may still have it
             model = host_admin(host.port, "GET", "/admin/models")[1]["models"][0]
             assert [sorted(r["versions"]) for r in model["replicas"]] == [["2"], ["2"]], model
+        # A worker killed and replaced after the unload does not load the version back
+        # (version_policy = "all" would): it starts from the host's state.
+        import os
+        import signal
+
+        before = host.pids("worker")
+        os.kill(before["worker-1"], signal.SIGKILL)
+        host.wait_until(lambda: host.pids("worker").get("worker-1") not in (None, before["worker-1"]), "replaced")
+        host.wait_workers_loaded()
+        on_every_worker(404)
 
 
 def test_a_rollout_being_started_keeps_its_lease_across_ticks(run_dir: Path, tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from gateway.registry.base import Registry
 from gateway.registry.local import LocalRegistry
 from gateway.release.controller import ReleaseController
 from gateway.release.follow import AliasFollower
+from gateway.release.history import unloaded_versions
 from gateway.release.shadow import ShadowRunner
 from gateway.release.store import StateStore
 from gateway.rollouts.figures import Figures
@@ -186,6 +187,8 @@ def create_app(
             engines=engines,
             # CPU-bound "auto" batches wait to fill; a worker's share is its part of the host's CPUs.
             busy=CpuBusy(usable_cpus() / (role.workers if role is not None else 1)),
+            # A replica (re)started after an unload does not bring the version back (a fleet's state).
+            unloaded={n: unloaded_versions(r.history) for n, r in records.items()} if fleet is not None else None,
         )
         predlog = await _prediction_log(settings, random_source) if settings.predlog else None
         shadows = ShadowRunner(

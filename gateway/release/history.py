@@ -8,6 +8,7 @@ controller wrote as a plain dict before, so files and Redis contents written the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -92,3 +93,24 @@ def provenance_of(model: Model, versions: set[int]) -> dict[str, dict[str, Any]]
         if mv is not None and mv.provenance:
             found[str(version)] = {key: mv.provenance.get(key) for key in _AUDIT_FIELDS}
     return found
+
+
+def unloaded_versions(history: Iterable[HistoryEntry], since: int = 0) -> set[int]:
+    """The versions the changes after ``since`` unloaded and no later change brought back.
+
+    Brought back: loaded again, or named by a later route (a swap or rollback loads what it
+    routes to without a load entry of its own).
+    """
+    unloaded: set[int] = set()
+    for entry in history:
+        if entry.seq <= since:
+            continue
+        if entry.after:
+            named = {**(entry.after.get("weights") or {}), **(entry.after.get("shadow") or {})}
+            unloaded -= {int(v) for v in named if str(v).isdigit()}
+        version = str(entry.details.get("version", ""))
+        if entry.action == "unload" and version.isdigit():
+            unloaded.add(int(version))
+        elif entry.action == "load" and version.isdigit():
+            unloaded.discard(int(version))
+    return unloaded

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from gateway.errors import Conflict, GatewayError
 from gateway.models import Model, ModelManager, VersionState
 from gateway.release.controller import ReleaseController
-from gateway.release.history import HistoryEntry
+from gateway.release.history import HistoryEntry, unloaded_versions
 from gateway.release.shadow import ShadowRunner
 from gateway.release.store import ModelRecord, StateStore
 from gateway.state import SharedState, StoredModel
@@ -115,13 +115,13 @@ class FleetController(ReleaseController):
         return None
 
     async def _unload_as_the_fleet_did(self, model: Model, since: int, stored: StoredModel) -> None:
-        """Unload here what the fleet's changes after ``since`` unloaded (and nothing loaded again since)."""
-        unloaded = {
-            int(entry.details["version"])
-            for entry in stored.record.history
-            if entry.seq > since and entry.action == "unload" and str(entry.details.get("version", "")).isdigit()
-        }
-        for version in sorted(unloaded - stored.loaded):
+        """Unload here what the fleet's changes after ``since`` unloaded and nothing later brought back.
+
+        A version the current route names (even at weight 0), shadows or keeps as the rollback
+        standby stays whatever the history says.
+        """
+        route = model.route.versions if model.route is not None else frozenset()
+        for version in sorted(unloaded_versions(stored.record.history, since) - stored.loaded - route):
             if version in model.versions and self._role(model, version) is None:
                 await self._manager.unload(model, version)
                 log.info("model %r: unloaded version %d as the fleet's change did", model.name, version)
