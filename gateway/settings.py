@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -186,14 +187,19 @@ def registry_names(settings: Settings) -> dict[str, str]:
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask, lowered by a cgroup v2/v1 CPU quota."""
+    """CPUs this process may run on: its affinity mask, lowered by a cgroup v2/v1 CPU quota (rounded up)."""
+    return max(1, math.ceil(usable_cpu_time()))
+
+
+def usable_cpu_time() -> float:
+    """CPU seconds per second this process may use: its affinity mask, or a cgroup quota below it (1.5)."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     quota = _cgroup_cpu_quota()
-    return max(1, min(count, quota) if quota is not None else count)
+    return min(float(count), quota) if quota is not None else float(count)
 
 
-def _cgroup_cpu_quota() -> int | None:
-    """The container's CPU limit rounded up (``cpu.max`` 150000 100000 -> 2), None when unlimited or unknown."""
+def _cgroup_cpu_quota() -> float | None:
+    """The container's CPU limit (``cpu.max`` 150000 100000 -> 1.5), None when unlimited or unknown."""
     try:
         text = Path("/sys/fs/cgroup/cpu.max").read_text().split()  # cgroup v2
         quota, period = (text[0], text[1]) if len(text) == 2 else ("max", "1")
@@ -207,7 +213,7 @@ def _cgroup_cpu_quota() -> int | None:
         q, p = int(quota), int(period)
     except ValueError:  # "max": no limit
         return None
-    return -(-q // p) if q > 0 and p > 0 else None
+    return q / p if q > 0 and p > 0 else None
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:

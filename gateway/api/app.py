@@ -48,7 +48,7 @@ from gateway.release.shadow import ShadowRunner
 from gateway.release.store import StateStore
 from gateway.rollouts.figures import Figures
 from gateway.rollouts.runner import rollout_manager
-from gateway.settings import Settings, registry_names, usable_cpus
+from gateway.settings import Settings, registry_names, usable_cpu_time
 from gateway.state.controller import FleetController
 from gateway.state.mode import open_state
 from gateway.telemetry.collector import GatewayCollector
@@ -186,7 +186,7 @@ def create_app(
             remote_loader=connect_remote,
             engines=engines,
             # CPU-bound "auto" batches wait to fill; a worker's share is its part of the host's CPUs.
-            busy=CpuBusy(usable_cpus() / (role.workers if role is not None else 1)),
+            busy=CpuBusy(usable_cpu_time() / (role.workers if role is not None else 1)),
             # A replica (re)started after an unload does not bring the version back (a fleet's state).
             unloaded={n: unloaded_versions(r.history) for n, r in records.items()} if fleet is not None else None,
         )

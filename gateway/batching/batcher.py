@@ -147,6 +147,7 @@ class Batcher:
         timeouts = [t for t in (timeout_s, self._default_timeout_s) if t > 0]
         timeout = min(timeouts) if timeouts else 0.0
         if self._policy.adaptive and not self._queue.size and not self._slots.locked():
+            self._policy.arrived(self._clock())  # in the gaps between arrivals too
             return await self._run_now(inputs, outputs, rows, timeout)
         loop = asyncio.get_running_loop()
         now = self._clock()
@@ -266,7 +267,10 @@ class Batcher:
             now = self._clock()
             max_rows = policy.max_rows(head.enqueued, now)
             ready = self._queue.rows_ready(head.key, max_rows)
-            wait = policy.wait_s(head.enqueued, now, ready, self._freed_at)
+            # The CPU-bound hold is for one instance: with several, another may be free to take rows.
+            wait = policy.wait_s(head.enqueued, now, ready, self._freed_at if self._instances == 1 else None)
+            if policy.adaptive and head.deadline is not None:  # never held past what its deadline allows
+                wait = min(wait, head.deadline - now - policy.compute.predict(ready))
             if wait <= 0 or ready >= max_rows:
                 break
             # Sleep until the delay is up or a request arrives (a timer, not wait_for: no task).
