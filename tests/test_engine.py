@@ -282,7 +282,7 @@ def test_the_supervisor_counts_gpus_with_the_workers_probe(monkeypatch: pytest.M
     assert done.stdout == "0\n"  # this machine: no CUDA device
     assert asyncio.run(supervisor.gpu_devices()) == []
     fake = tmp_path / "python"  # an interpreter whose probe finds two devices
-    fake.write_text("#!/bin/sh\necho 2\n")
+    fake.write_text("#!/bin/sh\necho 'a library says hello'\necho 2\n")
     fake.chmod(0o755)
     monkeypatch.setattr(supervisor.sys, "executable", str(fake))
     assert asyncio.run(supervisor.gpu_devices()) == ["cuda0", "cuda1"]

@@ -264,6 +264,8 @@ def test_a_sweep_leaves_what_is_not_a_run_directory(tmp_path: Path) -> None:
 
     (tmp_path / "tg-other").mkdir()  # no lock file: somebody else's
     (tmp_path / "tg-file").write_text("x")
+    (tmp_path / "tg-theirs").mkdir()  # another program's lock file, held by nobody: still not ours
+    (tmp_path / "tg-theirs" / LOCK).write_text("pid 1234\n")
     live = subprocess.Popen(  # a host's run directory, its lock held by a live process
         [sys.executable, "-c", "import sys, time; from gateway.host.rundirs import make_run_dir; "
          "print(make_run_dir()[0], flush=True); time.sleep(60)"],
@@ -287,7 +289,7 @@ def test_a_sweep_leaves_what_is_not_a_run_directory(tmp_path: Path) -> None:
         child.wait(10)
         child.stdout.close()
         assert sweep_run_dirs(tmp_path) == [held] and not held.exists()
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["tg-file", "tg-other"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["tg-file", "tg-other", "tg-theirs"]
     finally:
         live.kill()
         live.wait(10)

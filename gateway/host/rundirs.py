@@ -7,7 +7,7 @@ long as they live: the kernel lets go of it when a process dies however it dies,
 be reused to fool the check. A starting supervisor removes every ``tg-*`` directory of its user
 in the temporary directory whose lock it can take exclusively (and the shared-memory folder of
 the same name): those of running hosts, and of a killed supervisor's children still draining,
-stay locked; a directory without a ``lock`` file is not ours.
+stay locked; a directory without a ``lock`` file that says ``MARK`` is not ours.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 PREFIX = "tg-"
 LOCK = "lock"
+#: What the lock file says: a ``tg-*`` directory of another program is never taken for ours.
+MARK = b"tensorgate host run directory\n"
 
 
 def make_run_dir() -> tuple[Path, int]:
@@ -36,6 +38,7 @@ def make_run_dir() -> tuple[Path, int]:
     staging = run_dir / f"{LOCK}.new"
     fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    os.write(fd, MARK)
     staging.rename(run_dir / LOCK)
     return run_dir, fd
 
@@ -85,6 +88,8 @@ def _abandoned(run_dir: Path) -> bool:
     except OSError:  # not a directory of ours, or no lock file: not a run directory
         return False
     try:
+        if os.read(fd, len(MARK) + 1) != MARK:  # another program's tg-* directory with a "lock" file
+            return False
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:  # held: its host, or a child of it, runs
         return False

@@ -351,7 +351,8 @@ async def gpu_devices() -> list[str]:
         await probe.wait()
         log.warning("supervisor: the GPU probe took over %.0f s: no GPU engine", GPU_PROBE_S)
         return []
-    text = out.decode(errors="replace").strip()
+    lines = out.decode(errors="replace").strip().splitlines()
+    text = lines[-1].strip() if lines else ""  # the count is the last line (a library may print before it)
     if probe.returncode != 0 or not text.isdigit():
         problem = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {probe.returncode}"]
         log.warning("supervisor: the GPU probe failed (%s): no GPU engine", problem[0])
