@@ -542,6 +542,27 @@ async def test_a_cpu_bound_auto_batch_waits_for_rows_and_goes_when_full(runtime:
     await batcher.close()
 
 
+async def test_a_cpu_bound_hold_never_keeps_a_request_past_its_deadline(runtime: GatedRuntime) -> None:
+    clock = FakeClock(1024.0)
+    batcher = make_batcher(runtime, max_batch=4, delay_s=None, clock=clock, busy=lambda: True)
+    first = await occupy(batcher, runtime, 0)
+    waiting = []
+    for value in (1.0, 2.0):  # 2 ms apart, each with a 6 ms deadline
+        clock.advance(2**-9)
+        before = batcher.queued
+        waiting.append(
+            asyncio.ensure_future(batcher.submit({"INPUT0": rows_of(value, 1)}, ["OUTPUT0"], 1, timeout_s=0.006))
+        )
+        await until(lambda before=before: batcher.queued != before)
+    clock.advance(2**-10)  # the running call took 5 ms: 2 rows are predicted to take 10
+    runtime.release()
+    await first
+    # Held, the head would miss its deadline (it has 3 ms left): the two go at once, no clock moved.
+    outputs = await asyncio.wait_for(asyncio.gather(*waiting), 30)
+    assert [o[0][0, 0] for o in outputs] == [1, 2] and runtime.rows_per_call() == [1, 2]
+    await batcher.close()
+
+
 async def test_if_the_loop_dies_every_waiting_request_fails_cleanly(runtime: GatedRuntime) -> None:
     failures: list[BaseException] = []
     batcher = make_batcher(runtime, max_batch=1, delay_s=0.0, failures=failures)

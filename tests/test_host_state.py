@@ -750,3 +750,24 @@ def test_a_rollout_being_started_keeps_its_lease_across_ticks(run_dir: Path, tmp
             await manager.close()
 
     run(scenario)
+
+
+def test_the_versions_a_history_unloaded_are_those_nothing_brought_back() -> None:
+    from gateway.release.history import unloaded_versions
+
+    def change(seq: int, action: str, version: str | None, weights: dict[str, int]) -> HistoryEntry:
+        details = {"version": version} if version is not None else {}
+        after = {"weights": weights, "shadow": {}, "seq": seq}
+        return HistoryEntry(seq, "2026-12-01T00:00:00+00:00", "ci", action, None, None, after, details=details)
+
+    history = [
+        change(1, "load", "2", {"1": 100}),
+        change(2, "unload", "2", {"1": 100}),
+        change(3, "unload", "3", {"1": 100}),
+        change(4, "load", "3", {"1": 100}),  # loaded again
+        change(5, "unload", "4", {"1": 100}),
+        change(6, "rollback", None, {"1": 100, "4": 0}),  # routed to again (at weight 0): loaded by the rollback
+    ]
+    assert unloaded_versions(history) == {2}
+    assert unloaded_versions(history, since=2) == set()  # what came after change 2 unloaded nothing that stays
+    assert unloaded_versions(history[:5], since=2) == {4}
