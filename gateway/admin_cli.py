@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any
 
+from gateway.registry.names import is_model_name
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 _AUTH_NOTE = "The admin token comes from TENSORGATE_ADMIN_TOKEN (e.g. $(cat .tensorgate/state/admin-token))."
@@ -61,6 +63,15 @@ class Outcome:
         self.status = status
 
 
+def model_name(text: str) -> str:
+    """A MODEL argument: a valid model name, else argparse's usage error (exit 2), not a 404 later."""
+    if not is_model_name(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid model name {text[:40]!r}: use 1-128 of A-Z a-z 0-9 _ . - starting with a letter or digit"
+        )
+    return text
+
+
 def _epilog(name: str) -> str:
     return f"example:\n  {_EXAMPLES[name]}\n\n{_AUTH_NOTE}"
 
@@ -94,7 +105,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     command(commands, "models", False, "list models, versions and routes").set_defaults(run=_models)
     for verb in ("load", "unload"):
         sub = command(commands, verb, True, f"{verb} a model version")
-        sub.add_argument("model", metavar="MODEL", help="the model, e.g. fraud")
+        sub.add_argument("model", metavar="MODEL", type=model_name, help="the model, e.g. fraud")
         sub.add_argument("version", metavar="VERSION", help="the version, e.g. 3")
         sub.set_defaults(run=_load if verb == "load" else _unload)
     route = commands.add_parser(
@@ -102,10 +113,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     actions = route.add_subparsers(dest="route_action", required=True, metavar="ACTION")
     get = command(actions, "get", False, "show the route")
-    get.add_argument("model", metavar="MODEL", help="the model, e.g. fraud")
+    get.add_argument("model", metavar="MODEL", type=model_name, help="the model, e.g. fraud")
     get.set_defaults(run=_route_get)
     put = command(actions, "set", True, "set the weights: VERSION=WEIGHT ...", description=_ROUTE_SET)
-    put.add_argument("model", metavar="MODEL", help="the model, e.g. fraud")
+    put.add_argument("model", metavar="MODEL", type=model_name, help="the model, e.g. fraud")
     put.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT", help="integer weights summing to 100")
     shadow = put.add_mutually_exclusive_group()
     shadow.add_argument("--shadow", action="append", metavar="VERSION=FRACTION",
@@ -117,15 +128,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     sticky.add_argument("--no-sticky", action="store_true", help="clear the sticky header")
     put.set_defaults(run=_route_set)
     swap = command(commands, "swap", True, "move 100%% of the traffic to a version (loading it if needed)")
-    swap.add_argument("model", metavar="MODEL", help="the model, e.g. fraud")
+    swap.add_argument("model", metavar="MODEL", type=model_name, help="the model, e.g. fraud")
     swap.add_argument("version", metavar="VERSION", help="the version that takes all the traffic")
     swap.set_defaults(run=_swap)
     rollback = command(commands, "rollback", True, "restore the route before the last change")
-    rollback.add_argument("model", metavar="MODEL", help="the model, e.g. fraud")
+    rollback.add_argument("model", metavar="MODEL", type=model_name, help="the model, e.g. fraud")
     rollback.add_argument("--to", type=int, metavar="SEQ", help="restore the route in force after change SEQ")
     rollback.set_defaults(run=_rollback)
     history = command(commands, "history", False, "the audit trail of a model")
-    history.add_argument("model", metavar="MODEL", help="the model, e.g. fraud")
+    history.add_argument("model", metavar="MODEL", type=model_name, help="the model, e.g. fraud")
     history.set_defaults(run=_history)
     from gateway.rollouts.cli import add_commands as add_rollout_commands  # rollout, apply, validate
 

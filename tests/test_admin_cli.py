@@ -81,6 +81,9 @@ def test_failures_exit_1_with_the_servers_message(server: RunningServer, args: t
         (("route", "set", "simple", "390"), "expected VERSION=WEIGHT"),
         (("route", "set", "simple", "=5"), "expected VERSION=WEIGHT"),
         (("route", "set", "simple", "3=100", "--shadow", "2=abc"), "fraction of version 2 is not a number"),
+        (("route", "set", "bad/name", "3=100"), "invalid model name 'bad/name'"),
+        (("history", "../etc"), "invalid model name '../etc'"),
+        (("rollout", "status", "a b"), "invalid model name 'a b'"),
     ],
 )
 def test_usage_errors_exit_2_in_one_line(server: RunningServer, args: tuple[str, ...], message: str) -> None:

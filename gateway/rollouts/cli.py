@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.admin_cli import AdminError, Outcome, call
+from gateway.admin_cli import AdminError, Outcome, call, model_name
 from gateway.rollouts.spec import SpecError, parse_spec
 from routing.route import Route, RouteError
 
@@ -60,18 +60,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
                                   formatter_class=text)  # fmt: skip
     actions = rollout.add_subparsers(dest="rollout_action", required=True, metavar="ACTION")
     start = actions.add_parser("start", parents=[audit], help="start a rollout from a spec file (JSON, TOML, YAML)")
-    start.add_argument("model", metavar="MODEL")
+    start.add_argument("model", metavar="MODEL", type=model_name)
     start.add_argument("-f", "--file", required=True, type=Path, help="the rollout spec")
     start.set_defaults(run=_start)
     status = actions.add_parser("status", parents=[url], help="the running (or last) rollout")
-    status.add_argument("model", metavar="MODEL")
+    status.add_argument("model", metavar="MODEL", type=model_name)
     status.set_defaults(run=_status)
     for action in _ACTIONS:
         sub = actions.add_parser(action, parents=[audit], help=f"{action} the running rollout")
-        sub.add_argument("model", metavar="MODEL")
+        sub.add_argument("model", metavar="MODEL", type=model_name)
         sub.set_defaults(run=_control, action=action)
     wait = actions.add_parser("wait", parents=[url], help="wait for the end: exit 0 promoted, 1 aborted, 2 error")
-    wait.add_argument("model", metavar="MODEL")
+    wait.add_argument("model", metavar="MODEL", type=model_name)
     wait.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="give up after S seconds (exit 2)")
     wait.add_argument("--poll", type=float, default=1.0, metavar="S", help="seconds between two looks (default 1)")
     wait.set_defaults(run=_wait)
@@ -83,7 +83,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
     validate = commands.add_parser(
         "validate", parents=[url], help="check a new ONNX model against the serving version before registering it"
     )
-    validate.add_argument("model", metavar="MODEL", help="the model it is a new version of")
+    validate.add_argument("model", metavar="MODEL", type=model_name, help="the model it is a new version of")
     validate.add_argument("-f", "--file", required=True, type=Path, help="the new model.onnx")
     validate.add_argument("--samples", type=int, default=8, help="random requests to run it on (default 8)")
     validate.set_defaults(run=_validate)
