@@ -295,6 +295,50 @@ def test_oversized_headers_get_431_and_the_server_stays_healthy(
     assert infer(guarded).status == 200
 
 
+def _chunked(body: bytes, trailer: bytes, size: int = 1 << 20) -> bytes:
+    """A chunked POST of ``body`` in chunks of ``size`` bytes, then ``trailer`` (trailer fields)."""
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size]) for i in range(0, len(body), size)
+    )
+    head = b"POST /v2/models/plain/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head + chunks + b"0\r\n" + trailer + b"\r\n"
+
+
+def test_trailers_are_bounded_like_headers_and_chunk_framing_passes(guarded: RunningServer) -> None:
+    """Trailer fields after a chunked body: a few pass (ignored); too many, or too large, get 431
+    before they pile up in the parser (a 100 MiB field held the event loop for seconds)."""
+    for trailer, size, status in [
+        (b"X-Checksum: 1\r\n", 1 << 20, 200),
+        (b"", 1, 200),  # one byte a chunk: framing five times the body, still fine
+        (b"".join(b"X-T%d: 1\r\n" % i for i in range(150)), 1 << 20, 431),
+        (b"X-Big: " + b"a" * (8 << 20) + b"\r\n", 1 << 20, 431),
+    ]:
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", guarded.port)) as sock:
+            with contextlib.suppress(OSError):  # the server may close while the trailer is still sent
+                sock.sendall(_chunked(GOOD, trailer, size))
+            reply = read_reply(sock)
+        assert reply.status == status, (len(trailer), reply.body)
+        assert time.monotonic() - started < 10
+        if status == 431:
+            assert "too large" in reply.json()["error"] and reply.headers["connection"] == "close"  # type: ignore[index]
+    assert infer(guarded).status == 200
+
+
+def test_a_request_the_parser_cannot_read_gets_a_json_400(guarded: RunningServer) -> None:
+    for raw in (
+        b"FOO /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /v2/models/plain/infer HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"POST /v2/models/plain/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", guarded.port)) as sock:
+            sock.sendall(raw)
+            reply = read_reply(sock)
+        assert reply.status == 400 and reply.headers["content-type"] == "application/json", reply
+        assert reply.json() == {"error": "invalid HTTP request"} and reply.headers["connection"] == "close"
+    assert infer(guarded).status == 200
+
+
 def test_headers_under_the_limits_and_large_bodies_in_one_packet_pass(guarded: RunningServer) -> None:
     assert infer(guarded, **{"X-Big": "a" * 15 * 1024}).status == 200
     assert request(guarded.port, "GET", "/v2/health/live", headers={f"X-H{i}": "1" for i in range(90)}).status == 200

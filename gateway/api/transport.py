@@ -8,7 +8,10 @@ hold a connection, and its memory, for ever. This protocol adds:
   its headers): 408 and close;
 - a body deadline (from the end of the headers to the end of the body): 408 and close;
 - header limits: more than ``max_header_bytes`` of request line and headers, or more than
-  ``max_headers`` fields, is answered 431 and the connection closed;
+  ``max_headers`` fields, is answered 431 and the connection closed; the same limits bound
+  a chunked body's trailer fields (which the gateway ignores) and its framing, so bytes that
+  are not body never pile up in the parser (a 100 MiB trailer field held the event loop for
+  seconds);
 - a cap on open connections: past it, new connections are closed at once;
 - a send deadline: a client that accepts none of what we have written to it for
   ``send_timeout_s`` (its kernel buffer full, ours not shrinking) is disconnected. Without it a
@@ -37,6 +40,8 @@ from gateway.api.responses import error_reply
 log = logging.getLogger(__name__)
 
 _IDLE, _HEADERS, _BODY = 0, 1, 2
+#: Bytes of chunked framing allowed per piece of body the parser hands over (a size line and CRLFs).
+_FRAMING_PER_PIECE = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = _IDLE
         self._deadline = 0.0  # loop time; 0: none
         self._raw_bytes = 0  # bytes received since the last request ended: bounds the headers' size
+        self._body_bytes = 0  # of those, the body's, and in how many pieces (chunk framing is per piece)
+        self._body_pieces = 0
+        self._trailers = 0  # trailer fields of the request (after a chunked body)
         self._send_deadline = 0.0  # loop time by which the client must take some of what is unsent; 0: none
         self._unsent = 0  # our write buffer's size at the last sweep
 
@@ -123,13 +131,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # Headers still incomplete: bound what the parser may be holding of them.
         if self._phase == _HEADERS and self._raw_bytes > self.limits.max_header_bytes:
             self.refuse(431, "request headers too large")
+        # In the body: what is not body (headers, chunk sizes, trailers) stays within the header
+        # limit plus a little per piece of body (chunked framing: a size line per chunk).
+        elif self._phase == _BODY:
+            allowed = 2 * self.limits.max_header_bytes + _FRAMING_PER_PIECE * self._body_pieces
+            if self._raw_bytes - self._body_bytes > allowed:
+                self.refuse(431, "request trailers or chunk framing too large")
 
     # -- parser callbacks ----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         """A request's first byte: its header deadline starts (unless the connection's runs)."""
         super().on_message_begin()
+        self._body_bytes = self._body_pieces = self._trailers = 0
         self._start_headers()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """A header; after the headers, a trailer field: bounded like a header, then dropped."""
+        if self._phase != _BODY:
+            super().on_header(name, value)
+            return
+        self._trailers += 1
+        if self._trailers > self.limits.max_headers:
+            raise _HeadersTooLarge
+
+    def on_body(self, body: bytes) -> None:
+        """Count the body's bytes and pieces (what is received besides them is bounded)."""
+        self._body_bytes += len(body)
+        self._body_pieces += 1
+        super().on_body(body)
 
     def on_headers_complete(self) -> None:
         """Headers done: check them against the limits; the body deadline starts."""
@@ -189,6 +219,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return True
         self._unsent = unsent
         return False
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser cannot read: 400 with the JSON error every answer has, then close.
+
+        (uvicorn's is plain text: ``Invalid HTTP request received.``)
+        """
+        self.refuse(400, "invalid HTTP request")
 
     def refuse(self, status: int, message: str) -> None:
         """Answer ``status`` if the request being received can still be answered, then close."""
