@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -57,6 +58,14 @@ def request(
     with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
         sock.sendall(raw)
         return read_reply(sock)
+
+
+def send_and_leave(port: int, path: str, body: bytes, wait_s: float) -> None:
+    """POST a JSON ``body`` on a fresh connection and close it ``wait_s`` later, before the answer."""
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode("latin-1") + body)
+        time.sleep(wait_s)
 
 
 def chunk(data: bytes) -> bytes:

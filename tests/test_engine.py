@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 import urllib.error
@@ -27,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from gateway.engine.wire import SHM_DIR
 from tests.engine_host import Host, engine_host
 from tests.onnx_models import IR_VERSION, OPSET, add_sub, gather_lookup, identity, simple_string, write_model
+from tests.rawhttp import send_and_leave
 
 #: Long enough that requests sent at once from two workers wait for each other, short enough for CI.
 BATCH_DELAY_MS = 400
@@ -170,18 +170,11 @@ def test_priority_and_timeout_reach_the_engines_batcher(host: Host) -> None:
     assert time.monotonic() - started < BATCH_DELAY_MS / 1e3 + 5
 
 
-def _leave_while_queued(port: int, body: bytes) -> None:
-    """Send a request and close the connection before its answer (it waits for a batch)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        head = "POST /v2/models/patient/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        conn.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        time.sleep(0.1)
-
-
 def test_a_client_that_leaves_is_withdrawn_from_the_engines_queue(host: Host) -> None:
     # The first request's client leaves while it waits PATIENT_MS for a batch; the engine
     # withdraws it, so the second request, sent well within that wait, is a batch of one.
-    leaver = threading.Thread(target=_leave_while_queued, args=(host.ports[0], json.dumps(counter_body()).encode()))
+    body = json.dumps(counter_body()).encode()
+    leaver = threading.Thread(target=send_and_leave, args=(host.ports[0], "/v2/models/patient/infer", body, 0.1))
     leaver.start()
     leaver.join(timeout=10)
     time.sleep(0.3)  # the worker tells the engine within its 50 ms check

@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ import pytest
 
 from tests.host import Host, serve_host
 from tests.onnx_models import add_sub, slow_matmul, write_model
-from tests.rawhttp import request
+from tests.rawhttp import request, send_and_leave
 from tests.server import AUTH
 from tests.test_engine import batch_counter
 from tests.test_host_lifecycle import host_inflight
@@ -203,19 +202,12 @@ def test_priorities_are_checked_and_the_higher_one_jumps_the_engine_queue(host: 
     assert finished.index("high") <= 3, finished
 
 
-def _leave_while_queued(port: int, body: bytes) -> None:
-    """Send a request and close the connection before its answer (it waits for a batch)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        head = "POST /v2/models/patient/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        conn.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        time.sleep(0.2)
-
-
 def test_a_client_that_leaves_is_withdrawn_from_the_engine_queue(host: Host) -> None:
     # The leaver's request waits PATIENT_MS for a second row; when its client goes, the worker
     # withdraws it from the engine's queue, so the next request (sent well within that wait,
     # to either worker) is a batch of one: 0.0 + 1 row.
-    leaver = threading.Thread(target=_leave_while_queued, args=(host.port, orjson.dumps(counter_body())))
+    body = orjson.dumps(counter_body())
+    leaver = threading.Thread(target=send_and_leave, args=(host.port, "/v2/models/patient/infer", body, 0.2))
     leaver.start()
     leaver.join(timeout=15)
     time.sleep(0.3)  # the worker notices within its 50 ms check
@@ -234,12 +226,8 @@ def test_a_client_that_leaves_is_withdrawn_from_the_engine_queue(host: Host) -> 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """A real Triton server (PyTriton); a missing one skips, or fails under TENSORGATE_REQUIRE_SERVERS=1."""
-    server = TritonServer(tmp_path_factory.mktemp("host-triton"))
-    server.start()
-    try:
+    with TritonServer(tmp_path_factory.mktemp("host-triton")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def infer_on(connection: http.client.HTTPConnection, model: str) -> tuple[int, Any, dict[str, str]]:

@@ -20,7 +20,7 @@ from prometheus_client.samples import Sample
 
 from tests.gated import Runtimes
 from tests.onnx_models import identity, write_model
-from tests.rawhttp import Reply, read_reply, request
+from tests.rawhttp import Reply, chunk, read_reply, request
 from tests.server import RunningServer, admin, serve
 
 BATCHED = "max_batch_size = 8\n[batching]\nmax_queue_delay_ms = 5\n"
@@ -218,8 +218,8 @@ def closed_within(sock: socket.socket, seconds: float) -> bytes:
     """What the server sent before closing the connection (fails if it stays open)."""
     sock.settimeout(seconds)
     received = b""
-    while chunk := sock.recv(65536):
-        received += chunk
+    while data := sock.recv(65536):
+        received += data
     return received
 
 
@@ -297,9 +297,7 @@ def test_oversized_headers_get_431_and_the_server_stays_healthy(
 
 def _chunked(body: bytes, trailer: bytes, size: int = 1 << 20) -> bytes:
     """A chunked POST of ``body`` in chunks of ``size`` bytes, then ``trailer`` (trailer fields)."""
-    chunks = b"".join(
-        b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size]) for i in range(0, len(body), size)
-    )
+    chunks = b"".join(chunk(body[i : i + size]) for i in range(0, len(body), size))
     head = b"POST /v2/models/plain/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     return head + chunks + b"0\r\n" + trailer + b"\r\n"
 

@@ -24,7 +24,7 @@ from gateway.predlog.writer import PredictionLog, entry_bytes
 from gateway.registry.config import LoggingConfig
 from tests.disks import remount
 from tests.onnx_models import add_sub, write_model
-from tests.rawhttp import Reply, request
+from tests.rawhttp import Reply, request, send_and_leave
 from tests.server import RunningServer, admin, prediction_log, serve
 
 
@@ -160,8 +160,6 @@ def test_a_shadow_copy_its_version_refuses_is_logged_and_counted(tmp_path: Path)
 
 
 def test_a_client_that_leaves_before_its_answer_is_logged_and_counted_as_499(tmp_path: Path) -> None:
-    import socket
-
     from tests.onnx_models import slow_matmul
 
     root = tmp_path / "models"
@@ -170,10 +168,7 @@ def test_a_client_that_leaves_before_its_answer_is_logged_and_counted_as_499(tmp
     with serve(root, log_dir=logs) as server:
         tensor = {"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
         payload = orjson.dumps({"id": "gone-1", "inputs": [tensor]})
-        head = "POST /v2/models/slow/infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-            sock.sendall(f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-            time.sleep(0.05)  # computing now (a call takes about 0.25 s): leave before the answer
+        send_and_leave(server.port, "/v2/models/slow/infer", payload, 0.05)  # a call takes about 0.25 s
         deadline = time.monotonic() + 60
         while metric(server, "tensorgate_requests_total", model="slow") < 1:
             assert time.monotonic() < deadline, "the request was never counted"

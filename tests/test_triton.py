@@ -69,12 +69,8 @@ def sleepy_body(seconds: float, timeout_us: int = 0) -> bytes:
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    server = TritonServer(tmp_path_factory.mktemp("triton"))
-    server.start()
-    try:
+    with TritonServer(tmp_path_factory.mktemp("triton")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

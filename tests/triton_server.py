@@ -108,6 +108,14 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def __enter__(self) -> TritonServer:
+        """Started (or the test skipped, as ``start`` does); stopped when the block ends."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def kill(self) -> None:
         """Kill Triton at once, as a crash would (the whole process group)."""
         self._signal(signal.SIGKILL)

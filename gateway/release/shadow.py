@@ -213,15 +213,14 @@ class ShadowRunner:
             wanted = [name for name in pending.outputs if name in mv.outputs]
             executor = mv.executor
             assert executor is not None
+            rows = next(iter(feed.values())).shape[0] if feed else 1
             async with asyncio.timeout(self._timeout_s):
                 if mv.batcher is not None:
-                    rows = next(iter(feed.values())).shape[0] if feed else 1
                     results = await mv.batcher.submit(feed, wanted, rows)
                 else:
                     called = time.perf_counter_ns()
                     results = await executor.run(feed, wanted, sum(a.size for a in feed.values()), self._timeout_s)
                     # A runtime call like any other: in the version's compute time and batch sizes.
-                    rows = next(iter(feed.values())).shape[0] if feed else 1
                     mv.stats.execution_done(max(1, rows), 0, time.perf_counter_ns() - called, 0, copies)
         except (TimeoutError, RemoteTimeoutError):
             stats.timed_out += copies
